@@ -1,0 +1,198 @@
+"""Evaluation benchmark: full report (collect + stats + render) over 1,000 and 10,000 runs vs the naive client.
+
+The store is a fresh MLflow SQLite schema (created by MlflowClient) filled with SQL bulk inserts:
+the paper's 10 (task, arch) cells x 4 arms (random, imagenet, domain, domain-CR) x 4 learning rates,
+seeds added until the size is reached; every run has params, tags, final metrics and 200 epochs of
+train_loss, val_loss, val_<primary> and epoch_time_s (800 history points a run). 2% of the runs
+are FAILED, 1% diverged.
+
+The naive approach is what a script on MlflowClient does: `search_runs` over the experiment
+(paged) and one `get_metric_history` per run per per-epoch metric. `search_runs` is timed in full;
+the history calls are timed on a sample of 200 runs and scaled to all runs (an estimate, marked).
+
+Run: `.venv/bin/python benchmarks/bench_evaluation.py [sizes...]` (writes ~1.5 GB for 10,000 runs in
+a temporary folder, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+CELLS = (
+    ("luna16", "unet"), ("luna16", "unet_resnet50"), ("rsna-boneage", "inception_v3"),
+    ("rsna-boneage", "efficientnet_b3"), ("grazpedwri-osteopenia", "densenet121"),
+    ("grazpedwri-osteopenia", "resnet34"), ("covid19", "mobilenet_v3_large"), ("covid19", "resnet18"),
+    ("brain-tumor-mri", "resnet50"), ("brain-tumor-mri", "mobilenet_v3_small"),
+)
+ARMS = ("random", "imagenet", "domain", "domain-CR")
+LRS = (1e-2, 1e-3, 1e-4, 1e-5)
+EPOCHS = 200
+SAMPLE = 200
+STUDY = "bench"
+
+
+def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
+    """A fresh MLflow SQLite store at `path` holding `n_runs` synthetic fine-tuning runs."""
+    from mlflow.tracking import MlflowClient
+
+    from medtl.training.spec import PRIMARY_METRIC, TASKS, TEST_METRICS, Task
+
+    uri = f"sqlite:///{path}"
+    exp = int(MlflowClient(uri).create_experiment(f"medtl/{STUDY}"))
+    rng = np.random.default_rng(seed)
+    combos = [(t, a, g, lr) for t, a in CELLS for g in ARMS for lr in LRS]
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA journal_mode=MEMORY")
+    t0 = 1_700_000_000_000
+    runs, tags, params, latest, metrics = [], [], [], [], []
+
+    def flush() -> None:
+        conn.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+        conn.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?,?,?)", tags)
+        conn.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?,?,?)", params)
+        conn.executemany(
+            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)", latest
+        )
+        conn.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)", metrics
+        )
+        for rows in (runs, tags, params, latest, metrics):
+            rows.clear()
+
+    for i in range(n_runs):
+        task, arch, group, lr = combos[i % len(combos)]
+        seed_no = i // len(combos)
+        ttype = TASKS[Task(task)].type
+        primary, higher = PRIMARY_METRIC[ttype]
+        rid = uuid.uuid4().hex
+        failed = rng.random() < 0.02
+        diverged = not failed and rng.random() < 0.01
+        start = t0 + i * 1000
+        runs.append((rid, f"{task} {arch} {group} lr={lr:g} seed={seed_no}", "LOCAL", "", "", "bench",
+                     "FAILED" if failed else "FINISHED", start, start + 900, "", "active", "", exp, None))
+        for k, v in {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": group,
+                     "medtl.task": task, "medtl.arch": arch, "medtl.run_key": rid[:16],
+                     "mlflow.runName": runs[-1][1]}.items():
+            tags.append((k, v, rid))
+        if failed:
+            tags.append(("medtl.failure_reason", "RuntimeError: bench", rid))
+        spec = {"task": task, "arch": arch, "init": group.split("-")[0], "lr": repr(lr), "seed": str(seed_no),
+                "dataset": "/data", "init_source": "", "pretrain_modality": "CR" if "-" in group else "all",
+                "data_fraction": "1.0", "max_epochs": "200", "patience": "10", "batch_size": "32",
+                "image_size": "224", "normalization": "auto", "group": group, "optimizer": "AdamW",
+                "weight_decay": "0.001"}
+        params += [(k, v, rid) for k, v in spec.items()]
+        quality = 0.7 + 0.05 * (ARMS.index(group) % 3) + 0.03 * rng.standard_normal()
+        epochs = EPOCHS if not failed else int(rng.integers(1, EPOCHS))
+        steps = np.arange(1, epochs + 1)
+        curve = quality * (1 - np.exp(-steps / 20))
+        if not higher:
+            curve = 40 - 20 * curve
+        for key, values in (("train_loss", 1 / steps), ("val_loss", 1.2 / steps),
+                            (f"val_{primary}", curve), ("epoch_time_s", np.full(epochs, 30.0))):
+            metrics += [(key, float(v), start + int(s), rid, int(s), 0) for s, v in zip(steps, values, strict=True)]
+            latest.append((key, float(values[-1]), start + epochs, epochs, 0, rid))
+        if not failed:
+            best = int(rng.integers(5, 60))
+            final = {"epochs_to_convergence": best, "epochs_run": EPOCHS, "diverged": float(diverged),
+                     "best_val_loss": 0.2, f"best_val_{primary}": quality if higher else 40 - 20 * quality,
+                     "emissions_kg": 1e-3 * best * (1 + 0.05 * rng.random()), "energy_kwh": 0.01 * best,
+                     "duration_s": 30.0 * best}
+            for m in TEST_METRICS[ttype]:
+                value = quality if higher or m not in ("mae", "rmse") else 40 - 20 * quality
+                final[f"test_{m}"] = math.nan if diverged else value
+            for k, v in final.items():
+                nan = isinstance(v, float) and math.isnan(v)
+                row = (k, 0.0 if nan else float(v), start + 900, rid, 0, int(nan))
+                metrics.append(row)
+                latest.append((k, row[1], row[2], 0, row[5], rid))
+        if len(metrics) > 400_000:
+            flush()
+    flush()
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+    return uri
+
+
+def time_fast(uri: str, out: Path) -> dict[str, float]:
+    """The evaluation pipeline (what `medtl evaluate --no-log` runs), timed per stage."""
+    from medtl.evaluation.collect import collect
+    from medtl.evaluation.plots import CURVE_EPOCHS
+    from medtl.evaluation.report import analyse, is_cheap, render
+
+    t = time.perf_counter()
+    data = collect(STUDY, uri, primary_only=True, max_step=CURVE_EPOCHS)
+    t_collect = time.perf_counter() - t
+    analyses = [analyse(data.runs, "paper")]
+    if is_cheap(data.runs):
+        analyses.append(analyse(data.runs, "recommended"))
+    t_stats = time.perf_counter() - t - t_collect
+    render(data, analyses, out)
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    full = collect(STUDY, uri)
+    t_full = time.perf_counter() - t
+    return {"collect_s": t_collect, "stats_s": t_stats, "render_s": total - t_collect - t_stats,
+            "report_total_s": total, "n_runs": len(data.runs), "second_mode": len(analyses) > 1,
+            "collect_all_histories_s": t_full, "history_points_all": len(full.histories)}
+
+
+def time_naive(uri: str, n_runs: int) -> dict[str, float]:
+    """search_runs (in full) + one get_metric_history per run and metric (sampled, scaled)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
+    t = time.perf_counter()
+    found, token = [], None
+    while True:
+        page = client.search_runs([exp], max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            break
+    t_search = time.perf_counter() - t
+    sample = found[:: max(1, len(found) // SAMPLE)][:SAMPLE]
+    t = time.perf_counter()
+    calls = 0
+    for run in sample:
+        for key in [k for k in run.data.metrics if k in ("train_loss", "val_loss", "epoch_time_s") or k.startswith("val_")]:
+            client.get_metric_history(run.info.run_id, key)
+            calls += 1
+    t_sample = time.perf_counter() - t
+    return {"search_runs_s": t_search, "history_sample_runs": len(sample), "history_sample_calls": calls,
+            "history_sample_s": t_sample, "history_estimated_s": t_sample * n_runs / max(1, len(sample))}
+
+
+def main(sizes: tuple[int, ...] = (1000, 10000)) -> dict:
+    """Build a store per size, time the report and the naive client; return the numbers."""
+    results = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="medtl-bench-") as tmp:
+            t = time.perf_counter()
+            uri = build_store(Path(tmp) / "mlflow.db", n)
+            build = time.perf_counter() - t
+            size_mb = (Path(tmp) / "mlflow.db").stat().st_size / 2**20
+            fast = time_fast(uri, Path(tmp) / "report")
+            naive = time_naive(uri, n)
+            naive_total = naive["search_runs_s"] + naive["history_estimated_s"] + fast["stats_s"] + fast["render_s"]
+            results[n] = {"build_s": build, "db_mb": size_mb, **fast, **naive,
+                          "naive_report_estimated_s": naive_total,
+                          "speedup": naive_total / fast["report_total_s"]}
+            print(json.dumps({n: results[n]}, default=float, indent=1), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(tuple(int(a) for a in sys.argv[1:]) or (1000, 10000))

@@ -1,0 +1,131 @@
+"""`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
+
+Usage: python benchmarks/run.py [--only loop,sweep,archs,data,ingest,evaluation] [--out BENCHMARKS.md]
+Sections not selected keep their previous text in the file, so one section can be re-measured alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SECTIONS: dict[str, tuple[str, str]] = {
+    "loop": ("Training-loop overhead (issue 2)", "target: medtl / bare ≤ 1.05 per epoch"),
+    "sweep": ("`make sweep` wall time (issue 2)", "target: under 5 minutes on 2 cores"),
+    "archs": ("Architectures: training images/s and peak memory (issue 3)", "batch 16; the table to plan a grid with"),
+    "data": ("Datasets: samples/s from the cache vs decoding (issue 5)", ""),
+    "ingest": ("DICOM ingest throughput and memory (issue 4)", ""),
+    "evaluation": ("Evaluation report over large stores (issue 8)", "target: 10,000 runs in under 15 s"),
+}
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def to_markdown(result: object) -> str:
+    """A list of flat dicts, a dict of flat dicts, or a flat dict → a Markdown table."""
+    if isinstance(result, dict) and result and all(isinstance(v, dict) for v in result.values()):
+        rows = [{"case": k, **v} for k, v in result.items()]
+    elif isinstance(result, dict):
+        rows = [{"measure": k, "value": v} for k, v in result.items()]
+    else:
+        rows = list(result)  # type: ignore[arg-type]
+    if not rows:
+        return "(no rows)\n"
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def bench_sweep() -> dict:
+    """Time `medtl sweep --study configs/demo.yaml` in a fresh folder (what `make sweep` runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(
+            [str(Path(sys.executable).parent / "medtl"), "sweep", "--study", str(ROOT / "configs" / "demo.yaml")],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+        )
+        seconds = time.perf_counter() - start
+    return {"study": "configs/demo.yaml", "wall_s": round(seconds, 1), "wall_min": round(seconds / 60, 2)}
+
+
+def run_section(name: str) -> str:
+    if name == "sweep":
+        result = bench_sweep()
+    else:
+        result = importlib.import_module(f"bench_{name}").main()
+    return to_markdown(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        print(f"bench: unknown section {unknown[0]!r}; valid: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    previous = _sections(out.read_text()) if out.exists() else {}
+    import torch
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = {}
+    for name in SECTIONS:
+        if name not in chosen:
+            if name in previous:
+                body[name] = previous[name]
+            continue
+        title, target = SECTIONS[name]
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        try:
+            table = run_section(name)
+        except Exception:
+            table = "Failed:\n\n```\n" + traceback.format_exc(limit=3) + "```\n"
+        note = f"_{target}_ — " if target else ""
+        body[name] = f"## {title}\n\n{note}measured {stamp}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n\n{table}"
+    text = "# Benchmarks\n\nWritten by `make bench` (`benchmarks/run.py`). Medians and ratios come from one run on the machine named in each section; these machines are noisy, so compare ratios, not absolute times across sections.\n\n"
+    text += "\n".join(body[name] for name in SECTIONS if name in body)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    print(f"bench: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _sections(text: str) -> dict[str, str]:
+    found = {}
+    for name, (title, _) in SECTIONS.items():
+        match = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+        if match:
+            found[name] = match.group(0).rstrip() + "\n"
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

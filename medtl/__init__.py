@@ -1,0 +1,1 @@
+"""medtl: transfer-learning experiments for medical imaging."""

@@ -1,0 +1,1 @@
+"""Evaluation: reads the tracking store, computes the study's statistics, renders reports."""

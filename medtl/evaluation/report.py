@@ -1,0 +1,442 @@
+"""Study report: summary table, comparisons, Markdown / HTML / LaTeX and plots, written atomically."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtl.evaluation import plots
+from medtl.evaluation.collect import StudyData
+from medtl.evaluation.plots import KEYS, arm_order, at_chosen, known_task_runs
+from medtl.evaluation.stats import RECORD_KEYS, ComparisonSet, compare, primary_metric
+from medtl.training.spec import TASKS, TEST_METRICS, Task
+
+EXTRA_SUMMARY = ("epochs_to_convergence", "emissions_kg", "energy_kwh", "duration_s")
+SUMMARY_COLUMNS = (
+    *KEYS, "metric", "n", "mean", "std", "median", "min", "max",
+    "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
+)
+CHEAP_ARM_SIZE = 8
+_STATS_COLUMNS = (*KEYS, "seed", "status", "diverged", "epochs_to_convergence")
+Block = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One mode's comparisons: one ComparisonSet per training-data fraction (largest first)."""
+
+    mode: str
+    per_lr: bool
+    sets: tuple[tuple[float, ComparisonSet], ...]
+    skipped_runs: int = 0
+
+    def records(self) -> list[dict[str, Any]]:
+        """comparisons.json: the stats records, each with its `data_fraction` added."""
+        return [{**r, "data_fraction": f} for f, cs in self.sets for r in cs.to_records()]
+
+    def frame(self) -> pd.DataFrame:
+        """The records as a DataFrame."""
+        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, "data_fraction"])
+
+    def selection(self) -> pd.DataFrame:
+        """The learning rate each arm is compared at, per fraction."""
+        frames = [cs.selection_frame().assign(data_fraction=f) for f, cs in self.sets]
+        return pd.concat(frames, ignore_index=True)
+
+
+def analyse(runs: pd.DataFrame, mode: str = "paper", per_lr: bool = False) -> Analysis:
+    """Compare the arms in one mode, separately for each training-data fraction.
+
+    Args:
+        runs: `collect(...).runs`.
+        mode: "paper" or "recommended" (see `stats.compare`).
+        per_lr: compare at every learning rate instead of each arm's selected one.
+
+    Returns:
+        Analysis with one ComparisonSet per fraction; runs of unknown tasks are counted, not used.
+
+    Raises:
+        StatsError: on an unknown mode.
+    """
+    usable = known_task_runs(runs)
+    needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
+    usable = usable[needed].astype({c: object for c in ("task", "arch", "group", "status")})
+    fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant groups; noted per record
+        sets = tuple(
+            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr)) for f in fractions
+        )
+    return Analysis(mode, per_lr, sets, len(runs) - len(usable))
+
+
+def is_cheap(runs: pd.DataFrame) -> bool:
+    """Whether a second analysis mode is cheap: no arm holds more than CHEAP_ARM_SIZE runs."""
+    usable = known_task_runs(runs)
+    if usable.empty:
+        return True
+    return int(usable.groupby(list(KEYS), dropna=False).size().max()) <= CHEAP_ARM_SIZE
+
+
+def task_metrics(task: str) -> list[str]:
+    """A task's summary metrics: its test metrics, then epochs, emissions, energy, duration."""
+    return [f"test_{m}" for m in TEST_METRICS[TASKS[Task(task)].type]] + list(EXTRA_SUMMARY)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max.
+
+    Statistics use FINISHED, non-diverged runs with a finite value; `n_runs`, `n_failed` and
+    `n_diverged` count every run. `best_run_id` is the usable run with the best validation
+    primary metric (direction-aware) and `best_val` that value.
+
+    Args:
+        runs: `collect(...).runs`.
+
+    Returns:
+        The summary.csv table (SUMMARY_COLUMNS), sorted by its keys.
+    """
+    data = known_task_runs(runs)
+    if data.empty:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    data["_usable"] = (data["status"] == "FINISHED") & ~data["diverged"]
+    data["_div"] = (data["status"] == "FINISHED") & data["diverged"]
+    cells, values = [], []
+    for task, rows in data.groupby("task"):
+        metrics = pd.DataFrame({"metric": task_metrics(str(task))})
+        cells.append(rows[list(KEYS)].drop_duplicates().merge(metrics, how="cross"))
+        long = rows[rows["_usable"]].melt(id_vars=list(KEYS), value_vars=metrics["metric"].tolist(), var_name="metric")
+        values.append(long[np.isfinite(long["value"].astype(float))])
+    long = pd.concat(values, ignore_index=True)
+    long["value"] = long["value"].astype(float)
+    stats = long.groupby([*KEYS, "metric"], dropna=False)["value"].agg(["count", "mean", "std", "median", "min", "max"])
+    table = pd.concat(cells, ignore_index=True).merge(stats.reset_index(), on=[*KEYS, "metric"], how="left")
+    table = table.rename(columns={"count": "n"})
+    table["n"] = table["n"].fillna(0).astype(int)
+    counts = data.groupby(list(KEYS), dropna=False).agg(
+        n_runs=("run_id", "size"), n_failed=("failed", "sum"), n_diverged=("_div", "sum")
+    )
+    table = table.merge(counts.reset_index(), on=list(KEYS), how="left")
+    table = table.merge(_best_runs(data), on=list(KEYS), how="left")
+    return table.sort_values([*KEYS, "metric"], kind="stable").reset_index(drop=True).loc[:, list(SUMMARY_COLUMNS)]
+
+
+def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for key, group in data[data["_usable"]].groupby(list(KEYS), dropna=False):
+        metric, higher = primary_metric(key[0])
+        val = group[f"best_val_{metric}"].astype(float)
+        if not np.isfinite(val).any():
+            continue
+        idx = val.idxmax() if higher else val.idxmin()
+        rows.append((*key, group.at[idx, "run_id"], float(val[idx])))
+    return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
+
+
+def chosen_lrs(analysis: Analysis) -> pd.DataFrame:
+    """The selected learning rates (task, arch, group, data_fraction, lr), selectable ones only."""
+    sel = analysis.selection()
+    return sel.loc[sel["lr"].notna(), ["task", "arch", "group", "data_fraction", "lr"]]
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render(
+    data: StudyData, analyses: Sequence[Analysis], out: str | Path, *, figures: bool = True
+) -> dict[str, Path]:
+    """Write every report file of a study into `out` (created if missing).
+
+    Files: summary.csv, comparisons.json / .csv and lr_selection.csv (the first analysis),
+    tables.tex, report.md, a self-contained report.html (plots embedded) and plots/*.png.
+    Other analyses appear as further sections of report.md / report.html.
+
+    Args:
+        data: the collected study.
+        analyses: one or more Analysis; the first is the main one.
+        out: the output folder.
+        figures: draw the plots (False: tables and text only, much faster).
+
+    Returns:
+        File name → path of everything written.
+    """
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    main = analyses[0]
+    summary = summarize(data.runs)
+    chosen = chosen_lrs(main)
+    pngs = plots.study_figures(data.runs, data.histories, chosen) if figures else {}
+    written: dict[str, Path] = {}
+
+    def put(name: str, payload: bytes | str) -> None:
+        write_atomic(out / name, payload)
+        written[name] = out / name
+
+    put("summary.csv", summary.to_csv(index=False))
+    put("comparisons.json", json.dumps(main.records(), indent=1, allow_nan=False) + "\n")
+    put("comparisons.csv", main.frame().to_csv(index=False))
+    put("lr_selection.csv", main.selection().to_csv(index=False))
+    put("tables.tex", latex_tables(summary, main))
+    for name, png in pngs.items():
+        put(f"plots/{name}", png)
+    for stale in (out / "plots").glob("*.png"):
+        if stale.name not in pngs:
+            stale.unlink()
+    blocks = report_blocks(data, summary, analyses, pngs)
+    put("report.md", to_markdown(blocks))
+    put("report.html", to_html(blocks, pngs, title=f"medtl study {data.study}"))
+    return written
+
+
+# ---------------------------------------------------------------- content
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if _missing(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
+def _pm(row: pd.Series) -> str:
+    return "–" if not row["n"] else f"{_num(row['mean'])} ± {_num(row['std'])}"
+
+
+def results_table(summary: pd.DataFrame, chosen: pd.DataFrame, task: str, fraction: float) -> pd.DataFrame:
+    """One task's results at each arm's selected lr: rows arch × arm, mean ± std per metric."""
+    rows = at_chosen(summary[(summary["task"] == task) & (summary["data_fraction"] == fraction)], chosen)
+    out = []
+    for (arch, group), cell in rows.groupby(["arch", "group"], sort=False):
+        by = cell.set_index("metric")
+        first = cell.iloc[0]
+        entry = {"arch": arch, "arm": group, "lr": _num(first["lr"]),
+                 "runs (ok/all)": f"{int(by['n'].get('epochs_to_convergence', 0))}/{int(first['n_runs'])}"}
+        for metric in task_metrics(task)[:-2]:
+            entry[metric.removeprefix("test_")] = _pm(by.loc[metric])
+        entry["best run"] = _num(first["best_run_id"])
+        out.append(entry)
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    order = {a: i for i, a in enumerate(arm_order(frame["arm"].unique()))}
+    return frame.sort_values(["arch", "arm"], key=lambda s: s.map(order) if s.name == "arm" else s, kind="stable")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def comparisons_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Comparison records (comparisons.json dicts) formatted for reading."""
+    rows = []
+    for r in records:
+        arms = "all arms" if _missing(r["group_b"]) else f"{r['group_a']} vs {r['group_b']}"
+        lr = "" if _missing(r["lr_a"]) or r["lr_a"] != r["lr_b"] else f" @ lr {_num(r['lr_a'])}"
+        effect = "" if _missing(r["effect_size"]) else f"{r['effect_size_name']} = {_num(r['effect_size'], 3)}"
+        rows.append({
+            "arch": r["arch"], "metric": r["metric"], "test": r["test"], "arms": arms + lr,
+            "n": f"{r['n_a']}" if _missing(r["n_b"]) else f"{r['n_a']}/{r['n_b']}",
+            "statistic": _num(r["statistic"]), "p raw": _num(r["p_raw"], 3),
+            "p adj.": _num(r["p_adjusted"], 3), "omnibus sig.": _num(r["omnibus_significant"]),
+            "effect": effect, "note": r["note"] or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _records_of(analysis: Analysis, task: str, fraction: float) -> list[dict[str, Any]]:
+    return [r for r in analysis.records() if r["task"] == task and r["data_fraction"] == fraction]
+
+
+def report_blocks(
+    data: StudyData, summary: pd.DataFrame, analyses: Sequence[Analysis], figures: dict[str, bytes]
+) -> list[Block]:
+    """The report's content as blocks: ("h", level, text), ("p", text), ("table", df), ("img", name)."""
+    runs, main = data.runs, analyses[0]
+    chosen = chosen_lrs(main)
+    finished = int((runs["status"] == "FINISHED").sum())
+    diverged = int(((runs["status"] == "FINISHED") & runs["diverged"]).sum())
+    blocks: list[Block] = [
+        ("h", 1, f"Study {data.study}"),
+        ("p", f"Tracking store {data.tracking_uri}, experiment medtl/{data.study} (id {data.experiment_id}); "
+              f"generated {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC."),
+        ("p", f"{len(runs)} fine-tuning runs: {finished} finished ({diverged} of them diverged), "
+              f"{len(runs) - finished} failed or killed; {main.skipped_runs} of an unknown task left out. "
+              f"Statistics use finished, non-diverged runs; mode {main.mode}"
+              f"{', every learning rate' if main.per_lr else ', each arm at its best mean validation learning rate'}."),
+    ]
+    blocks.append(("h", 2, "Results on the test set"))
+    for fraction, _ in main.sets:
+        for task in sorted(summary.loc[summary["data_fraction"] == fraction, "task"].unique()):
+            label = "" if fraction == 1.0 else f", {fraction:.0%} of the training data"
+            blocks += [("h", 3, f"{task}{label}"), ("table", results_table(summary, chosen, task, fraction))]
+    for analysis in analyses:
+        title = "Comparisons" if analysis is main else f"Comparisons in {analysis.mode} mode (second analysis)"
+        blocks.append(("h", 2, f"{title} ({analysis.mode})"))
+        records = analysis.records()
+        if not records:
+            blocks.append(("p", "No comparisons: no runs of a known task."))
+        for fraction, _ in analysis.sets:
+            for task in sorted({r["task"] for r in records if r["data_fraction"] == fraction}):
+                label = "" if fraction == 1.0 else f", {fraction:.0%} of the training data"
+                blocks += [("h", 3, f"{task}{label}"),
+                           ("table", comparisons_table(_records_of(analysis, task, fraction)))]
+    sel = main.selection()
+    sel = sel.assign(lr=sel["lr"].map(_num), mean_val=sel["mean_val"].map(_num))
+    blocks += [("h", 2, "Learning-rate selection (validation only)"), ("table", sel)]
+    blocks.append(("h", 2, "Emissions"))
+    ok = plots.usable_runs(runs)
+    for col in ("epochs_to_convergence", "epochs_run"):
+        r, n = plots.pearson(ok[col].to_numpy(float), ok["emissions_kg"].to_numpy(float))
+        blocks.append(("p", f"Pearson r between emissions_kg and {col}: {_num(r, 3)} over {n} runs."))
+    ranks = plots.study_ranks(runs, chosen)
+    blocks.append(("h", 2, "Average ranks of the arms"))
+    if ranks.cd is None:
+        blocks.append(("p", ranks.note or "undefined"))
+    else:
+        blocks.append(("p", f"Over {ranks.n_cells} (task, arch) cells, test primary metric, 1 = best; "
+                            f"Nemenyi critical difference (α = 0.05) {ranks.cd:.3f}."))
+        blocks.append(("table", pd.DataFrame({"arm": ranks.arms, "average rank": [_num(a, 3) for a in ranks.average]})))
+    blocks.append(("h", 2, "Figures"))
+    blocks += [("img", name) for name in figures]
+    failed = runs[runs["failed"]]
+    blocks.append(("h", 2, f"Failed runs ({len(failed)})"))
+    if len(failed):
+        shown = failed[["run_id", "task", "arch", "group", "lr", "seed", "status", "failure_reason"]].head(200)
+        blocks.append(("table", shown.assign(failure_reason=shown["failure_reason"].fillna("").str.slice(0, 160))))
+    return blocks
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    """Render blocks as Markdown; figures link to plots/<name>."""
+    lines: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            lines += ["#" * block[1] + " " + block[2], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "img":
+            lines += [f"![{block[1]}](plots/{block[1]})", ""]
+        elif kind == "table":
+            frame: pd.DataFrame = block[1]
+            if frame.empty:
+                lines += ["(none)", ""]
+                continue
+            cell = lambda v: _num(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines.append("| " + " | ".join(map(str, frame.columns)) + " |")
+            lines.append("|" + "---|" * len(frame.columns))
+            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+            lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f3f3f3}"
+    "img{max-width:100%;display:block;margin:1em 0}"
+)
+
+
+def to_html(blocks: Sequence[Block], figures: dict[str, bytes], title: str) -> str:
+    """Render blocks as one self-contained HTML page (figures as base64 PNG data URIs)."""
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            parts.append(f"<h{block[1]}>{esc(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{esc(block[1])}</p>")
+        elif kind == "img":
+            data = base64.b64encode(figures[block[1]]).decode()
+            parts.append(f"<img alt='{esc(block[1])}' src='data:image/png;base64,{data}'>")
+        elif kind == "table":
+            frame = block[1]
+            if frame.empty:
+                parts.append("<p>(none)</p>")
+                continue
+            head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(_num(v))}</td>" for v in row) + "</tr>"
+                for row in frame.itertuples(index=False)
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+
+
+def _tex(text: Any) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_tables(summary: pd.DataFrame, analysis: Analysis) -> str:
+    """Tables shaped like the paper's Tables 2–6: per task (and fraction), rows arch × arm with
+    mean ± std of the test metrics and epochs at the selected lr, then the p values per arch."""
+    chosen = chosen_lrs(analysis)
+    out = ["% medtl evaluation tables; needs \\usepackage{booktabs}", ""]
+    for fraction, _ in analysis.sets:
+        for task in sorted(summary.loc[summary["data_fraction"] == fraction, "task"].unique()):
+            table = results_table(summary, chosen, task, fraction).drop(columns=["best run"], errors="ignore")
+            if table.empty:
+                continue
+            label = "" if fraction == 1.0 else f", {fraction:.0%} of the training data"
+            cols = list(table.columns)
+            out += [r"\begin{table}[ht]", r"\centering",
+                    rf"\caption{{{_tex(task)}{_tex(label)}: test metrics, mean $\pm$ sample std over runs at each arm's selected learning rate.}}",
+                    r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+                    " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+            out += [" & ".join(_tex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+            out += [r"\bottomrule", r"\end{tabular}", ""]
+            recs = [r for r in _records_of(analysis, task, fraction) if r["test"] != "levene"]
+            if recs:
+                p = comparisons_table(recs)[["arch", "metric", "test", "arms", "p adj."]]
+                out += [r"\begin{tabular}{lllll}", r"\toprule",
+                        r"arch & metric & test & arms & p (adjusted) \\", r"\midrule"]
+                out += [" & ".join(_tex(v) for v in row) + r" \\" for row in p.itertuples(index=False)]
+                out += [r"\bottomrule", r"\end{tabular}"]
+            out += [r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a float, or None when missing, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

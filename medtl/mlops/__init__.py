@@ -1,0 +1,1 @@
+"""MLOps: tracking (MLflow), registry, sweeps (Optuna), the runner and the CLI."""

@@ -1,0 +1,1 @@
+"""One module a `medtl` sub-command: `register(subparsers)` adds its parser."""

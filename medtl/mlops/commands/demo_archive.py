@@ -1,0 +1,44 @@
+"""`medtl demo-archive`: write a small synthetic DICOM archive with fake identifying values."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+Write a synthetic DICOM archive (CT, MR and CR; head, chest, hand and knee; a multi-frame file,
+MONOCHROME1 and RLE-compressed radiographs, series with and without a VOI window) under DIR.
+Every patient-identifying field holds a plausible FAKE value, so the archive exercises
+de-identification; --planted-out writes those values to a file outside DIR for leak scans.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo-archive", help="write a small synthetic DICOM archive",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--patients", type=int, default=6, metavar="N", help="number of patients (default 6, ~60 images)")
+    parser.add_argument("--planted-out", type=Path, metavar="FILE",
+                        help="also write the planted identifying values, one a line, to FILE (outside DIR)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from medtl.errors import UserError
+    from medtl.training.data.demo_archive import planted_identifiers, write_demo_archive
+
+    out = Path(args.out)
+    if args.planted_out is not None and args.planted_out.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--planted-out {args.planted_out} lies inside the archive {out}; write it elsewhere")
+    archive = write_demo_archive(out, seed=args.seed, patients=args.patients)
+    if args.planted_out is not None:
+        tmp = args.planted_out.with_name(f".{args.planted_out.name}.tmp")
+        tmp.write_text("\n".join(sorted(planted_identifiers(out))) + "\n")
+        os.replace(tmp, args.planted_out)
+    print(f"demo-archive: {archive.files} files, {archive.images} images, {archive.patients} patients -> {out}")
+    return 0

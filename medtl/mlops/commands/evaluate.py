@@ -1,0 +1,44 @@
+"""`medtl evaluate`: compare a study's arms with the paper's statistics and render its report."""
+
+from __future__ import annotations
+
+import argparse
+
+from medtl.mlops.cli import add_tracking_uri
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="compare a study's arms and write its report (tables, p values, plots)",
+        description=(
+            "Read every fine-tuning run of a study from the tracking store, compare the arms per "
+            "task and architecture (paper mode: Levene, Kruskal-Wallis, pairwise Mann-Whitney U "
+            "with Bonferroni; recommended mode: permutation tests with Holm), and write "
+            "summary.csv, comparisons.json/.csv, tables.tex, report.md, a self-contained "
+            "report.html and plots into --out. The folder is logged as an MLflow run "
+            "(medtl.stage=evaluation) in the study's experiment unless --no-log."
+        ),
+    )
+    p.add_argument("--study", required=True, help="study name: experiment medtl/<study>")
+    p.add_argument("--mode", default="paper", help="paper | recommended (default paper)")
+    p.add_argument("--per-lr", action="store_true", help="also compare the arms at every learning rate")
+    p.add_argument("--out", default=None, help="output folder (default reports/<study>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report as an MLflow run")
+    add_tracking_uri(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medtl.mlops.evaluation_run import evaluate_study
+
+    html = evaluate_study(
+        args.study,
+        tracking_uri=args.tracking_uri,
+        mode=args.mode,
+        out=args.out,
+        log=not args.no_log,
+        per_lr=args.per_lr,
+    )
+    print(html.resolve())
+    return 0

@@ -1,0 +1,59 @@
+"""`medtl sweep`: run a study's grid through an Optuna queue, each point a tracked MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+
+from medtl.mlops.cli import add_tracking_uri
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a study file's grid (tasks × archs × arms × lrs × seeds × fractions)",
+        description=(
+            "Enqueue every grid point of a study file that is not done yet in an Optuna study, then "
+            "run them with N local worker processes. Re-running a finished study runs nothing; "
+            "adding a value to an axis runs only the new points. Each point is an MLflow run in "
+            "experiment medtl/<study>, under one parent run for the sweep."
+        ),
+    )
+    p.add_argument("--study", required=True, help="study file, e.g. configs/demo.yaml")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite optuna.db beside mlflow.db)"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    p.add_argument("--plan", action="store_true", help="show the grid and what is done; run nothing")
+    add_tracking_uri(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medtl.errors import UserError
+    from medtl.mlops.study import load_study
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    load_study(args.study)  # refuse a bad study file before importing the heavy libraries
+    if args.plan:
+        from medtl.mlops.plan import print_plan
+
+        print_plan(args.study, tracking_uri=args.tracking_uri)
+        return 0
+    from medtl.mlops.sweep import sweep
+    from medtl.mlops.tracking import mask_url, resolve_tracking_uri
+
+    result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    counts = result.counts
+    print(
+        f"study {result.study.name}: {len(result.study.specs)} grid points, {result.enqueued} newly enqueued; "
+        f"complete {counts.get('COMPLETE', 0)}, failed {counts.get('FAIL', 0)}, left {counts.get('WAITING', 0)}, "
+        f"held back {result.held_back} "
+        f"({result.stats.seconds:.0f} s). Runs are in experiment medtl/{result.study.name} of {mask_url(uri)} "
+        f"(parent run {result.parent_run_id})."
+    )
+    if uri.startswith("sqlite:"):
+        print("Browse them: make ui  (MLflow UI on http://127.0.0.1:5000)")
+    return 1 if counts.get("FAIL", 0) and not counts.get("COMPLETE", 0) else 0

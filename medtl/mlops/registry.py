@@ -1,0 +1,171 @@
+"""The MLflow model registry: register checkpoints, move aliases, resolve model URIs to local files.
+
+Every version is an MLflow PyTorch model (pickle format, so `mlflow.pytorch.load_model` returns a
+medtl `Network`) with a signature and an input example, and it carries the plain `best.pt`
+state_dict as an extra file: medtl itself only ever reads that file, with `weights_only=True`.
+Aliases, never the deprecated stages: `champion` and `previous-champion`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from medtl.errors import UserError
+from medtl.mlops import tracking as T
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+METRIC_TAG = "medtl.metric"
+METRIC_NAME_TAG = "medtl.metric_name"
+HIGHER_TAG = "medtl.higher_is_better"
+RUN_TAG = "medtl.run_id"
+
+
+class RegistryError(UserError):
+    """A model URI or registered model that does not exist or cannot be used."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    champion: bool
+    previous_champion: str | None
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    uri: str
+    name: str
+    version: str
+    path: Path
+
+
+def log_registered_version(
+    client: MlflowClient,
+    *,
+    tracking_uri: str,
+    experiment_id: str,
+    name: str,
+    network: torch.nn.Module,
+    best_path: Path,
+    image_size: int,
+    run_id: str,
+    metric_name: str,
+    metric: float,
+    higher_is_better: bool,
+    tags: dict[str, str],
+    extras: int = 0,
+) -> Registered:
+    """Log `network` as an MLflow model, register it as a new version of `name`, move `champion`
+    only if `metric` beats the current champion's (direction-aware)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    network = network.cpu().eval()
+    example = np.random.default_rng(0).random((2, 1, image_size, image_size), dtype=np.float32)
+    with torch.no_grad():
+        output = network(torch.from_numpy(example)) if not extras else network(
+            torch.from_numpy(example), torch.zeros(2, extras)
+        )
+    signature = infer_signature(example, output.numpy())
+    experiment = client.get_experiment(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    # Pickle keeps `load_model` returning a medtl Network; medtl itself reads only the extra
+    # best.pt with weights_only=True, so MLflow's warning about unpickling does not apply to it.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    info = mlflow.pytorch.log_model(
+        network,
+        name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "medtl"],
+        serialization_format="pickle",
+        extra_files=[str(best_path)],
+    )
+    _ensure_registered_model(client, name)
+    version_tags = {
+        **{k: T.mask_url(str(v)) for k, v in tags.items()},
+        RUN_TAG: run_id,
+        METRIC_NAME_TAG: metric_name,
+        METRIC_TAG: repr(float(metric)),
+        HIGHER_TAG: str(higher_is_better),
+    }
+    version = client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id)
+    number = str(version.version)
+    promoted, previous = move_champion_if_better(client, name, number, metric, higher_is_better)
+    return Registered(name, number, promoted, previous)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        try:
+            client.create_registered_model(name)
+        except Exception:  # created concurrently by another process
+            client.get_registered_model(name)
+
+
+def champion(client: MlflowClient, name: str):
+    """The model version holding alias `champion`, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        return None
+
+
+def _better(new: float, old: float, higher_is_better: bool) -> bool:
+    if not math.isfinite(new):
+        return False
+    if not math.isfinite(old):
+        return True
+    return new > old if higher_is_better else new < old
+
+
+def move_champion_if_better(
+    client: MlflowClient, name: str, version: str, metric: float, higher_is_better: bool
+) -> tuple[bool, str | None]:
+    """Give `version` the alias `champion` if it beats the holder; the old holder becomes `previous-champion`."""
+    current = champion(client, name)
+    if current is not None:
+        old = float(current.tags.get(METRIC_TAG, "nan"))
+        if str(current.version) == str(version) or not _better(metric, old, higher_is_better):
+            return False, None
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return True, None if current is None else str(current.version)
+
+
+def resolve_weights(uri: str, tracking_uri: str, dest: Path) -> ResolvedWeights:
+    """`models:/name@alias` or `models:/name/version` → the version's `best.pt` on local disk."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if not match:
+        raise RegistryError(f"not a model URI: {uri!r}; expected models:/<name>@<alias> or models:/<name>/<version>")
+    name, alias, number = match.groups()
+    client = MlflowClient(tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except Exception:
+        known = sorted(m.name for m in client.search_registered_models(max_results=200))
+        hint = f"; registered models: {', '.join(known)}" if known else "; no model is registered yet"
+        raise RegistryError(f"model {uri} does not exist in {T.mask_url(tracking_uri)}{hint}") from None
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=str(dest)))
+    found = sorted(local.rglob("extra_files/best.pt"))
+    if not found:
+        raise RegistryError(f"model {uri} (version {version.version}) holds no extra_files/best.pt; not a medtl model")
+    return ResolvedWeights(uri, name, version.version, found[0])

@@ -1,0 +1,171 @@
+"""Study files: a grid as plain YAML values, validated on load, expanded into RunSpecs.
+
+```yaml
+name: demo                      # experiment medtl/<name>
+defaults: {max_epochs: 6, patience: 3, batch_size: 16, image_size: 64}
+tasks:
+  demo-binary: {archs: [resnet18, mobilenet_v3_small]}
+  luna16: {archs: [unet], data: /data/LUNA16, lrs: [1.0e-3, 1.0e-4, 1.0e-5]}
+arms: [random, imagenet, domain]   # domain-MR / domain-CR / domain-CT: single-modality pretraining
+lrs: [1.0e-2, 1.0e-3, 1.0e-4, 1.0e-5]
+seeds: [0, 1, 2, 3, 4]
+fractions: [1.0]
+```
+A task may override `lrs`, `seeds`, `fractions`, `arms` and any default. Every error names the file,
+the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtl.errors import UserError
+from medtl.training.spec import Arch, Init, Modality, RunSpec, SpecError, Task
+
+TOP_KEYS = {"name", "description", "defaults", "tasks", "arms", "lrs", "seeds", "fractions", "pretrain"}
+PRETRAIN_KEYS = {"data", "lr", "seed", "max_epochs", "patience", "batch_size", "image_size"}
+DEFAULT_KEYS = {"max_epochs", "patience", "batch_size", "image_size", "normalization"}
+TASK_KEYS = {"archs", "data", "arms", "lrs", "seeds", "fractions"} | DEFAULT_KEYS
+ARMS = ["random", "imagenet", "domain", *(f"domain-{m.value}" for m in Modality if m is not Modality.ALL)]
+
+
+class StudyError(UserError):
+    """A study file that cannot be used; one line with the file, the key and the valid choices."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: its grid points and, optionally, how to pretrain what the domain arms need."""
+
+    name: str
+    path: Path
+    description: str
+    specs: tuple[RunSpec, ...]
+    pretrain: dict[str, Any] | None = None
+
+    def tasks(self) -> list[str]:
+        return sorted({s.task.value for s in self.specs})
+
+
+def _arm(value: str) -> tuple[Init, Modality]:
+    if value not in ARMS:
+        raise SpecError(f"unknown arm {value!r}; valid: {', '.join(ARMS)}")
+    if value.startswith("domain-"):
+        return Init.DOMAIN, Modality(value.removeprefix("domain-"))
+    return Init(value), Modality.ALL
+
+
+def _check_keys(where: str, data: dict[str, Any], valid: set[str], path: Path) -> None:
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise StudyError(f"{path}: unknown key {unknown[0]!r} in {where}; valid: {', '.join(sorted(valid))}")
+
+
+def _axis(path: Path, where: str, key: str, value: Any) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise StudyError(f"{path}: {where}.{key} is empty; give at least one value")
+    return values
+
+
+def _spec(
+    path: Path, where: str, task: Task, arch: Any, arm: Any, lr: Any, seed: Any, fraction: Any, dataset: str, settings: dict
+) -> RunSpec:
+    try:
+        init, modality = _arm(str(arm))
+        spec = RunSpec(
+            task=task,
+            arch=arch,
+            init=init,
+            pretrain_modality=modality,
+            lr=lr,
+            seed=seed,
+            data_fraction=fraction,
+            dataset=dataset,
+            **settings,
+        )
+    except SpecError as exc:
+        raise StudyError(f"{path}: {where}: {exc}") from None
+    if spec.init is Init.IMAGENET and spec.arch is Arch.UNET:
+        raise StudyError(
+            f"{path}: {where}: the vanilla unet has no ImageNet weights; give it its own arms: "
+            "{name: unet, arms: [random, domain]}"
+        )
+    return spec
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and validate a study file; every grid point is a valid RunSpec or this raises."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise StudyError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: a study file is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    _check_keys("the study", data, TOP_KEYS, path)
+    name = str(data.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise StudyError(f"{path}: name {name!r} may hold only letters, digits, '_', '.', '-'")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise StudyError(f"{path}: defaults must be a mapping of {', '.join(sorted(DEFAULT_KEYS))}")
+    _check_keys("defaults", defaults, DEFAULT_KEYS, path)
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise StudyError(f"{path}: tasks is empty; name at least one of {', '.join(t.value for t in Task)}")
+    specs: list[RunSpec] = []
+    for task_name, task_cfg in tasks.items():
+        task_cfg = task_cfg or {}
+        where = f"tasks.{task_name}"
+        try:
+            task = Task(task_name)
+        except ValueError:
+            raise StudyError(
+                f"{path}: unknown task {task_name!r} in tasks; valid: {', '.join(t.value for t in Task)}"
+            ) from None
+        if not isinstance(task_cfg, dict):
+            raise StudyError(f"{path}: {where} must be a mapping with keys {', '.join(sorted(TASK_KEYS))}")
+        _check_keys(where, task_cfg, TASK_KEYS, path)
+        if "archs" not in task_cfg:
+            raise StudyError(f"{path}: {where}.archs is missing; valid: {', '.join(a.value for a in Arch)}")
+        axes = {
+            key: _axis(path, where if key in task_cfg else "study", key, task_cfg.get(key, data.get(key, default)))
+            for key, default in (("archs", None), ("arms", ["random"]), ("lrs", None), ("seeds", [0]), ("fractions", [1.0]))
+        }
+        if axes["lrs"] == [None]:
+            raise StudyError(f"{path}: lrs is missing (give it at the top or in {where})")
+        settings = {**defaults, **{k: v for k, v in task_cfg.items() if k in DEFAULT_KEYS}}
+        dataset = str(task_cfg.get("data", ""))
+        for entry in axes["archs"]:
+            # An architecture is a name, or {name: ..., arms: [...]} to give it its own arms.
+            if isinstance(entry, dict):
+                _check_keys(f"{where}.archs", entry, {"name", "arms"}, path)
+                arch_name = entry.get("name")
+                arm_axis = _axis(path, f"{where}.archs.{arch_name}", "arms", entry.get("arms", axes["arms"]))
+            else:
+                arch_name, arm_axis = entry, axes["arms"]
+            for arm, lr, seed, fraction in itertools.product(arm_axis, axes["lrs"], axes["seeds"], axes["fractions"]):
+                specs.append(_spec(path, where, task, arch_name, arm, lr, seed, fraction, dataset, settings))
+    pretrain = data.get("pretrain")
+    if pretrain is not None:
+        if not isinstance(pretrain, dict) or "data" not in pretrain:
+            raise StudyError(f"{path}: pretrain must be a mapping with at least 'data' (an ingest output folder)")
+        _check_keys("pretrain", pretrain, PRETRAIN_KEYS, path)
+    keys = [s.run_key for s in specs]
+    if len(set(keys)) != len(keys):
+        raise StudyError(f"{path}: the grid names the same point twice (a value repeated on an axis)")
+    return Study(
+        name=name, path=path, description=str(data.get("description", "")), specs=tuple(specs), pretrain=pretrain
+    )
+

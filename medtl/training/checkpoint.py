@@ -1,0 +1,134 @@
+"""Checkpoints that describe themselves, written off the training thread, loaded safely.
+
+`best.pt`: the model of the best validation loss and its metadata. `last.pt`: model, optimizer,
+loop state and RNG state after the latest epoch — enough to resume. Both are plain state_dict
+payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtl.errors import UserError
+from medtl.training.loop import Callback, FitState, rng_state
+
+FORMAT = "medtl-checkpoint/1"
+
+
+class CheckpointError(UserError):
+    """A file handed in is not a usable checkpoint: truncated, not a checkpoint, or unsafe."""
+
+
+def _cpu_copy(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _cpu_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu_copy(v) for v in tree)
+    return tree
+
+
+def atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """Write to a temporary name beside `path`, then rename: never a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely; typed errors for missing, truncated, unsafe or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types; all mean "not a safe checkpoint"
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path} holds pickled objects, refused (weights_only load): {text}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {text}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
+    return payload
+
+
+class Checkpointer(Callback):
+    """Saves `best.pt` on every validation-loss improvement and `last.pt` after every epoch.
+
+    Writes happen on a background thread from a CPU copy taken at epoch end, so the next epoch
+    starts at once; at most one write is in flight, and `on_fit_end` waits for it.
+
+    `on_saved(epoch, history, improved)` runs on the writer thread once `last.pt` of that epoch is on
+    disk: a tracker that logs there never records an epoch that a resume would repeat, and its
+    uploads and retries never stall training.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        meta: dict[str, Any],
+        on_saved: Callable[[int, list[dict[str, float]], bool], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.meta = meta
+        self.on_saved = on_saved
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.directory / "last.pt"
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(self, jobs: list[tuple[dict[str, Any], Path]], epoch: int, history: list, improved: bool) -> None:
+        try:
+            for payload, path in jobs:
+                atomic_save(payload, path)
+            if self.on_saved is not None:
+                self.on_saved(epoch, history, improved)
+        except BaseException as exc:  # surfaced on the training thread at the next wait
+            self._error = exc
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        self._wait()
+        weights = _cpu_copy(state.model.state_dict())
+        meta = {**self.meta, "epoch": state.epoch, "val_loss": metrics.get("val_loss")}
+        jobs = []
+        if state.improved:
+            jobs.append(({"format": FORMAT, "meta": meta, "model": weights}, self.best_path))
+        last = {
+            "format": FORMAT,
+            "meta": meta,
+            "model": weights,
+            "optimizer": _cpu_copy(state.optimizer.state_dict()),
+            "loop": state.loop_state(),
+            "rng": rng_state(),
+        }
+        jobs.append((last, self.last_path))
+        history = [dict(h) for h in state.history]
+        self._thread = threading.Thread(
+            target=self._write, args=(jobs, state.epoch, history, state.improved), daemon=True
+        )
+        self._thread.start()
+
+    def on_fit_end(self, state: FitState) -> None:
+        self._wait()

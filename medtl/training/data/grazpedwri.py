@@ -1,0 +1,142 @@
+"""GRAZPEDWRI-DX osteopenia: 16-bit wrist radiographs, balanced by undersampling, split by patient.
+
+As in the study the majority class is undersampled (seeded) to the size of the minority class
+before splitting 75/12.5/12.5 — here by `patient_id`, so no patient appears in two splits. Turn the
+undersampling off with `BALANCE = False`, `MEDTL_GRAZPEDWRI_BALANCE=0` or `load(..., balance=False)`
+(the argument wins over the variable, the variable over the module default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medtl.training.data import cache
+from medtl.training.data.base import DataError, Splits
+from medtl.training.data.generic import Record, assemble, assign_splits, index_images
+from medtl.training.data.splits import balanced_undersample, env_flag
+from medtl.training.spec import TASKS, Task
+
+BALANCE = True
+BALANCE_ENV = "MEDTL_GRAZPEDWRI_BALANCE"
+COLUMNS = (
+    "filestem",
+    "patient_id",
+    "study_number",
+    "timehash",
+    "gender",
+    "age",
+    "laterality",
+    "projection",
+    "initial_exam",
+    "ao_classification",
+    "cast",
+    "diagnosis_uncertain",
+    "osteopenia",
+    "fracture_visible",
+    "metal",
+    "pixel_spacing",
+    "device_manufacturer",
+)
+REQUIRED = ("filestem", "patient_id", "osteopenia")
+
+
+def _layout(root: Path) -> str:
+    return f"expected the GRAZPEDWRI-DX layout: dataset.csv + images/<filestem>.png (16-bit PNG) in {root}"
+
+
+def _find_csv(root: Path) -> Path:
+    for candidate in (root / "dataset.csv", *sorted(root.glob("*/dataset.csv"))):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"no dataset.csv in {root}; {_layout(root)}")
+
+
+def read_flags(values) -> np.ndarray:
+    """GRAZPEDWRI-DX flag column as int64: `1` means set, empty (NaN) or `0` means not set.
+
+    Raises:
+        DataError: a value is neither empty, 0 nor 1.
+    """
+    out = np.zeros(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        text = "" if value is None else str(value).strip().lower()
+        if text in {"", "nan", "0", "0.0"}:
+            continue
+        if text in {"1", "1.0"}:
+            out[i] = 1
+        else:
+            raise DataError(f"dataset.csv: osteopenia flag {value!r} is neither 1 nor empty")
+    return out
+
+
+def load(
+    path: Path | None,
+    *,
+    task: Task = Task.GRAZPEDWRI_OSTEOPENIA,
+    image_size: int,
+    seed: int = 0,
+    balance: bool | None = None,
+) -> Splits:
+    """Read GRAZPEDWRI-DX under `path`: osteopenia (1) vs none (0), split by patient.
+
+    Args:
+        path: folder holding `dataset.csv` (or one folder above it) and the PNGs anywhere below.
+        task: the registry's task (grazpedwri-osteopenia).
+        image_size: output side in pixels.
+        seed: data seed for undersampling and splitting.
+        balance: undersample the majority class; None reads `MEDTL_GRAZPEDWRI_BALANCE`, else `BALANCE`.
+
+    Raises:
+        DataError: dataset.csv, its columns or the images are missing.
+    """
+    import pandas as pd
+
+    if path is None or not Path(path).is_dir():
+        raise DataError(
+            f"grazpedwri-osteopenia needs a folder, got {path}; expected dataset.csv + images/"
+        )
+    root = Path(path)
+    csv = _find_csv(root)
+    frame = pd.read_csv(csv, dtype={"filestem": str, "patient_id": str})
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise DataError(f"dataset.csv lacks column(s) {missing}; {_layout(root)}")
+    frame = (
+        frame.dropna(subset=["filestem"])
+        .sort_values("filestem", kind="stable")
+        .reset_index(drop=True)
+    )
+    labels = read_flags(frame["osteopenia"].tolist())
+    do_balance = balance if balance is not None else env_flag(BALANCE_ENV, BALANCE)
+    keep = balanced_undersample(labels, seed=seed) if do_balance else np.arange(len(frame))
+    index = index_images(csv.parent, (".png",))
+    if not index:
+        raise DataError(f"no PNG images under {csv.parent}; {_layout(root)}")
+    every = []
+    for i in range(len(frame)):
+        stem = str(frame.at[i, "filestem"]).strip()
+        found = index.get(stem)
+        every.append(
+            Record(
+                id=stem,
+                path=found[0] if found else csv.parent / "images" / f"{stem}.png",
+                split="train",
+                target=int(labels[i]),
+                group=str(frame.at[i, "patient_id"]).strip(),
+            )
+        )
+    digest = cache.source_digest(root, [csv, *(r.path for r in every)])  # the whole download
+    records = [every[i] for i in keep]
+    records = assign_splits(records, [r.target for r in records], seed, grouped=True)
+    return assemble(
+        records,
+        kind="grazpedwri",
+        root=root,
+        task_type=TASKS[task].type,
+        image_size=image_size,
+        digest=digest,
+        notes={"balanced": str(do_balance)},
+    )

@@ -1,0 +1,401 @@
+"""The one training loop every arm of every task goes through.
+
+The loop knows tasks only through a `TaskAdapter` and the outside world only through callbacks:
+tracking, early stopping, checkpointing and emissions are passed in, so it imports no mlflow.
+Execution details (device, autocast, channels-last, loader workers) are resolved once into a
+`Runtime` and recorded by the caller, so the same code is fast on a GPU and exact on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
+
+from medtl.training.data.base import SampleSet
+from medtl.training.tasks import TaskAdapter
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed; every field is logged as a param."""
+
+    device: str
+    amp_dtype: str  # "bfloat16" or "none"
+    channels_last: bool
+    num_workers: int
+    pin_memory: bool
+    threads: int
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def to_params(self) -> dict[str, str]:
+        return {
+            "device": self.device,
+            "amp_dtype": self.amp_dtype,
+            "channels_last": str(self.channels_last),
+            "num_workers": str(self.num_workers),
+            "pin_memory": str(self.pin_memory),
+            "torch_threads": str(self.threads),
+        }
+
+
+def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Runtime:
+    """CUDA (bf16 autocast, channels-last, pinned memory, loader workers) when present, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1) if cuda else 0
+    return Runtime(
+        device=device,
+        amp_dtype="bfloat16" if cuda and torch.cuda.is_bf16_supported() else "none",
+        channels_last=cuda,
+        num_workers=num_workers,
+        pin_memory=cuda,
+        threads=torch.get_num_threads(),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch (CPU and CUDA) seeded alike; cuDNN made deterministic."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed job started by torchrun, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of one seeded epoch order; with `weights`, a weighted draw with replacement.
+
+    Every rank draws the same global order (seed + epoch) and keeps every world-th index, so the
+    ranks see disjoint samples. `set_epoch` is called by the loop before each epoch.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int, world_size: int, weights: np.ndarray | None = None) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.epoch = 0
+        self.per_rank = -(-n // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        total = self.per_rank * self.world_size
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(self.n, generator=generator)
+            order = torch.cat([order, order[: total - self.n]])  # pad so every rank gets as many
+        return iter(order[self.rank : total : self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+class _BatchDataset(Dataset):
+    """Serves whole batches from uint8 arrays: one fancy-index per batch instead of N item calls."""
+
+    def __init__(self, samples: SampleSet, adapter: TaskAdapter) -> None:
+        self.images = samples.images
+        self.targets = adapter.target_tensor(np.asarray(samples.targets))
+        self.extras = None if samples.extras is None else torch.as_tensor(samples.extras, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = np.sort(np.asarray(index))
+        batch = {
+            "image": torch.from_numpy(np.ascontiguousarray(self.images[index])).unsqueeze(1),
+            "target": self.targets[index],
+        }
+        if self.extras is not None:
+            batch["extras"] = self.extras[index]
+        return batch
+
+
+def make_loader(
+    samples: SampleSet,
+    adapter: TaskAdapter,
+    batch_size: int,
+    runtime: Runtime,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    sample_weights: np.ndarray | None = None,
+) -> DataLoader:
+    """A loader over in-memory arrays; `sample_weights` draws with replacement (oversampling)."""
+    generator = torch.Generator().manual_seed(seed)
+    rank, world_size = world()
+    if world_size > 1 and (shuffle or sample_weights is not None):
+        base = ShardSampler(len(samples), seed, rank, world_size, sample_weights)
+    elif sample_weights is not None:
+        base = WeightedRandomSampler(
+            torch.as_tensor(sample_weights, dtype=torch.double), len(samples), replacement=True, generator=generator
+        )
+    elif shuffle:
+        base = RandomSampler(range(len(samples)), generator=generator)
+    else:
+        base = SequentialSampler(range(len(samples)))
+    return DataLoader(
+        _BatchDataset(samples, adapter),
+        sampler=BatchSampler(base, batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=runtime.num_workers,
+        pin_memory=runtime.pin_memory,
+        persistent_workers=runtime.num_workers > 0,
+    )
+
+
+@dataclass
+class FitState:
+    """Everything the loop knows mid-fit; callbacks read it, and it is what `last.pt` resumes."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    max_epochs: int
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    improved: bool = False
+    should_stop: bool = False
+    stop_reason: str = ""
+    diverged: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    callback_state: dict[str, Any] = field(default_factory=dict)
+
+    def loop_state(self) -> dict[str, Any]:
+        """The resumable scalars (model and optimizer are saved beside them)."""
+        return {
+            "epoch": self.epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "callback_state": self.callback_state,
+            "diverged": self.diverged,
+        }
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class Callback:
+    """Hooks the loop calls; every method is optional."""
+
+    def on_fit_start(self, state: FitState) -> None: ...
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, state: FitState) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a lower validation loss (the study's rule)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        stale = state.epoch - state.best_epoch
+        if stale >= self.patience:
+            state.should_stop = True
+            state.stop_reason = f"no validation-loss improvement for {self.patience} epochs"
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam")
+
+
+def _batches(loader: DataLoader, runtime: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    device = runtime.torch_device
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    for batch in loader:
+        # uint8 crosses to the device (4x less traffic than float), then becomes [0, 1] there.
+        image = batch["image"].to(device, non_blocking=True).float().div_(255.0)
+        image = image.contiguous(memory_format=memory_format)
+        target = batch["target"].to(device, non_blocking=True)
+        extras = batch.get("extras")
+        yield image, target, None if extras is None else extras.to(device, non_blocking=True)
+
+
+def _autocast(runtime: Runtime):
+    if runtime.amp_dtype == "bfloat16":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def train_epoch(model: nn.Module, adapter: TaskAdapter, loader: DataLoader, optimizer, runtime: Runtime) -> float:
+    """One pass over the training set; returns the sample-weighted mean loss (NaN if it diverged)."""
+    model.train()
+    distributed = world()[1] > 1
+    total, count = 0.0, 0
+    for image, target, extras in _batches(loader, runtime):
+        with _autocast(runtime):
+            output = model(image) if extras is None else model(image, extras)
+        loss = adapter.loss(output, target)
+        finite = bool(torch.isfinite(loss.detach()))
+        if distributed:
+            # Every rank must stop at the same step, or the others wait forever in backward.
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if finite else 0.0], device=loss.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
+            return math.nan
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(image)
+        count += len(image)
+    if distributed:
+        import torch.distributed as dist
+
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=runtime.torch_device)
+        dist.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, adapter: TaskAdapter, loader: DataLoader, runtime: Runtime) -> tuple[float, np.ndarray]:
+    """Mean loss and postprocessed predictions (probabilities or values) over a loader, in order."""
+    model.eval()
+    total, count, outputs = 0.0, 0, []
+    for image, target, extras in _batches(loader, runtime):
+        with _autocast(runtime):
+            output = model(image) if extras is None else model(image, extras)
+        total += adapter.loss(output, target).item() * len(image)
+        count += len(image)
+        outputs.append(adapter.postprocess(output))
+    return total / max(count, 1), np.concatenate(outputs) if outputs else np.empty(0)
+
+
+def fit(
+    model: nn.Module,
+    adapter: TaskAdapter,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    val_targets: np.ndarray,
+    *,
+    lr: float,
+    max_epochs: int,
+    runtime: Runtime,
+    callbacks: Sequence[Callback] = (),
+    optimizer: str = "adamw",
+    weight_decay: float = 1e-3,
+    resume: dict[str, Any] | None = None,
+) -> FitState:
+    """Train until `max_epochs` or a callback stops it; validate every epoch.
+
+    The best epoch is the one with the lowest validation loss; epochs to convergence is that epoch.
+    A non-finite training loss ends the fit as diverged (a result, not an error).
+    `resume` is a `last.pt` payload: model, optimizer and loop state continue at the next epoch.
+    """
+    model.to(runtime.torch_device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    state = FitState(model, make_optimizer(model, optimizer, lr, weight_decay), max_epochs)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        state.optimizer.load_state_dict(resume["optimizer"])
+        state.load_loop_state(resume["loop"])
+        _restore_rng(resume.get("rng"))
+    trained = model
+    if world()[1] > 1:
+        # Gradients are averaged across ranks; validation runs on the whole set on every rank, so
+        # every rank takes the same early-stopping decision.
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [runtime.torch_device.index] if runtime.torch_device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=device_ids)
+    shard = getattr(getattr(train_loader, "sampler", None), "sampler", None)
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    while state.epoch < max_epochs and not state.should_stop:
+        state.epoch += 1
+        started = time.perf_counter()
+        if hasattr(shard, "set_epoch"):
+            shard.set_epoch(state.epoch)
+        train_loss = train_epoch(trained, adapter, train_loader, state.optimizer, runtime)
+        if not math.isfinite(train_loss):
+            state.diverged, state.should_stop = True, True
+            state.stop_reason = f"training loss is not finite at epoch {state.epoch}"
+            state.epoch -= 1  # the diverged epoch produced no usable model
+            break
+        val_loss, val_pred = predict(model, adapter, val_loader, runtime)
+        metrics = {"train_loss": train_loss, "val_loss": val_loss}
+        metrics.update({f"val_{k}": v for k, v in adapter.metrics(val_targets, val_pred).items()})
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        state.improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
+        if state.improved:
+            state.best_val_loss, state.best_epoch = val_loss, state.epoch
+        state.history.append({"epoch": state.epoch, **metrics})
+        for cb in callbacks:
+            cb.on_epoch_end(state, metrics)
+    if not state.stop_reason:
+        state.stop_reason = "max epochs reached"
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # Tensors and plain scalars only, so `torch.load(weights_only=True)` accepts the file.
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

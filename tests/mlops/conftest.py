@@ -1,0 +1,98 @@
+"""The native service stack the integration tests use: PostgreSQL and a lean MLflow server on 127.0.0.1.
+
+`docker-compose.yml` runs the same commands (`medtl.mlops.stack`); a test checks that they agree.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from medtl.mlops.stack import MLFLOW_SERVER_ENV, mlflow_server_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Postgres:
+    password: str
+    mlflow_url: str
+    optuna_url: str
+    databases: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
+        pytest.skip("PostgreSQL 15 (pg_ctlcluster, as root) is not available on this machine")
+    password = secrets.token_hex(12)  # per test session; never stored
+    suffix = secrets.token_hex(3)
+    databases = [f"medtl_mlflow_{suffix}", f"medtl_optuna_{suffix}"]
+    env = {**os.environ, "MEDTL_PG_PASSWORD": password, "MEDTL_PG_DATABASES": " ".join(databases)}
+    subprocess.run(["bash", str(ROOT / "scripts" / "pg-start.sh")], env=env, check=True, capture_output=True)
+    base = f"postgresql+psycopg://medtl:{password}@127.0.0.1:5432"
+    pg = Postgres(password, f"{base}/{databases[0]}", f"{base}/{databases[1]}", databases)
+    yield pg
+    for db in databases:
+        subprocess.run(
+            ["su", "postgres", "-c", f"psql -qc 'DROP DATABASE IF EXISTS {db} WITH (FORCE)'"], capture_output=True
+        )
+
+
+class MlflowServer:
+    """`mlflow server` as a child process; `stop()` and `start()` again on the same port."""
+
+    def __init__(self, backend: str, artifacts: Path, port: int, log: Path) -> None:
+        self.port = port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.command = mlflow_server_command(backend, str(artifacts), port=port)
+        self.command[0] = str(Path(sys.executable).parent / "mlflow")
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, **MLFLOW_SERVER_ENV}
+        self.proc = subprocess.Popen(self.command, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not start; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory) -> MlflowServer:
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    server = MlflowServer(postgres.mlflow_url, folder / "artifacts", free_port(), folder / "server.log")
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,93 @@
+"""`medtl demo-archive` → `ingest` → `pseudolabel` end to end: outputs, MLflow run, leaks, bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medtl.mlops.cli import main
+from medtl.training.data.ingest import KEY_ENV
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(KEY_ENV, "cli-test-key-0123456789")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_pipeline_logs_a_pseudolabel_run_and_leaks_nothing(workdir, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    planted_file = workdir / "planted.txt"
+    assert main(["demo-archive", "--out", "archive", "--patients", "6", "--planted-out", str(planted_file)]) == 0
+    assert main(["ingest", "archive", "--out", "data", "--workers", "2"]) == 0
+    assert main(["pseudolabel", "data", "--clusters", "6"]) == 0  # default store: ./mlflow.db
+    captured = capsys.readouterr()
+    assert "60 images" in captured.out and "pseudolabel: 6 clusters" in captured.out
+    manifest = pd.read_parquet(workdir / "data" / "manifest.parquet")
+    assert "label" in manifest and (manifest["label"] >= 0).all()
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["medtl/pretrain"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["medtl.stage"] == "pseudolabel"
+    assert run.data.params["clusters"] == "6" and run.data.metrics["homogeneity_body_part"] > 0.9
+    assert "nmi_modality" in run.data.metrics
+    sizes = mlflow.MlflowClient().get_metric_history(run.info.run_id, "cluster_size")
+    assert sum(m.value for m in sizes) == len(manifest)
+
+    planted = [v for v in planted_file.read_text().splitlines() if v]
+    assert len(planted) > 200
+    scanned = [captured.out.encode(), captured.err.encode(), caplog.text.encode()]
+    for path in workdir.rglob("*"):
+        if path.is_file() and "archive" not in path.relative_to(workdir).parts and path != planted_file:
+            scanned.append(path.relative_to(workdir).as_posix().encode() + b"\n" + path.read_bytes())
+    assert len(scanned) > 60  # PNGs, manifest, skipped list, shards, mlflow.db, artifacts
+    leaks = [v for v in planted for blob in scanned if v.encode() in blob or v.lower().encode() in blob.lower()]
+    assert leaks == []
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_exits_2_with_one_line(workdir, capsys, monkeypatch):
+    assert main(["ingest", "missing", "--out", "o"]) == 2
+    assert "does not exist" in _error(capsys)
+    (workdir / "empty").mkdir()
+    assert main(["ingest", "empty", "--out", "o"]) == 2
+    assert "no files" in _error(capsys)
+    (workdir / "junk").mkdir()
+    (workdir / "junk" / "notes.txt").write_text("no DICOM here")
+    assert main(["ingest", "junk", "--out", "o2", "--no-progress"]) == 2
+    assert "no readable DICOM" in _error(capsys)
+
+    assert main(["demo-archive", "--out", "archive", "--patients", "3"]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv(KEY_ENV)
+    assert main(["ingest", "archive", "--out", "o3"]) == 2
+    assert KEY_ENV in _error(capsys) and not (workdir / "o3").exists()
+    (workdir / "o3").mkdir()
+    (workdir / "o3" / "key").write_text("k" * 40)
+    assert main(["ingest", "archive", "--out", "o3", "--key-file", "o3/key"]) == 2
+    assert "inside the output folder" in _error(capsys)
+    assert main(["ingest", "archive", "--out", "o4", "--ephemeral-key", "--no-progress"]) == 0
+    capsys.readouterr()
+    for k in ("1", "1000"):
+        assert main(["pseudolabel", "o4", "--clusters", k]) == 2
+        assert "--clusters must be between 2" in _error(capsys)
+    assert main(["pseudolabel", "nowhere", "--clusters", "3"]) == 2
+    assert "does not exist" in _error(capsys)
+    assert main(["demo-archive", "--out", "archive"]) == 2
+    assert "not an empty folder" in _error(capsys)
+    assert main(["demo-archive", "--out", "a2", "--planted-out", "a2/p.txt"]) == 2
+    assert "inside the archive" in _error(capsys)

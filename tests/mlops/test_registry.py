@@ -1,0 +1,179 @@
+"""Pretraining → registry → domain fine-tuning → promotion, end to end on the demo archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from medtl.mlops.cli import main
+from medtl.mlops.commands.pretrain import pretrain
+from medtl.mlops.promote import promote
+from medtl.mlops.registry import CHAMPION, METRIC_TAG, PREVIOUS, RUN_TAG, move_champion_if_better
+from medtl.mlops.runner import run_spec
+from medtl.training.spec import PretrainSpec, RunSpec
+
+
+@pytest.fixture(scope="module")
+def archive_set(tmp_path_factory) -> Path:
+    from medtl.training.data.demo_archive import write_demo_archive
+    from medtl.training.data.ingest import ingest
+    from medtl.training.data.pseudolabel import pseudolabel
+
+    root = tmp_path_factory.mktemp("archive")
+    write_demo_archive(root / "archive")
+    ingest(root / "archive", root / "set", key=b"test-key-0123456789abcdef", progress=False)
+    pseudolabel(root / "set", clusters=6)
+    return root / "set"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, archive_set):
+    """One pretraining run of resnet18 (2 epochs) registered in a fresh store."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        spec = PretrainSpec(arch="resnet18", data=str(archive_set), max_epochs=2, image_size=32, batch_size=16)
+        outcome, registered = pretrain(spec, tracking_uri=uri)
+    finally:
+        os.chdir(cwd)
+    return uri, outcome, registered, folder
+
+
+def test_pretraining_registers_a_champion(store):
+    uri, outcome, registered, _ = store
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["medtl.stage"] == "pretrain"
+    assert client.get_experiment(run.info.experiment_id).name == "medtl/pretrain"
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "val_loss")] == [1, 2]
+    assert registered.name == "pretrained-resnet18" and registered.version == "1" and registered.champion
+    version = client.get_model_version_by_alias("pretrained-resnet18", CHAMPION)
+    assert str(version.version) == "1" and version.tags[RUN_TAG] == outcome.run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model("models:/pretrained-resnet18@champion")
+    import torch
+
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 6)
+
+
+def test_domain_finetune_loads_the_whole_backbone_from_the_registry(store, monkeypatch):
+    uri, outcome, registered, folder = store
+    monkeypatch.chdir(folder)
+    spec = RunSpec(task="demo-binary", arch="resnet18", init="domain", max_epochs=1, image_size=32)
+    result = run_spec(spec, study="reg", tracking_uri=uri)
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.data.params["init_resolved"] == "pretrained-resnet18/1"
+    assert run.data.params["init_source"] == "models:/pretrained-resnet18@champion"
+    report = json.loads(Path(client.download_artifacts(result.run_id, "transfer_report.json", str(folder / "dl"))).read_text())
+    assert report["missing"] == [] or all(k.startswith("head") for k in report["missing"])
+    from medtl.training.archs import build_body, get_arch
+
+    body, _ = build_body(get_arch("resnet18"))
+    assert report["loaded"] == len(body.state_dict())
+
+
+def test_domain_without_a_registered_model_says_which_pretrain_to_run(store, monkeypatch, capsys):
+    uri, *_, folder = store
+    monkeypatch.chdir(folder)
+    code = main(["run", "--task", "demo-binary", "--arch", "resnet34", "--init", "domain", "--image-size", "32", "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "run `medtl pretrain --arch resnet34 --data DIR` first" in err
+
+
+def test_promote_picks_best_validation_run_and_is_idempotent(store, monkeypatch):
+    uri, *_, folder = store
+    monkeypatch.chdir(folder)
+    for seed in (0, 1):
+        run_spec(RunSpec(task="demo-multiclass", arch="mobilenet_v3_small", max_epochs=1, image_size=32, seed=seed), study="promo", tracking_uri=uri)
+    first = promote("promo", tracking_uri=uri)
+    assert len(first) == 1 and first[0].action.startswith("registered")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("medtl/promo")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`medtl.stage` = 'finetune'")
+    best = max(runs, key=lambda r: (r.data.metrics["best_val_f1"], -r.data.metrics["best_val_loss"]))
+    version = client.get_model_version_by_alias("finetuned-demo-multiclass-mobilenet_v3_small", CHAMPION)
+    assert version.tags[RUN_TAG] == best.info.run_id
+    assert "spec.lr" in version.tags and "metric.test_f1" in version.tags
+    second = promote("promo", tracking_uri=uri)
+    assert [p.action for p in second] == ["unchanged"]
+    assert len(client.search_model_versions("name = 'finetuned-demo-multiclass-mobilenet_v3_small'")) == 1
+    # The promoted model answers `medtl predict`.
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype("uint8")).save(folder / "x.png")
+    assert main(["predict", "--model", "models:/finetuned-demo-multiclass-mobilenet_v3_small@champion", str(folder / "x.png"), "--out", str(folder / "p.csv"), "--tracking-uri", uri]) == 0
+    text = (folder / "p.csv").read_text()
+    assert text.startswith("path,prediction,prob_disc,prob_square,prob_ring,prob_stripes")
+
+
+def test_promote_refuses_a_study_without_finished_runs(store, capsys):
+    uri, *_ = store
+    assert main(["promote", "--study", "nothing-here", "--tracking-uri", uri]) == 2
+    assert "unknown study 'nothing-here'; known studies:" in capsys.readouterr().err
+
+
+def test_missing_model_uri_is_one_line(store, tmp_path, capsys):
+    uri, *_ = store
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", "--model", "models:/finetuned-nope@champion", str(tmp_path / "x.png"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "models:/finetuned-nope@champion does not exist" in err
+
+
+def test_champion_moves_only_for_a_better_version(store, archive_set, monkeypatch):
+    uri, outcome, registered, folder = store
+    monkeypatch.chdir(folder)
+    client = MlflowClient(uri)
+    old = client.get_model_version_by_alias("pretrained-resnet18", CHAMPION)
+    spec = PretrainSpec(arch="resnet18", data=str(archive_set), max_epochs=1, image_size=32, batch_size=16, seed=5, lr=3e-3)
+    _, again = pretrain(spec, tracking_uri=uri)
+    new_metric = float(client.get_model_version("pretrained-resnet18", again.version).tags[METRIC_TAG])
+    better = new_metric > float(old.tags[METRIC_TAG])
+    assert again.champion == better
+    holder = str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version)
+    assert holder == (again.version if better else str(old.version))
+    # Direction and bookkeeping, on the real registered versions with metrics set by hand.
+    client.set_model_version_tag("pretrained-resnet18", again.version, METRIC_TAG, "0.99")
+    client.set_model_version_tag("pretrained-resnet18", holder, METRIC_TAG, "0.5") if holder != again.version else None
+    moved, previous = move_champion_if_better(client, "pretrained-resnet18", again.version, 0.99, True)
+    assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == again.version
+    if moved:
+        assert str(client.get_model_version_by_alias("pretrained-resnet18", PREVIOUS).version) == previous
+    worse, _ = move_champion_if_better(client, "pretrained-resnet18", old.version, 0.10, True)
+    assert not worse
+    assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == again.version
+
+
+@pytest.mark.slow
+def test_ddp_pretraining_with_two_gloo_processes_logs_one_run_and_one_version(archive_set, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+        "-m", "medtl.mlops.cli", "pretrain", "--arch", "mobilenet_v3_small", "--data", str(archive_set),
+        "--max-epochs", "2", "--image-size", "32", "--batch-size", "8", "--tracking-uri", uri,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("medtl/pretrain")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
+    assert runs[0].data.params["torch_threads"]
+    versions = client.search_model_versions("name = 'pretrained-mobilenet_v3_small'")
+    assert len(versions) == 1

@@ -1,0 +1,115 @@
+"""A tracked run holds every field of the tracking schema; a failing run ends FAILED."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from medtl.mlops.runner import run_spec
+from medtl.training.finetune import FinetuneJob
+from medtl.training.spec import RunSpec
+
+SPEC_FIELDS = {
+    "task", "dataset", "arch", "init", "init_source", "pretrain_modality", "lr", "seed", "data_fraction",
+    "max_epochs", "patience", "batch_size", "image_size", "normalization",
+}
+CLASSIFICATION_VAL = {"val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc"}
+FINAL = {
+    "epochs_to_convergence", "epochs_run", "best_val_f1", "best_val_loss", "test_accuracy", "test_precision",
+    "test_recall", "test_f1", "test_auc", "emissions_kg", "energy_kwh", "duration_s", "diverged",
+}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    spec = RunSpec(task="demo-multiclass", arch="mobilenet_v3_small", lr=1e-3, max_epochs=3, patience=3, image_size=32)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        outcome = run_spec(spec, study="unit", tracking_uri=uri, parent_run_id=None, tags={"medtl.optuna_trial": "0"})
+    finally:
+        os.chdir(cwd)
+    return spec, uri, outcome, folder
+
+
+def test_run_record_holds_the_whole_tracking_schema(tracked):
+    spec, uri, outcome, _ = tracked
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "medtl/unit"
+    params = run.data.params
+    assert set(params) >= SPEC_FIELDS
+    assert RunSpec.from_params(params) == spec
+    assert {"optimizer", "weight_decay", "normalisation", "input_channels", "device", "num_workers", "pin_memory"} <= set(params)
+    assert params["optimizer"] == "adamw" and params["weight_decay"] == "0.001" and params["input_channels"] == "3"
+    tags = run.data.tags
+    assert tags["medtl.stage"] == "finetune"
+    assert tags["medtl.run_key"] == spec.run_key
+    assert tags["medtl.study"] == "unit"
+    assert tags["medtl.group"] == "random"
+    assert tags["medtl.git_commit"]
+    assert tags["medtl.optuna_trial"] == "0"
+    metrics = run.data.metrics
+    assert set(metrics) >= FINAL, FINAL - set(metrics)
+    assert metrics["epochs_run"] == 3 and 1 <= metrics["epochs_to_convergence"] <= 3
+    assert metrics["emissions_kg"] >= 0 and metrics["duration_s"] > 0
+    for key in ("train_loss", "val_loss", "val_f1", *CLASSIFICATION_VAL):
+        history = client.get_metric_history(outcome.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+    best_epoch = int(metrics["epochs_to_convergence"])
+    val_loss = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "val_loss")}
+    assert val_loss[best_epoch] == min(val_loss.values()) == pytest.approx(metrics["best_val_loss"])
+
+
+def test_run_artifacts_are_complete(tracked):
+    spec, uri, outcome, folder = tracked
+    client = MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(outcome.run_id, "checkpoints")}
+    assert names == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    local = client.download_artifacts(outcome.run_id, "predictions/test.csv", str(folder / "dl"))
+    with open(local) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 128
+    assert set(rows[0]) == {"id", "target", "prediction", "prob_disc", "prob_square", "prob_ring", "prob_stripes"}
+    assert all(abs(sum(float(r[f"prob_{c}"]) for c in ("disc", "square", "ring", "stripes")) - 1) < 1e-4 for r in rows)
+    best = client.download_artifacts(outcome.run_id, "checkpoints/best.pt", str(folder / "dl"))
+    from medtl.training.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(best)
+    assert payload["meta"]["run_key"] == spec.run_key
+    assert payload["meta"]["spec"] == spec.to_params()
+    assert payload["meta"]["epoch"] == int(client.get_run(outcome.run_id).data.metrics["epochs_to_convergence"])
+    inputs = client.get_run(outcome.run_id).inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "demo-multiclass"
+
+
+def test_a_failing_run_ends_failed_with_its_reason(tracking_uri, monkeypatch):
+    def boom(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(FinetuneJob, "test", boom)
+    spec = RunSpec(task="demo-binary", arch="mobilenet_v3_small", max_epochs=1, image_size=32)
+    with pytest.raises(RuntimeError):
+        run_spec(spec, study="unit", tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("medtl/unit")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["medtl.failure_reason"] == "RuntimeError: disk on fire"
+
+
+def test_a_missing_dataset_creates_no_run(tracking_uri, tmp_path):
+    from medtl.training.data import DataError
+
+    spec = RunSpec(task="brain-tumor-mri", arch="resnet18", dataset=str(tmp_path / "nowhere"), image_size=32)
+    with pytest.raises(DataError, match="does not exist"):
+        run_spec(spec, study="unit", tracking_uri=tracking_uri)
+    assert MlflowClient(tracking_uri).get_experiment_by_name("medtl/unit") is None
