@@ -42,8 +42,9 @@ class TaskAdapter:
         return PRIMARY_METRIC[self.type][1]
 
     def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        targets = np.array(targets)  # a private, writable copy (the source may be a read-only memory map)
         if self.type is TaskType.MULTICLASS:
-            return torch.tensor(np.asarray(targets), dtype=torch.long)
+            return torch.as_tensor(targets, dtype=torch.long)
         if self.type is TaskType.REGRESSION:
             return torch.as_tensor((targets - self.target_mean) / self.target_std, dtype=torch.float32)
         return torch.as_tensor(targets, dtype=torch.float32)
@@ -106,7 +107,7 @@ class ReconstructionAdapter(TaskAdapter):
         return False
 
     def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(targets, dtype=torch.float32) / 255.0
+        return torch.as_tensor(np.array(targets), dtype=torch.float32) / 255.0
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(torch.sigmoid(outputs.float().squeeze(1)), targets)
