@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,sweep,archs,data,ingest,evaluation] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,sweep,archs,scheduling,data,ingest,evaluation] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -26,6 +26,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "loop": ("Training-loop overhead (issue 2)", "target: medtl / bare ≤ 1.05 per epoch"),
     "sweep": ("`make sweep` wall time (issue 2)", "target: under 5 minutes on 2 cores"),
     "archs": ("Architectures: training images/s and peak memory (issue 3)", "batch 16; the table to plan a grid with"),
+    "scheduling": ("Sweep scheduling: gap between trials, 1 vs 2 workers, SQLite vs PostgreSQL (issue 7)", ""),
     "data": ("Datasets: samples/s from the cache vs decoding (issue 5)", ""),
     "ingest": ("DICOM ingest throughput and memory (issue 4)", ""),
     "evaluation": ("Evaluation report over large stores (issue 8)", "target: 10,000 runs in under 15 s"),
@@ -76,7 +77,8 @@ def run_section(name: str) -> str:
     if name == "sweep":
         result = bench_sweep()
     else:
-        result = importlib.import_module(f"bench_{name}").main()
+        module = {"scheduling": "bench_sweep"}.get(name, f"bench_{name}")
+        result = importlib.import_module(module).main()
     return to_markdown(result)
 
 
