@@ -79,6 +79,10 @@ def run_section(name: str) -> str:
     else:
         module = {"scheduling": "bench_sweep"}.get(name, f"bench_{name}")
         result = importlib.import_module(module).main()
+        if name == "archs":  # machine-readable for `medtl sweep --plan`
+            import json
+
+            (ROOT / "benchmarks" / "throughput.json").write_text(json.dumps(result, indent=1))
     return to_markdown(result)
 
 

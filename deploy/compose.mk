@@ -29,5 +29,5 @@ down: compose-env ## stop the compose stack (its volumes, with the database and 
 sweep-remote: compose-env compose-study ## run STUDY on the compose stack with SWEEP_WORKERS processes (make workers adds more)
 	MEDTL_STUDY=$(STUDY) SWEEP_WORKERS=$(SWEEP_WORKERS) $(COMPOSE) run --rm --build sweep
 
-workers: compose-env compose-study ## add WORKERS containers that join the running sweep of STUDY (GPU=1: one GPU each)
+workers: compose-env compose-study ## add WORKERS containers that join the running sweep of STUDY (GPU=1: the GPU variant)
 	MEDTL_STUDY=$(STUDY) $(COMPOSE) --profile $(WORKER_PROFILE) up -d --build --scale $(WORKER_SERVICE)=$(WORKERS) $(WORKER_SERVICE)

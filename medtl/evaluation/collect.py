@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.errors import UserError
+from medtl.redact import mask_url
 from medtl.training.spec import PRIMARY_METRIC, TASKS, TEST_METRICS
 
 EXPERIMENT_PREFIX = "medtl/"
@@ -84,7 +85,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 def mask_uri(uri: str) -> str:
     """The URI with any password replaced by `***`."""
-    return re.sub(r"(\w[\w+.-]*://[^:/@\s]+:)[^@/\s]+@", r"\1***@", uri)
+    return mask_url(uri)
 
 
 def is_history_key(key: str) -> bool:

@@ -73,11 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"medtl {args.command}: error: {exc}", file=sys.stderr)
+        print(_mask(f"medtl {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medtl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug or an outside failure: the traceback helps, but never with a password
+        import traceback
+
+        print(_mask(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
+
+
+def _mask(text: str) -> str:
+    from medtl.mlops.tracking import mask_url
+
+    return mask_url(text)
 
 
 def add_tracking_uri(parser: argparse.ArgumentParser) -> None:

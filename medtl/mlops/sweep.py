@@ -63,7 +63,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot open Optuna storage {T.mask_url(url)}: {reason[:200]}") from None
+        raise UserError(T.mask_url(f"cannot open Optuna storage {url}: {reason[:200]}")) from None
 
 
 def optuna_study_name(study: Study) -> str:
@@ -314,7 +314,7 @@ def sweep(
     try:
         done = finished_run_keys(client, study.name)
     except Exception as exc:
-        raise UserError(f"cannot reach the tracking store {T.mask_url(uri)}: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(T.mask_url(f"cannot reach the tracking store {uri}: {str(exc).splitlines()[0][:200]}")) from None
     from medtl.mlops import prerequisites
     from medtl.mlops.commands.pretrain import pretrain
 

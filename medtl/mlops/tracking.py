@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from medtl.redact import mask_url
 from medtl.training.loop import Callback, FitState
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,6 @@ def artifact_root_for(uri: str) -> str | None:
         db = Path(uri.removeprefix("sqlite:///"))
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
-
-
-def mask_url(text: str) -> str:
-    """Hide the password of any `scheme://user:password@host` URL in `text`."""
-    return re.sub(r"(\w[\w+.-]*://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -79,7 +74,9 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 
 
 def git_commit() -> str:
-    """The medtl source's git commit, or `unknown` outside a checkout."""
+    """The medtl source's git commit: `$MEDTL_GIT_COMMIT` (set in the image), the checkout's, or `unknown`."""
+    if os.environ.get("MEDTL_GIT_COMMIT"):
+        return os.environ["MEDTL_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(

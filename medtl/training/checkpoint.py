@@ -8,6 +8,7 @@ payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +53,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types; all mean "not a safe checkpoint"
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(f"{path} holds pickled objects, refused (weights_only load): {text}") from None
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+        if refused:
+            raise CheckpointError(
+                f"{path} holds pickled objects ({refused.group(1)}), refused: medtl loads weights only"
+            ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {text}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")

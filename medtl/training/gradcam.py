@@ -146,12 +146,17 @@ def gradcam_heatmaps(
             score = logits.reshape(-1).cpu().numpy()
             cam_targets = [RawScoresOutputTarget() for _ in cls]
         cam = GradCAM(model=model, target_layers=[layer])
+        # The library keeps the layer's output itself on CPU (a copy on GPU); DenseNet then applies
+        # an in-place ReLU to it. Handing the rest of the network a clone keeps the recorded
+        # activations the layer's own output on every device.
+        detach_inplace = layer.register_forward_hook(lambda _module, _inputs, output: output.clone())
         try:
             batch = cam(input_tensor=chunk, targets=cam_targets)
             activations = cam.activations_and_grads.activations
             if activations:
                 feature_map = tuple(int(s) for s in activations[0].shape[-2:])  # type: ignore[assignment]
         finally:
+            detach_inplace.remove()
             cam.activations_and_grads.release()
         maps.append(np.clip(np.nan_to_num(batch.astype(np.float32)), 0.0, 1.0))
         explained.append(cls)

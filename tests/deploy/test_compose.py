@@ -1,9 +1,8 @@
-"""docker-compose.yml, the Dockerfile and .env.example checked against `medtl.mlops.stack`.
+"""docker-compose.yml, the Dockerfile, .env.example and deploy/ checked against `medtl.mlops.stack`."""
 
-No Docker engine runs here, so the compose file is resolved the way `docker compose config` does:
-YAML first, then `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
-`${VAR:+alt}`, `${VAR+alt}` and `$$` in every value, then a string `command` is split into words.
-"""
+# No Docker engine runs here, so the compose file is resolved the way `docker compose config` does:
+# YAML first, then `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
+# `${VAR:+alt}`, `${VAR+alt}` and `$$` in every value, then a string `command` is split into words.
 
 from __future__ import annotations
 
@@ -21,7 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from medtl.mlops.stack import MLFLOW_SERVER_ENV, mlflow_server_command, sweep_command, worker_command
+from medtl.mlops.stack import (
+    MLFLOW_SERVER_ENV,
+    mlflow_server_command,
+    sweep_command,
+    worker_command,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -220,6 +224,8 @@ def test_gpu_workers_reserve_a_gpu_under_their_profile():
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["worker-gpu"]["profiles"] == ["gpu"] and services["worker"]["profiles"] == ["workers"]
     assert "deploy" not in services["worker"]
+    for name in ("worker", "worker-gpu", "sweep"):  # room for DataLoader processes' shared memory
+        assert services[name]["shm_size"] == "2gb", name
 
 
 def test_services_reference_what_the_file_declares():
@@ -309,7 +315,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_image():
-    patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
     for path in (".env", ".venv/bin/python", ".git/HEAD", "mlflow.db", "optuna.db", "mlartifacts/1/x.pt",
                  ".medtl/work/last.pt", "medtl/__pycache__/cli.cpython-311.pyc", "data/scan.dcm", "configs/.env"):
         assert _ignored(path, patterns), path
