@@ -166,12 +166,14 @@ def gradcam_study(
     info = TASKS[task_]
     spec_arch = arch_for_task(arch_, info.type)
     explain_ = parse_enum(Explain, explain, "explain")
+    if info.type is TaskType.SEGMENTATION or not spec_arch.gradcam_layer:
+        raise UserError(f"Grad-CAM serves binary, multiclass and regression tasks; {task_.value} is {info.type.value}")
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
+    dev = _device(device, torch.cuda.is_available())
     uri = T.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     choices = choose_runs(client, study, task_, arch_)
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     with tempfile.TemporaryDirectory(prefix="medtl-gradcam-") as tmp:
         root = Path(tmp)
         predictors, data_key = _load_predictors(client, choices, root / "checkpoints")
@@ -208,6 +210,16 @@ def gradcam_study(
             },
         )
     return GradcamOutcome(run_id, choices, len(index), feature_map)
+
+
+def _device(device: str, cuda: bool) -> str:
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not cuda:
+        raise UserError(f"device {device} asked for, but torch sees no CUDA device here; use --device cpu")
+    return device
 
 
 def _library() -> str:

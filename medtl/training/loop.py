@@ -65,6 +65,10 @@ def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Run
     cuda = device.startswith("cuda")
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if cuda else 0
+    if os.environ.get("MEDTL_TORCH_THREADS"):
+        # On a small shared CPU one intra-op thread can beat two: threads that spin-wait lose badly
+        # to any other busy process (a second worker, the checkpoint writer).
+        torch.set_num_threads(max(1, int(os.environ["MEDTL_TORCH_THREADS"])))
     return Runtime(
         device=device,
         amp_dtype="bfloat16" if cuda and torch.cuda.is_bf16_supported() else "none",

@@ -172,6 +172,10 @@ def test_too_few_arms_is_one_line_naming_the_missing(tracking_uri, capsys):
     assert "no finished fine-tuning runs in any arm" in err
     assert main(["gradcam", "--study", "nope", "--task", "demo-binary", "--arch", "resnet18", "--tracking-uri", tracking_uri]) == 2
     assert "unknown study 'nope'" in capsys.readouterr().err
+    assert main(["gradcam", "--study", "thin", "--task", "demo-segmentation", "--arch", "unet", "--tracking-uri", tracking_uri]) == 2
+    assert "serves binary, multiclass and regression tasks" in capsys.readouterr().err
+    assert main([*args, "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'; valid: auto, cpu, cuda" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
