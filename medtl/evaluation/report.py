@@ -167,7 +167,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def render(
-    data: StudyData, analyses: Sequence[Analysis], out: str | Path, *, figures: bool = True
+    data: StudyData,
+    analyses: Sequence[Analysis],
+    out: str | Path,
+    *,
+    figures: bool = True,
+    ratings: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write every report file of a study into `out` (created if missing).
 
@@ -180,6 +185,8 @@ def render(
         analyses: one or more Analysis; the first is the main one.
         out: the output folder.
         figures: draw the plots (False: tables and text only, much faster).
+        ratings: imported reader-study ratings (`reader_study.collect_ratings`), if any: a section
+            with ratings per arm and rater (the paper's Figure 9) and the arms compared.
 
     Returns:
         File name → path of everything written.
@@ -207,12 +214,42 @@ def render(
         if stale.name not in pngs:
             stale.unlink()
     blocks = report_blocks(data, summary, analyses, pngs)
+    if ratings is not None and not ratings.empty:
+        from medtl.evaluation.ratings import ratings_figure, ratings_summary
+
+        pngs["reader_ratings.png"] = ratings_figure(ratings) if figures else b""
+        if figures:
+            put("plots/reader_ratings.png", pngs["reader_ratings.png"])
+        rating_summary = ratings_summary(ratings)
+        put("reader_ratings.json", json.dumps(rating_summary, indent=1, default=str) + "\n")
+        blocks = [*blocks, *ratings_blocks(rating_summary, figures)]
     put("report.md", to_markdown(blocks))
     put("report.html", to_html(blocks, pngs, title=f"medtl study {data.study}"))
     return written
 
 
 # ---------------------------------------------------------------- content
+
+
+def ratings_blocks(summary: dict[str, Any], figure: bool) -> list[Block]:
+    """The reader-study section: ratings per arm and rater, Kruskal–Wallis and pairwise tests."""
+    blocks: list[Block] = [
+        ("h", 2, "Reader study: blinded Grad-CAM ratings"),
+        ("p", "Scores 1 (irrelevant areas) to 5 (solely the relevant regions); raters blinded to the arm."),
+    ]
+    if figure:
+        blocks.append(("img", "reader_ratings.png"))
+    for model in summary.get("models", []):
+        title = " ".join(str(x) for x in (model.get("task"), model.get("arch")) if x is not None) or "all ratings"
+        blocks.append(("h", 3, title))
+        rows = [*model["per_arm_rater"], *({**r, "rater": "all"} for r in model["per_arm"])]
+        blocks.append(("table", pd.DataFrame(rows)[["arm", "rater", "n", "mean", "median", "std"]]))
+        kw = model["kruskal"]
+        note = f" ({kw['note']})" if kw.get("note") else ""
+        blocks.append(("p", f"Kruskal–Wallis across arms: H = {_num(kw.get('statistic'))}, p = {_num(kw.get('p'))}{note}"))
+        if model.get("pairwise"):
+            blocks.append(("table", pd.DataFrame(model["pairwise"])))
+    return blocks
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _mask(text: str) -> str:
-    from medtl.mlops.tracking import mask_url
+    from medtl.redact import mask_url
 
     return mask_url(text)
 

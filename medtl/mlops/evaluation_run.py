@@ -56,7 +56,9 @@ def evaluate_study(
     if is_cheap(data.runs):
         analyses.append(analyse(data.runs, other, per_lr))
     folder = Path(out) if out is not None else Path("reports") / study
-    render(data, analyses, folder)
+    from medtl.mlops.reader_study import collect_ratings
+
+    render(data, analyses, folder, ratings=collect_ratings(uri, study))
     if log:
         log_evaluation(data, analyses[0], folder, uri)
     return folder / "report.html"
