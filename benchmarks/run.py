@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _sections(out.read_text()) if out.exists() else {}
     import torch
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = {}
     for name in SECTIONS:
         if name not in chosen:

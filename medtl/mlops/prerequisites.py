@@ -32,7 +32,11 @@ class Readiness:
 
 def _imagenet_problem(arch: Arch, task_type) -> str | None:
     from medtl.training.archs import arch_for_task
-    from medtl.training.init import WeightsUnavailableError, imagenet_cache_path, load_imagenet_state
+    from medtl.training.init import (
+        WeightsUnavailableError,
+        imagenet_cache_path,
+        load_imagenet_state,
+    )
 
     spec = arch_for_task(arch, task_type)
     if imagenet_cache_path(spec).is_file():

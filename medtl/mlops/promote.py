@@ -17,7 +17,13 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.mlops import tracking as T
-from medtl.mlops.registry import CHAMPION, RUN_TAG, champion, log_registered_version, move_champion_if_better
+from medtl.mlops.registry import (
+    CHAMPION,
+    RUN_TAG,
+    champion,
+    log_registered_version,
+    move_champion_if_better,
+)
 from medtl.mlops.runner import experiment_name
 from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec
 

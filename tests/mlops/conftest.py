@@ -68,7 +68,8 @@ class MlflowServer:
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, **MLFLOW_SERVER_ENV}
-        self.proc = subprocess.Popen(self.command, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:

@@ -111,8 +111,8 @@ def test_promote_picks_best_validation_run_and_is_idempotent(store, monkeypatch)
     assert [p.action for p in second] == ["unchanged"]
     assert len(client.search_model_versions("name = 'finetuned-demo-multiclass-mobilenet_v3_small'")) == 1
     # The promoted model answers `medtl predict`.
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype("uint8")).save(folder / "x.png")
     assert main(["predict", "--model", "models:/finetuned-demo-multiclass-mobilenet_v3_small@champion", str(folder / "x.png"), "--out", str(folder / "p.csv"), "--tracking-uri", uri]) == 0
