@@ -17,8 +17,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops import tracking as T
-from medtl.mlops.runner import experiment_name
 from medtl.mlops.study import load_study
+from medtl.mlops.sweep import finished_runs
 from medtl.training.spec import RunSpec, Task
 
 THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
@@ -63,26 +63,13 @@ def estimate_seconds(spec: RunSpec, table: dict[tuple[str, int], float]) -> floa
 
 
 def _finished_costs(client: MlflowClient, study_name: str) -> tuple[set[str], dict[tuple[str, str], list[tuple[float, float]]]]:
-    experiment = client.get_experiment_by_name(experiment_name(study_name))
     done: set[str] = set()
     costs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    if experiment is None:
-        return done, costs
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{T.STAGE_TAG}` = 'finetune' and attributes.status = 'FINISHED'",
-            max_results=5000,
-            page_token=token,
-        )
-        for run in page:
-            done.add(run.data.tags.get(T.RUN_KEY_TAG, ""))
-            key = (run.data.params.get("task", ""), run.data.params.get("arch", ""))
-            costs[key].append((run.data.metrics.get("duration_s", 0.0), run.data.metrics.get("emissions_kg", 0.0)))
-        token = page.token
-        if not token:
-            return done, costs
+    for run in finished_runs(client, study_name):
+        done.add(run.data.tags.get(T.RUN_KEY_TAG, ""))
+        key = (run.data.params.get("task", ""), run.data.params.get("arch", ""))
+        costs[key].append((run.data.metrics.get("duration_s", 0.0), run.data.metrics.get("emissions_kg", 0.0)))
+    return done, costs
 
 
 def print_plan(study_path: str | Path, *, tracking_uri: str | None = None) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,11 @@ def open_optuna_study(study: Study, storage: optuna.storages.BaseStorage) -> opt
     )
 
 
-def finished_run_keys(client: MlflowClient, study_name: str) -> set[str]:
-    """run_keys of FINISHED fine-tuning runs in the study's experiment (paged, tags only)."""
+def finished_runs(client: MlflowClient, study_name: str) -> Iterator[Any]:
+    """Every FINISHED fine-tuning run of the study's experiment, paged."""
     experiment = client.get_experiment_by_name(experiment_name(study_name))
     if experiment is None:
-        return set()
-    keys: set[str] = set()
+        return
     token = None
     while True:
         page = client.search_runs(
@@ -92,10 +92,15 @@ def finished_run_keys(client: MlflowClient, study_name: str) -> set[str]:
             max_results=5000,
             page_token=token,
         )
-        keys.update(r.data.tags.get(T.RUN_KEY_TAG, "") for r in page)
+        yield from page
         token = page.token
         if not token:
-            return keys - {""}
+            return
+
+
+def finished_run_keys(client: MlflowClient, study_name: str) -> set[str]:
+    """run_keys of FINISHED fine-tuning runs in the study's experiment."""
+    return {r.data.tags.get(T.RUN_KEY_TAG, "") for r in finished_runs(client, study_name)} - {""}
 
 
 def enqueue_missing(specs: list[RunSpec] | tuple[RunSpec, ...], optuna_study: optuna.Study, done: set[str]) -> int:

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from medtl.errors import UserError
 
@@ -183,8 +183,31 @@ _IDENTITY = (
 )
 
 
+class _ParamsMixin:
+    """The params round trip and the stable key, shared by the two spec types."""
+
+    _identity: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def run_key(self) -> str:
+        """A stable 16-hex-digit hash of the identity fields; the same on every machine."""
+        ident = {k: _canonical(getattr(self, k)) for k in self._identity}
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_params(self) -> dict[str, str]:
+        """Every field as a string, for MLflow params and Optuna user attrs."""
+        return {f.name: _canonical(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Self:
+        """Inverse of `to_params`; ignores keys that are not fields."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(_ParamsMixin):
     """One fine-tuning grid point: the single source of a run's identity.
 
     `init_source` is derived when empty: the pinned torchvision weights for `imagenet`,
@@ -207,6 +230,7 @@ class RunSpec:
     batch_size: int = 32
     image_size: int = 0
     normalization: Normalization = Normalization.AUTO
+    _identity: ClassVar[tuple[str, ...]] = _IDENTITY
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -255,23 +279,6 @@ class RunSpec:
             return Normalization.IMAGENET if self.init is Init.IMAGENET else Normalization.NONE
         return self.normalization
 
-    @property
-    def run_key(self) -> str:
-        """A stable 16-hex-digit hash of the identity fields; the same on every machine."""
-        ident = {k: _canonical(getattr(self, k)) for k in _IDENTITY}
-        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def to_params(self) -> dict[str, str]:
-        """Every field as a string, for MLflow params and Optuna user attrs."""
-        return {f.name: _canonical(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> Self:
-        """Inverse of `to_params`; ignores keys that are not RunSpec fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
-
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
@@ -282,7 +289,7 @@ _PRETRAIN_IDENTITY = (
 
 
 @dataclass(frozen=True)
-class PretrainSpec:
+class PretrainSpec(_ParamsMixin):
     """One pretraining run: an architecture on a pseudo-labelled (or any) image folder.
 
     Classification over the pseudo-labels serves every classifier architecture; reconstruction
@@ -300,6 +307,7 @@ class PretrainSpec:
     patience: int = 10
     batch_size: int = 32
     image_size: int = 0
+    _identity: ClassVar[tuple[str, ...]] = _PRETRAIN_IDENTITY
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -336,19 +344,6 @@ class PretrainSpec:
     def resolved_normalization(self) -> Normalization:
         return Normalization.NONE
 
-    @property
-    def run_key(self) -> str:
-        ident = {k: _canonical(getattr(self, k)) for k in _PRETRAIN_IDENTITY}
-        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def to_params(self) -> dict[str, str]:
-        return {f.name: _canonical(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 def default_init_source(arch: Arch, init: Init, modality: Modality = Modality.ALL) -> str:
