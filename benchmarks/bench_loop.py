@@ -2,7 +2,8 @@
 
 Same model (built the same way, same seed), same data, same batches, in one process. An epoch is
 one training pass plus one validation pass; medtl adds its validation metrics, the per-epoch
-`log_batch` to a SQLite MLflow store, codecarbon's tracker and the `best.pt`/`last.pt` writes.
+`log_batch` to a SQLite MLflow store (sent from the checkpoint writer, as the runner does),
+codecarbon's tracker and the `best.pt`/`last.pt` writes.
 Blocks of epochs alternate (bare, medtl, bare, medtl) so drift on a noisy machine hits both.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.tracking import EmissionsCallback, MlflowCallback, get_or_create_experiment
+from medtl.mlops.tracking import EmissionsCallback, EpochLogger, get_or_create_experiment
 from medtl.training.checkpoint import Checkpointer
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.factory import build_model
@@ -96,10 +97,12 @@ def main(arch: str = "resnet18", image_size: int = 64, epochs: int = 4, blocks: 
             model = build_model(spec, info)
             run = client.create_run(experiment)
             clock = _EpochClock()
+            folder = Path(tmp) / f"ckpt{block}"
+            # What the runner wires: metrics go out from the checkpoint writer once last.pt is saved.
+            logger = EpochLogger(client, run.info.run_id, folder)
             callbacks = [
-                Checkpointer(Path(tmp) / f"ckpt{block}", meta={"bench": True}),
+                Checkpointer(folder, meta={"bench": True}, on_saved=logger),
                 EarlyStopping(patience=10_000),
-                MlflowCallback(client, run.info.run_id),
                 EmissionsCallback(),
                 clock,
             ]

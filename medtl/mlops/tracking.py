@@ -87,17 +87,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-class MlflowCallback(Callback):
-    """One `log_batch` per epoch (step = epoch, from 1) with the epoch's metrics, on the loop's thread."""
-
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-
-    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
-        log_metrics(self.client, self.run_id, metrics, step=state.epoch)
-
-
 class EpochLogger:
     """`Checkpointer.on_saved` hook: logs each epoch once its `last.pt` is on disk.
 
