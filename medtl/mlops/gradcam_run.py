@@ -62,12 +62,9 @@ def sample_name(number: int, total: int) -> str:
 
 def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dict[str, ArmChoice]:
     """The run to explain for each arm of (task, arch) in `study`; UserError when fewer than two arms have one."""
-    from medtl.mlops.promote import list_studies
+    from medtl.mlops.promote import study_experiment, validation_rank
 
-    experiment = client.get_experiment_by_name(experiment_name(study))
-    if experiment is None:
-        known = ", ".join(list_studies(client)) or "none"
-        raise UserError(f"unknown study {study!r}; known studies: {known}")
+    experiment = study_experiment(client, study)
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=(
@@ -98,7 +95,6 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
         raise UserError(f"{where}: Grad-CAM compares at least two arms; only {have} has finished runs, missing: {missing}")
     version = champion(client, f"finetuned-{task.value}-{arch.value}")
     promoted = version.tags.get(RUN_TAG) if version is not None else None
-    sign = -1.0 if higher else 1.0
     chosen = {}
     for arm in arm_order(set(finished)):
         members = finished[arm]
@@ -107,7 +103,7 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
             run = by_id[promoted]
             chosen[arm] = ArmChoice(arm, run.info.run_id, "champion", run.data.metrics[key])
             continue
-        members.sort(key=lambda r: (sign * r.data.metrics[key], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time))
+        members.sort(key=validation_rank(key, higher))
         run = members[0]
         chosen[arm] = ArmChoice(arm, run.info.run_id, f"best validation {primary}", run.data.metrics[key])
     return chosen

@@ -43,12 +43,24 @@ def list_studies(client: MlflowClient) -> list[str]:
     return sorted(n.removeprefix("medtl/") for n in names if n.startswith("medtl/") and n != "medtl/pretrain")
 
 
-def best_runs(client: MlflowClient, study: str) -> dict[tuple[str, str], object]:
-    """The best FINISHED, non-diverged fine-tuning run per (task, arch) of a study, by validation."""
+def study_experiment(client: MlflowClient, study: str):
+    """The experiment of `study`, or UserError listing the known studies."""
     experiment = client.get_experiment_by_name(experiment_name(study))
     if experiment is None:
         known = ", ".join(list_studies(client)) or "none"
         raise UserError(f"unknown study {study!r}; known studies: {known}")
+    return experiment
+
+
+def validation_rank(metric: str, higher_is_better: bool):
+    """Sort key, best run first: the validation metric (direction-aware), then val loss, then the earlier run."""
+    sign = -1.0 if higher_is_better else 1.0
+    return lambda r: (sign * r.data.metrics[metric], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time)
+
+
+def best_runs(client: MlflowClient, study: str) -> dict[tuple[str, str], object]:
+    """The best FINISHED, non-diverged fine-tuning run per (task, arch) of a study, by validation."""
+    experiment = study_experiment(client, study)
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.`{T.STAGE_TAG}` = 'finetune' and attributes.status = 'FINISHED'",
@@ -66,9 +78,7 @@ def best_runs(client: MlflowClient, study: str) -> dict[tuple[str, str], object]
         scored = [r for r in members if math.isfinite(r.data.metrics.get(key, math.nan))]
         if not scored:
             continue
-        sign = -1.0 if higher else 1.0
-        scored.sort(key=lambda r: (sign * r.data.metrics[key], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time))
-        best[(task, arch)] = scored[0]
+        best[(task, arch)] = min(scored, key=validation_rank(key, higher))
     if not best:
         raise UserError(f"study {study!r} has no finished fine-tuning runs to promote")
     return best
