@@ -35,11 +35,10 @@ from medtl.training.loop import (
     world,
 )
 from medtl.training.metrics import per_sample_dice
-from medtl.training.spec import TASKS, RunSpec, TaskType
+from medtl.training.spec import TASKS, Optimizer, RunSpec, TaskType
 from medtl.training.tasks import TaskAdapter, make_adapter
 
-OPTIMIZER = "adamw"
-WEIGHT_DECAY = 1e-3
+WEIGHT_DECAY = 1e-3  # AdamW's; the Adam of regression and segmentation has none (PROTOCOL.md)
 INPUT_CHANNELS = 3
 
 
@@ -100,8 +99,7 @@ class FinetuneJob:
         """Everything that shaped the run beyond the spec: optimiser, inputs, runtime, data."""
         return {
             **self.spec.to_params(),
-            "optimizer": OPTIMIZER,
-            "weight_decay": str(WEIGHT_DECAY),
+            "weight_decay": str(self.weight_decay),
             "normalisation": self.spec.resolved_normalization.value,
             "input_channels": str(INPUT_CHANNELS),
             "resolved_image_size": str(self.image_size),
@@ -113,6 +111,16 @@ class FinetuneJob:
             "num_parameters": str(sum(p.numel() for p in self.model.parameters())),
             **self.runtime.to_params(),
         }
+
+    @property
+    def optimizer(self) -> str:
+        """The spec's optimizer; pretraining (a PretrainSpec has no such field) uses AdamW, as the paper did."""
+        return Optimizer(getattr(self.spec, "optimizer", Optimizer.ADAMW)).value
+
+    @property
+    def weight_decay(self) -> float:
+        """AdamW's decoupled weight decay; 0 for Adam, which the paper ran without it."""
+        return WEIGHT_DECAY if self.optimizer == Optimizer.ADAMW.value else 0.0
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
@@ -165,8 +173,8 @@ class FinetuneJob:
             max_epochs=spec.max_epochs,
             runtime=self.runtime,
             callbacks=[*saving, EarlyStopping(spec.patience), *callbacks],
-            optimizer=OPTIMIZER,
-            weight_decay=WEIGHT_DECAY,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
             resume=resume,
         )
         return self.state

@@ -144,6 +144,13 @@ class Objective(StrEnum):
     RECONSTRUCTION = "reconstruction"
 
 
+class Optimizer(StrEnum):
+    """The fine-tuning optimiser; the default is the paper's per task type (see `default_optimizer`)."""
+
+    ADAMW = "adamw"
+    ADAM = "adam"
+
+
 class Normalization(StrEnum):
     """Input normalisation; `auto` means ImageNet mean/std for the imagenet arm, none otherwise."""
 
@@ -180,7 +187,16 @@ _IDENTITY = (
     "batch_size",
     "image_size",
     "normalization",
+    "optimizer",
 )
+
+# Fields that do NOT enter the protocol fingerprint: what distinguishes the arms of one comparison
+# (init, its source, the pretraining modality) and the grid axes within an arm (lr, seed).
+ARM_AND_GRID_FIELDS = ("init", "init_source", "pretrain_modality", "lr", "seed")
+
+# The optimizer every run used before RunSpec had the field: it is left out of run_key, so the
+# keys of existing stores stay valid; any other optimizer enters the key.
+_LEGACY_OPTIMIZER = "adamw"
 
 
 class _ParamsMixin:
@@ -192,6 +208,8 @@ class _ParamsMixin:
     def run_key(self) -> str:
         """A stable 16-hex-digit hash of the identity fields; the same on every machine."""
         ident = {k: _canonical(getattr(self, k)) for k in self._identity}
+        if ident.get("optimizer") == _LEGACY_OPTIMIZER:
+            del ident["optimizer"]
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -214,6 +232,8 @@ class RunSpec(_ParamsMixin):
     `models:/pretrained-<arch>[-<modality>]@champion` for `domain`, nothing for `random`.
     `dataset` is where the data live (a folder, or `synthetic` for the demo tasks).
     `image_size` 0 means the architecture's default input size.
+    `optimizer` empty means the paper's for the task type: AdamW for classification, Adam for
+    regression and segmentation (`default_optimizer`).
     """
 
     task: Task
@@ -230,6 +250,7 @@ class RunSpec(_ParamsMixin):
     batch_size: int = 32
     image_size: int = 0
     normalization: Normalization = Normalization.AUTO
+    optimizer: Optimizer | str = ""
     _identity: ClassVar[tuple[str, ...]] = _IDENTITY
 
     def __post_init__(self) -> None:
@@ -239,6 +260,8 @@ class RunSpec(_ParamsMixin):
         set_(self, "init", parse_enum(Init, self.init, "init"))
         set_(self, "pretrain_modality", parse_enum(Modality, self.pretrain_modality, "modality"))
         set_(self, "normalization", parse_enum(Normalization, self.normalization, "normalization"))
+        optimizer = self.optimizer or default_optimizer(self.task)
+        set_(self, "optimizer", parse_enum(Optimizer, optimizer, "optimizer"))
         set_(self, "lr", _number(self.lr, "lr", float))
         set_(self, "data_fraction", _number(self.data_fraction, "fraction", float))
         for name in ("seed", "max_epochs", "patience", "batch_size", "image_size"):
@@ -281,6 +304,40 @@ class RunSpec(_ParamsMixin):
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
+
+    def fingerprint(self, data_digest: str = "") -> str:
+        """The protocol's identity: 16 hex digits over every field but the arm's and the grid axes'.
+
+        Two runs may be compared (pooled into arms, tested against each other) only if their
+        fingerprints agree: same task, architecture, data (path and `data_digest`, the digest of
+        split membership), fraction, epochs, patience, batch size, image size, normalisation and
+        optimizer. Init, init source, pretraining modality, learning rate and seed are left out.
+        """
+        return protocol_fingerprint(self.to_params(), data_digest)
+
+
+def protocol_fields() -> tuple[str, ...]:
+    """The RunSpec fields that enter the protocol fingerprint, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in ARM_AND_GRID_FIELDS)
+
+
+def protocol_fingerprint(params: dict[str, Any], data_digest: str = "") -> str:
+    """The fingerprint of `RunSpec.from_params(params)` with `data_digest`; see `RunSpec.fingerprint`.
+
+    Accepts logged MLflow params (strings) as well as `to_params()` output, so evaluation can
+    recompute the fingerprint of a run logged before the tag existed.
+    """
+    spec = RunSpec.from_params(params)
+    ident = {k: _canonical(getattr(spec, k)) for k in protocol_fields()}
+    ident["data_digest"] = str(data_digest or "")
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_optimizer(task: Task | str) -> Optimizer:
+    """The paper's optimizer for a task: AdamW for classification, Adam for regression and segmentation."""
+    kind = task_info(task).type
+    return Optimizer.ADAM if kind in (TaskType.REGRESSION, TaskType.SEGMENTATION) else Optimizer.ADAMW
 
 
 _PRETRAIN_IDENTITY = (

@@ -22,6 +22,8 @@ def _spec(**kw) -> RunSpec:
         _spec(init="imagenet", lr=1e-5, data_fraction=0.05),
         _spec(init="domain", pretrain_modality="CR", init_source="/weights/x.pth", normalization="imagenet"),
         _spec(task="brain-tumor-mri", arch="mobilenet_v3_small", dataset="/data/brain", lr=0.01),
+        _spec(task="demo-regression", arch="resnet18"),
+        _spec(task="demo-regression", arch="resnet18", optimizer="adamw"),
     ],
 )
 def test_params_round_trip_is_exact(spec):
@@ -80,6 +82,7 @@ def test_defaults_are_derived():
         ({"pretrain_modality": "CR"}, "applies to init 'domain' only"),
         ({"pretrain_modality": "XR", "init": "domain"}, "unknown modality 'XR'"),
         ({"image_size": 8}, "image-size must be 0"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; valid: adamw, adam"),
     ],
 )
 def test_invalid_values_are_refused_with_the_valid_choices(change, fragment):
@@ -105,3 +108,48 @@ def test_training_package_imports_no_tracking_or_scheduler():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_optimizer_defaults_to_the_papers_per_task_type():
+    assert _spec().optimizer.value == "adamw"
+    assert _spec(task="brain-tumor-mri", arch="resnet50").optimizer.value == "adamw"
+    assert _spec(task="rsna-boneage", arch="inception_v3").optimizer.value == "adam"
+    assert _spec(task="luna16", arch="unet").optimizer.value == "adam"
+    assert _spec(task="demo-segmentation", arch="unet", optimizer="adamw").optimizer.value == "adamw"
+
+
+def test_run_key_of_adamw_runs_is_the_key_they_had_before_the_field():
+    # Every run logged before `optimizer` existed used AdamW: its key must still match.
+    assert _spec(optimizer="adamw").run_key == "f48b6fd47b507aa9"
+    regression = _spec(task="demo-regression")
+    assert regression.run_key != regression.replace(optimizer="adamw").run_key
+    # An old store's params carry optimizer=adamw (logged by the fine-tuning job): same key back.
+    old = {**regression.to_params(), "optimizer": "adamw"}
+    assert RunSpec.from_params(old).run_key == regression.replace(optimizer="adamw").run_key
+
+
+def test_fingerprint_ignores_arm_and_grid_axes_but_not_the_protocol():
+    base = _spec()
+    fp = base.fingerprint("digest-a")
+    for same in ({"lr": 1e-5}, {"seed": 9}, {"init": "imagenet"}, {"init": "domain", "pretrain_modality": "CR"},
+                 {"init": "domain", "init_source": "/w/x.pt"}):
+        assert base.replace(**same).fingerprint("digest-a") == fp, same
+    for other in ({"max_epochs": 50}, {"image_size": 96}, {"batch_size": 8}, {"data_fraction": 0.5},
+                  {"normalization": "imagenet"}, {"dataset": "/data/elsewhere"}, {"optimizer": "adam"},
+                  {"patience": 3}, {"arch": "resnet34"}, {"task": "demo-multiclass"}):
+        assert base.replace(**other).fingerprint("digest-a") != fp, other
+    assert base.fingerprint("digest-b") != fp
+    # Pinned like run_key: the same on every machine and release.
+    assert fp == "709619b5cfd72f36"
+
+
+def test_fingerprint_recomputes_from_logged_params():
+    from medtl.training.spec import protocol_fields, protocol_fingerprint
+
+    spec = _spec(init="imagenet", lr=1e-4)
+    logged = {**spec.to_params(), "data_digest": "d1", "n_train": "40", "group": "imagenet"}
+    assert protocol_fingerprint(logged, "d1") == spec.fingerprint("d1")
+    assert set(protocol_fields()) == {
+        "task", "arch", "dataset", "data_fraction", "max_epochs", "patience", "batch_size", "image_size",
+        "normalization", "optimizer",
+    }
