@@ -67,6 +67,7 @@ def run_spec(
         T.RUN_KEY_TAG: spec.run_key,
         T.STUDY_TAG: study,
         T.GROUP_TAG: spec.group,
+        "medtl.fingerprint": spec.fingerprint(job.splits.digest),
         "medtl.task": spec.task.value,
         "medtl.arch": spec.arch.value,
         **({T.PARENT_TAG: parent_run_id} if parent_run_id else {}),

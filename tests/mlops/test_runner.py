@@ -54,6 +54,7 @@ def test_run_record_holds_the_whole_tracking_schema(tracked):
     assert tags["medtl.run_key"] == spec.run_key
     assert tags["medtl.study"] == "unit"
     assert tags["medtl.group"] == "random"
+    assert tags["medtl.fingerprint"] == spec.fingerprint(params["data_digest"])
     assert tags["medtl.git_commit"]
     assert tags["medtl.optuna_trial"] == "0"
     metrics = run.data.metrics
