@@ -1,0 +1,42 @@
+"""Known answers: precision and recall pinned to their definitions (the study's code swapped them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtl.training.metrics import classification_metrics, regression_metrics, segmentation_metrics
+from medtl.training.spec import TaskType
+
+
+def test_binary_precision_and_recall_follow_their_definitions():
+    # 4 positives, 6 negatives; predicted positive: 3 of the positives and 2 negatives.
+    targets = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.55, 0.1, 0.3, 0.4, 0.05])
+    out = classification_metrics(targets, probs, TaskType.BINARY)
+    tp, fp, fn = 3, 2, 1
+    assert out["precision"] == pytest.approx(tp / (tp + fp)) == pytest.approx(0.6)  # swapped: 0.75
+    assert out["recall"] == pytest.approx(tp / (tp + fn)) == pytest.approx(0.75)  # swapped: 0.6
+    assert out["f1"] == pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75))
+    assert out["accuracy"] == pytest.approx(0.7)
+
+
+def test_multiclass_precision_and_recall_are_macro_averages_of_their_definitions():
+    targets = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[predicted] * 0.8 + 0.2 / 3
+    out = classification_metrics(targets, probs, TaskType.MULTICLASS)
+    # per class (precision, recall): 0 → (2/2, 2/3), 1 → (1/2, 1/2), 2 → (1/2, 1/1)
+    assert out["precision"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert out["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert out["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_regression_and_segmentation_known_answers():
+    assert regression_metrics(np.array([10.0, 20.0]), np.array([13.0, 16.0])) == pytest.approx(
+        {"mae": 3.5, "rmse": np.sqrt((9 + 16) / 2)}
+    )
+    targets = np.array([[[1, 1], [0, 0]]])
+    probs = np.array([[[0.9, 0.2], [0.8, 0.1]]])
+    # predicted {(0,0), (1,0)}, true {(0,0), (0,1)}: intersection 1, sizes 2 + 2, union 3
+    assert segmentation_metrics(targets, probs) == pytest.approx({"dice": 0.5, "iou": 1 / 3})
