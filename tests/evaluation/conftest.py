@@ -191,7 +191,7 @@ def mlflow_server(synthetic_store):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip("mlflow server did not start")
+                pytest.fail("mlflow server did not start")  # a service that fails to start fails the test
             time.sleep(0.3)
         yield url
     finally:

@@ -1,4 +1,4 @@
-"""The native service stack the integration tests use: PostgreSQL and a lean MLflow server on 127.0.0.1.
+"""The native service stack the integration tests use: PostgreSQL (tests/conftest.py) and a lean MLflow server on 127.0.0.1.
 
 `docker-compose.yml` runs the same commands (`medtl.mlops.stack`); a test checks that they agree.
 """
@@ -6,14 +6,11 @@
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,32 +24,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@dataclass
-class Postgres:
-    password: str
-    mlflow_url: str
-    optuna_url: str
-    databases: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Postgres:
-    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        pytest.skip("PostgreSQL 15 (pg_ctlcluster, as root) is not available on this machine")
-    password = secrets.token_hex(12)  # per test session; never stored
-    suffix = secrets.token_hex(3)
-    databases = [f"medtl_mlflow_{suffix}", f"medtl_optuna_{suffix}"]
-    env = {**os.environ, "MEDTL_PG_PASSWORD": password, "MEDTL_PG_DATABASES": " ".join(databases)}
-    subprocess.run(["bash", str(ROOT / "scripts" / "pg-start.sh")], env=env, check=True, capture_output=True)
-    base = f"postgresql+psycopg://medtl:{password}@127.0.0.1:5432"
-    pg = Postgres(password, f"{base}/{databases[0]}", f"{base}/{databases[1]}", databases)
-    yield pg
-    for db in databases:
-        subprocess.run(
-            ["su", "postgres", "-c", f"psql -qc 'DROP DATABASE IF EXISTS {db} WITH (FORCE)'"], capture_output=True
-        )
 
 
 class MlflowServer:
