@@ -80,6 +80,16 @@ def test_bad_input_exits_2_with_one_line(workdir, capsys, monkeypatch):
     (workdir / "o3" / "key").write_text("k" * 40)
     assert main(["ingest", "archive", "--out", "o3", "--key-file", "o3/key"]) == 2
     assert "inside the output folder" in _error(capsys)
+    (workdir / "loose.key").write_text("k" * 40)
+    (workdir / "loose.key").chmod(0o644)
+    assert main(["ingest", "archive", "--out", "o5", "--key-file", "loose.key"]) == 2
+    assert "chmod 600 loose.key" in _error(capsys)
+    (workdir / "loose.key").chmod(0o600)
+    assert main(["ingest", "archive", "--out", "o5", "--key-file", "loose.key", "--allow-modality", "CT"]) == 2
+    assert "unknown --allow-modality CT; choose from ES, GM, OT, RF, SC, SM, US, XA, XC" in _error(capsys)
+    assert main(["ingest", "archive", "--out", "o5", "--key-file", "loose.key", "--source-map", "o5/map.csv"]) == 2
+    assert "inside the output folder" in _error(capsys)
+    assert not (workdir / "o5").exists()  # nothing written for any refusal
     assert main(["ingest", "archive", "--out", "o4", "--ephemeral-key", "--no-progress"]) == 0
     capsys.readouterr()
     for k in ("1", "1000"):

@@ -143,3 +143,60 @@ def test_header_fields_hold_no_identifying_value(tmp_path: Path):
         assert not [p for p in planted if p in text]
         assert fields["body_part"] in {*dicom.BODY_PARTS, dicom.UNKNOWN_BODY_PART}
     assert "patient" not in " ".join(fields)
+
+
+def _header(**tags) -> Dataset:
+    ds = Dataset()
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("tags", "allowed", "reason"),
+    [
+        ({"Modality": "CT"}, (), None),
+        ({"Modality": "CT", "BurnedInAnnotation": "YES"}, (), "burned-in text: BurnedInAnnotation is YES"),
+        ({"Modality": "MR", "RecognizableVisualFeatures": "YES"}, (), "RecognizableVisualFeatures is YES"),
+        ({"Modality": "US"}, (), "US (ultrasound) images commonly carry it; convert with --allow-modality US"),
+        ({"Modality": "US", "BurnedInAnnotation": "NO"}, (), "--allow-modality US"),
+        ({"Modality": "US"}, ("US",), "US (ultrasound) allowed, but BurnedInAnnotation is not NO"),
+        ({"Modality": "US", "BurnedInAnnotation": "NO"}, ("US",), None),
+        ({"Modality": "US", "BurnedInAnnotation": "YES"}, ("US",), "BurnedInAnnotation is YES"),
+        ({"Modality": "CT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, (), "SC (secondary capture)"),
+        ({"Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4"}, ("US",), "--allow-modality SC"),
+        ({"Modality": "XA"}, (), "XA (angiography)"),
+        ({"Modality": "RF"}, (), "RF (fluoroscopy)"),
+        ({"Modality": "ES"}, (), "ES (endoscopy)"),
+        ({"Modality": "DOC", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.104.1", "BurnedInAnnotation": "NO"}, ("OT",),
+         "document or report SOP class"),
+        ({}, (), "OT (other or unknown modality)"),
+        ({"Modality": "RTDOSE"}, (), "OT (other or unknown modality)"),
+    ],
+)
+def test_burned_in_text_policy(tags, allowed, reason):
+    found = dicom.burned_in_text(_header(**tags), frozenset(allowed))
+    assert found == reason if reason is None else reason in found
+    if found is not None:
+        assert "burned-in text" in found
+
+
+def test_free_text_fields_pass_through_vocabularies_only():
+    assert dicom.normalise_manufacturer("GE MEDICAL SYSTEMS") == "ge"
+    assert dicom.normalise_manufacturer("TOSHIBA_MEC") == "canon"
+    assert dicom.normalise_manufacturer("Dr Kowalczyk's private clinic, ward 3") == "other"
+    assert dicom.normalise_manufacturer("") == "unknown"
+    assert dicom.normalise_photometric("MONOCHROME2 ") == "MONOCHROME2"
+    assert dicom.normalise_photometric("Kowalczyk") == "other"
+    ds = make_ds(np.arange(64, dtype=np.uint16).reshape(8, 8), Manufacturer="Siemens Healthineers",
+                 ManufacturerModelName="Room of Dr Kowalczyk", StationName="KOWALCZYK-PC")
+    fields = dicom.header_fields(ds)
+    assert fields["manufacturer"] == "siemens" and "manufacturer_model" not in fields
+    assert "kowalczyk" not in " ".join(map(str, fields.values())).lower()
+
+
+def test_pixel_count_limit_applies_before_decoding():
+    ds = _header(Rows=4096, Columns=4096, NumberOfFrames=20)
+    with pytest.raises(dicom.SkipFile, match="too many pixels"):
+        dicom.check_pixel_count(ds, 2**28)
+    dicom.check_pixel_count(_header(Rows=512, Columns=512, NumberOfFrames=20), 2**28)

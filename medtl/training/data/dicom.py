@@ -9,6 +9,13 @@ ratio below 0.1, nearly constant pixels) are dropped with a reason.
 Header values leave this module only through `header_fields` (an allow-list of technical
 fields, free text normalised to small vocabularies) and `identity` (raw identifiers meant to be
 hashed at once by the caller, never written).
+
+Burned-in text (DICOM PS3.15, "Clean Pixel Data"): the header cannot de-identify text drawn into
+the pixels. `burned_in_text` refuses every image that declares it (`BurnedInAnnotation = YES`),
+images that show a face or other recognisable features, document classes (encapsulated PDF/CDA),
+and, unless the caller opts in *and* the file says `BurnedInAnnotation = NO`, the modalities and
+SOP classes that commonly carry it: ultrasound, secondary capture / other, angiography,
+fluoroscopy, endoscopy and visible-light photographs. See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -45,6 +52,56 @@ BODY_PARTS: dict[str, frozenset[str]] = {
     "lower_limb": frozenset({"KNEE", "LEG", "ANKLE", "FOOT", "FEMUR", "TIBIA", "TOE", "HEEL", "CALF"}),
 }
 UNKNOWN_BODY_PART = "unknown"
+
+# Modality codes whose images commonly carry burned-in text (screen captures, annotated frames,
+# scanned documents, photographs): refused unless opted in and `BurnedInAnnotation = NO`.
+BURNED_IN_MODALITIES: dict[str, str] = {
+    "US": "ultrasound", "SC": "secondary capture", "OT": "other or unknown modality",
+    "XA": "angiography", "RF": "fluoroscopy", "ES": "endoscopy", "XC": "external photograph",
+    "GM": "general microscopy", "SM": "slide microscopy",
+}
+# SOP class UID prefixes -> the code above they count as (a file's class wins over its Modality).
+_BURNED_IN_SOP_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.7", "SC"),  # secondary capture, incl. multi-frame variants
+    ("1.2.840.10008.5.1.4.1.1.6.", "US"),  # ultrasound image storage
+    ("1.2.840.10008.5.1.4.1.1.3.1", "US"),  # ultrasound multi-frame
+    ("1.2.840.10008.5.1.4.1.1.12.1", "XA"),  # X-ray angiography (and enhanced XA)
+    ("1.2.840.10008.5.1.4.1.1.12.2", "RF"),  # X-ray radiofluoroscopy
+    ("1.2.840.10008.5.1.4.1.1.77.1.1", "ES"),  # VL endoscopic image / video
+    ("1.2.840.10008.5.1.4.1.1.77.1.2", "GM"),  # VL microscopic
+    ("1.2.840.10008.5.1.4.1.1.77.1.3", "SM"),  # VL slide-coordinates microscopic
+    ("1.2.840.10008.5.1.4.1.1.77.1.4", "XC"),  # VL photographic
+    ("1.2.840.10008.5.1.4.1.1.77.1.6", "SM"),  # VL whole slide microscopy
+)
+# Document classes: never converted (their "image" is a page of text).
+_DOCUMENT_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.104", "1.2.840.10008.5.1.4.1.1.88")
+
+# Manufacturer names -> one word of a fixed vocabulary; anything else is "other". Model names,
+# station names and software versions are free text (a station name can name a ward or a
+# person) and are not copied at all.
+MANUFACTURERS: dict[str, tuple[str, ...]] = {
+    "siemens": ("SIEMENS",),
+    "ge": ("GE MEDICAL", "GE HEALTHCARE", "GENERAL ELECTRIC", "GEMS", "GE"),
+    "philips": ("PHILIPS",),
+    "canon": ("CANON", "TOSHIBA"),
+    "fujifilm": ("FUJI", "FUJIFILM"),
+    "agfa": ("AGFA",),
+    "carestream": ("CARESTREAM", "KODAK"),
+    "hologic": ("HOLOGIC", "LORAD"),
+    "konica": ("KONICA",),
+    "samsung": ("SAMSUNG",),
+    "hitachi": ("HITACHI",),
+    "shimadzu": ("SHIMADZU",),
+    "united_imaging": ("UIH", "UNITED IMAGING"),
+    "planmeca": ("PLANMECA",),
+    "sirona": ("SIRONA", "DENTSPLY"),
+    "esaote": ("ESAOTE",),
+    "mindray": ("MINDRAY",),
+}
+PHOTOMETRIC = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+    "YBR_RCT", "YBR_PARTIAL_420",
+})
 
 
 class SkipFile(Exception):
@@ -156,6 +213,76 @@ def normalise_modality(value: str | None) -> str:
     return code if code in MODALITIES else "OT"
 
 
+def burned_in_code(ds: Any) -> str | None:
+    """The `BURNED_IN_MODALITIES` code a file falls under (SOP class first, then Modality), or None.
+
+    A missing or unrecognised Modality counts as `OT`: nothing says the image is clean.
+    """
+    sop = str(ds.get("SOPClassUID") or "")
+    for prefix, code in _BURNED_IN_SOP_PREFIXES:
+        if sop.startswith(prefix):
+            return code
+    raw = str(ds.get("Modality") or "").strip().upper()
+    if raw in BURNED_IN_MODALITIES:
+        return raw
+    return None if raw in MODALITIES else "OT"
+
+
+def burned_in_text(ds: Any, allowed: frozenset[str] = frozenset()) -> str | None:
+    """Why the file's pixels may show identifying text or features (a skip reason), or None.
+
+    Args:
+        ds: the dataset (header only is read).
+        allowed: codes of `BURNED_IN_MODALITIES` the user opted into; they pass only when the file
+            states `BurnedInAnnotation = NO` (and no recognisable visual features).
+    """
+    burned = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    if burned == "YES":
+        return "burned-in text: BurnedInAnnotation is YES"
+    if str(ds.get("RecognizableVisualFeatures") or "").strip().upper() == "YES":
+        return "burned-in text policy: RecognizableVisualFeatures is YES (e.g. a face)"
+    sop = str(ds.get("SOPClassUID") or "")
+    if sop.startswith(_DOCUMENT_SOP_PREFIXES):
+        return "burned-in text: document or report SOP class (never converted)"
+    code = burned_in_code(ds)
+    if code is None:
+        return None
+    what = f"{code} ({BURNED_IN_MODALITIES[code]})"
+    if code not in allowed:
+        return (f"burned-in text possible: {what} images commonly carry it; convert with "
+                f"--allow-modality {code} when their BurnedInAnnotation is NO")
+    if burned != "NO":
+        return f"burned-in text possible: {what} allowed, but BurnedInAnnotation is not NO"
+    return None
+
+
+def check_pixel_count(ds: Any, limit: int) -> None:
+    """Raise `SkipFile` when rows × columns × frames × samples exceeds `limit` (before decoding)."""
+    count = 1
+    for name in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        count *= max(1, int(_num(ds.get(name)) or 1))
+    if count > limit:
+        raise SkipFile(f"too many pixels to decode safely ({count} > limit {limit}; see --max-pixels)")
+
+
+def normalise_manufacturer(value: str | None) -> str:
+    """The manufacturer as one word of `MANUFACTURERS`, `other`, or `unknown` when missing."""
+    text = " ".join(re.split(r"[^A-Z]+", str(value or "").upper())).strip()
+    if not text:
+        return "unknown"
+    padded = f" {text} "
+    for name, spellings in MANUFACTURERS.items():
+        if any(f" {s} " in padded for s in spellings):
+            return name
+    return "other"
+
+
+def normalise_photometric(value: str | None) -> str:
+    """The photometric interpretation when it is a defined term, else `other`."""
+    text = str(value or "").strip().upper()
+    return text if text in PHOTOMETRIC else "other"
+
+
 def _num(value: Any, index: int = 0) -> float | None:
     try:
         if value is None or value == "":
@@ -168,15 +295,12 @@ def _num(value: Any, index: int = 0) -> float | None:
         return None
 
 
-def _text(value: Any, limit: int = 64) -> str:
-    return re.sub(r"[^\w .,+/()-]", "", str(value or "")).strip()[:limit]
-
-
 def header_fields(ds: Any) -> dict[str, Any]:
     """The allow-listed technical header fields of a dataset, normalised; nothing that identifies.
 
-    Modality and body part come out as codes of small vocabularies, UIDs as their standard
-    names; no names, IDs, dates, addresses or institutions are read.
+    Modality, body part, manufacturer and photometric interpretation come out as words of small
+    vocabularies, UIDs as their standard names; no names, IDs, dates, addresses, institutions,
+    model or station names are read.
     """
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     sop = ds.get("SOPClassUID")
@@ -196,9 +320,8 @@ def header_fields(ds: Any) -> dict[str, Any]:
         "magnetic_field_strength": _num(ds.get("MagneticFieldStrength")),
         "echo_time": _num(ds.get("EchoTime")),
         "repetition_time": _num(ds.get("RepetitionTime")),
-        "manufacturer": _text(ds.get("Manufacturer")),
-        "manufacturer_model": _text(ds.get("ManufacturerModelName")),
-        "photometric_interpretation": _text(ds.get("PhotometricInterpretation"), 16),
+        "manufacturer": normalise_manufacturer(ds.get("Manufacturer")),
+        "photometric_interpretation": normalise_photometric(ds.get("PhotometricInterpretation")),
         "bits_allocated": int(_num(ds.get("BitsAllocated")) or 0),
         "bits_stored": int(_num(ds.get("BitsStored")) or 0),
         "pixel_representation": int(_num(ds.get("PixelRepresentation")) or 0),
