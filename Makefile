@@ -42,7 +42,7 @@ sweep: install $(DEMO_SET)/.labelled ## the whole study in miniature: archive â†
 # output folder, then pseudo-labelled. Make's own timestamps keep it idempotent.
 $(DEMO)/deid.key:
 	@mkdir -p $(DEMO)
-	@$(PY) -c "import secrets; print(secrets.token_hex(32))" > $@
+	@umask 077; $(PY) -c "import secrets; print(secrets.token_hex(32))" > $@
 
 $(DEMO_SET)/.labelled: $(STAMP) $(DEMO)/deid.key
 	@rm -rf $(DEMO)/archive $(DEMO_SET)
