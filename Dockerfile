@@ -13,12 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # image). tests/deploy/test_compose.py checks that these pins and pyproject.toml's agree.
 RUN pip install torch==2.14.1 torchvision==0.29.1
 
-# medtl with the pinned dependencies of pyproject.toml, plus two tools that only the services use
-# and medtl itself does not import: the Optuna dashboard and boto3 (MLflow's S3 artifact store).
+# medtl with the pinned dependencies of pyproject.toml, plus what only the services use and medtl
+# itself does not import: MLflow's basic-auth app (the `auth` extra of the same pinned mlflow; the
+# compose stack always runs it), the Optuna dashboard and boto3 (MLflow's S3 artifact store).
 WORKDIR /tmp/medtl-src
 COPY pyproject.toml README.md ./
 COPY medtl ./medtl
-RUN pip install . optuna-dashboard==0.21.0 boto3==1.44.5 \
+RUN pip install . "mlflow[auth]==3.17.2" optuna-dashboard==0.21.0 boto3==1.44.5 \
     && rm -rf /tmp/medtl-src
 
 # A non-root user owns the working folder and the paths that the compose volumes mount (named

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
+import os
 import tempfile
 import threading
 from collections.abc import Callable
@@ -38,6 +40,10 @@ SUMMARY_METRICS = (*TEST_COLUMNS, *EXTRA_SUMMARY)
 COMPARISON_METRICS = (*TEST_COLUMNS, "epochs_to_convergence")
 TESTS = ("levene", "kruskal", "mannwhitneyu", "ttest", "permutation")
 ALLOWED_METHODS = "GET, HEAD"
+# Host headers answered unless told otherwise (DNS-rebinding protection: a web page elsewhere
+# cannot make a browser on this machine read the service through a name the page controls).
+ALLOWED_HOSTS_ENV = "MEDTL_ALLOWED_HOSTS"
+DEFAULT_ALLOWED_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[[]::1]", "[[]::1]:*")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "task": tuple(t.value for t in Task),
     "arch": tuple(a.value for a in Arch),
@@ -69,8 +75,14 @@ class EvaluationService:
     """Answers requests from a tracking store; results are cached per (study, mode) until the
     store's fingerprint for the study changes (one cheap query per request)."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, allowed_hosts: tuple[str, ...] | None = None) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        if allowed_hosts is None:
+            configured = os.environ.get(ALLOWED_HOSTS_ENV, "")
+            allowed_hosts = tuple(h.strip() for h in configured.split(",") if h.strip()) or DEFAULT_ALLOWED_HOSTS
+        if "*" in allowed_hosts:
+            raise UserError(f"{ALLOWED_HOSTS_ENV} may not allow every host ('*'); list the names the service is reached by")
+        self.allowed_hosts = tuple(allowed_hosts)
         self._cache: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.RLock()
         self._routes: dict[str, tuple[dict[str, tuple[str, ...]], Callable[..., Response]]] = {
@@ -81,6 +93,11 @@ class EvaluationService:
             ),
             "report.html": (_pick("mode"), self._report),
         }
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request's Host header names this service (patterns as `fnmatch`, e.g. `localhost:*`)."""
+        host = (host or "").strip().lower()
+        return bool(host) and any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.allowed_hosts)
 
     # ------------------------------------------------------------ dispatch
 
@@ -218,7 +235,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "medtl-evaluation"
 
     def _answer(self) -> None:
-        response = self.service.handle(self.command, self.path)
+        host = self.headers.get("Host")
+        if self.service.host_allowed(host):
+            response = self.service.handle(self.command, self.path)
+        else:
+            response = _json({"error": f"host {str(host)[:100]!r} is not served here; allowed: "
+                                       f"{', '.join(self.service.allowed_hosts)} ({ALLOWED_HOSTS_ENV})"}, 403)
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))

@@ -2,12 +2,55 @@
 
 `make ui`, the integration tests and `docker-compose.yml` run these exact commands; a test compares
 the compose file against them so the native stack and the containers cannot drift apart.
+
+No database password is ever part of a command (command lines are visible to every user of the
+machine in `ps` and land in shell histories and logs): URLs carry the user, host and database, and
+the password travels in the environment (`PGPASSWORD`, read by libpq) or a password file
+(`PGPASSFILE`, default `~/.pgpass`). `without_password` splits a URL that has one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from sqlalchemy.engine import URL, make_url
+
+from medtl.errors import UserError
+
 # Lean server settings (DESIGN.md): one worker, no job-execution processes.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+PASSWORD_ENV = "PGPASSWORD"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A service command and the environment variables to add to the caller's for it."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+def without_password(url: str) -> tuple[str, dict[str, str]]:
+    """A database URL without its password, and `{PGPASSWORD: password}` (empty when it had none).
+
+    Non-database URLs (`sqlite:`, `http:`, files) come back unchanged.
+    """
+    if "://" not in url or url.startswith(("sqlite", "http://", "https://", "file:")):
+        return url, {}
+    parsed = make_url(url)
+    if not parsed.password:
+        return url, {}
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query)
+    return bare.render_as_string(hide_password=False), {PASSWORD_ENV: str(parsed.password)}
+
+
+def _refuse_password(url: str, what: str) -> str:
+    if without_password(url)[1]:
+        raise UserError(
+            f"{what} holds a password; put it in ${PASSWORD_ENV} or ~/.pgpass and leave it out of the URL "
+            "(command lines are visible to every user of the machine)"
+        )
+    return url
 
 
 def mlflow_server_command(
@@ -19,12 +62,16 @@ def mlflow_server_command(
     allowed_hosts: str | None = None,
     basic_auth: bool = False,
 ) -> list[str]:
-    """`mlflow server` with a database backend and proxied artifacts, bound to `host`."""
+    """`mlflow server` with a database backend and proxied artifacts, bound to `host`.
+
+    Raises:
+        UserError: the backend URI carries a password (use `mlflow_server_launch` to split it off).
+    """
     command = [
         "mlflow",
         "server",
         "--backend-store-uri",
-        backend_store_uri,
+        _refuse_password(backend_store_uri, "the backend store URI"),
         "--serve-artifacts",
         "--artifacts-destination",
         artifacts_destination,
@@ -42,19 +89,27 @@ def mlflow_server_command(
     return command
 
 
+def mlflow_server_launch(backend_store_uri: str, artifacts_destination: str, **options: object) -> Launch:
+    """`mlflow_server_command` for a backend URL that may hold a password: it moves to `PGPASSWORD`."""
+    url, secret = without_password(backend_store_uri)
+    return Launch(mlflow_server_command(url, artifacts_destination, **options), {**MLFLOW_SERVER_ENV, **secret})
+
+
 def worker_command(study: str, storage: str, tracking_uri: str) -> list[str]:
     """A sweep worker on any machine: pulls points from the shared Optuna queue."""
+    storage = _refuse_password(storage, "the Optuna storage URL")
     return ["medtl", "worker", "--study", study, "--storage", storage, "--tracking-uri", tracking_uri]
 
 
 def sweep_command(study: str, storage: str, tracking_uri: str, workers: int = 1) -> list[str]:
+    """`medtl sweep` against a shared storage (its password in `PGPASSWORD`, never in the URL)."""
     return [
         "medtl",
         "sweep",
         "--study",
         study,
         "--storage",
-        storage,
+        _refuse_password(storage, "the Optuna storage URL"),
         "--tracking-uri",
         tracking_uri,
         "--workers",

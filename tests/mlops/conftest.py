@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from medtl.mlops.stack import MLFLOW_SERVER_ENV, mlflow_server_command
+from medtl.mlops.stack import mlflow_server_launch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,13 +32,14 @@ class MlflowServer:
     def __init__(self, backend: str, artifacts: Path, port: int, log: Path) -> None:
         self.port = port
         self.uri = f"http://127.0.0.1:{port}"
-        self.command = mlflow_server_command(backend, str(artifacts), port=port)
+        launch = mlflow_server_launch(backend, str(artifacts), port=port)  # the password goes to PGPASSWORD
+        self.command, self.env = launch.command, launch.env
         self.command[0] = str(Path(sys.executable).parent / "mlflow")
         self.log = log
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, **MLFLOW_SERVER_ENV}
+        env = {**os.environ, **self.env}
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout

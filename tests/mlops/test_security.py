@@ -163,3 +163,40 @@ def test_plain_state_dicts_and_medtl_checkpoints_load(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="holds a list, not a dict"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+def test_evaluation_service_answers_only_its_own_host_names(tracking_uri, monkeypatch):
+    import http.client
+    import threading
+
+    from medtl.errors import UserError
+    from medtl.evaluation.service import ALLOWED_HOSTS_ENV, EvaluationService, make_server
+
+    server = make_server(EvaluationService(tracking_uri), "127.0.0.1", 0)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def status(host: str | None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("GET", "/health", skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    try:
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert status(host)[0] == 200, host
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "", None):
+            code, body = status(host)
+            assert code == 403 and b"is not served here" in body, host
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setenv(ALLOWED_HOSTS_ENV, "evaluation:8000, reports.lab.example:*")
+    assert EvaluationService(tracking_uri).allowed_hosts == ("evaluation:8000", "reports.lab.example:*")
+    assert EvaluationService(tracking_uri).host_allowed("reports.lab.example:443")
+    monkeypatch.setenv(ALLOWED_HOSTS_ENV, "*")
+    with pytest.raises(UserError, match="may not allow every host"):
+        EvaluationService(tracking_uri)

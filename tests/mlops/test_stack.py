@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.runner import run_spec
+from medtl.mlops.stack import sweep_command, without_password
 from medtl.mlops.study import load_study
 from medtl.training.spec import RunSpec
 
@@ -47,11 +48,10 @@ def _workers_of(proc: subprocess.Popen) -> list[psutil.Process]:
 def test_sweep_survives_a_killed_worker_exactly_once(postgres, mlflow_server, tmp_path):
     study_file = tmp_path / "stack.yaml"
     study_file.write_text(STUDY)
-    env = {**os.environ, "MEDTL_HEARTBEAT_S": "1", "MEDTL_GRACE_S": "4", "MLFLOW_TRACKING_URI": ""}
-    command = [
-        _medtl(), "sweep", "--study", str(study_file), "--storage", postgres.optuna_url,
-        "--tracking-uri", mlflow_server.uri, "--workers", "2",
-    ]
+    storage, secret = without_password(postgres.optuna_url)  # the password only in PGPASSWORD
+    env = {**os.environ, **secret, "MEDTL_HEARTBEAT_S": "1", "MEDTL_GRACE_S": "4", "MLFLOW_TRACKING_URI": ""}
+    command = sweep_command(str(study_file), storage, mlflow_server.uri, workers=2)
+    command[0] = _medtl()
     sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(mlflow_server.uri)
     victim = None
@@ -64,6 +64,8 @@ def test_sweep_survives_a_killed_worker_exactly_once(postgres, mlflow_server, tm
         for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
             if run.data.tags.get("medtl.stage") == "finetune" and client.get_metric_history(run.info.run_id, "val_loss"):
                 workers = _workers_of(sweep)
+                for process in [psutil.Process(sweep.pid), *workers, psutil.Process(mlflow_server.proc.pid)]:
+                    assert postgres.password not in " ".join(process.cmdline()), process.pid
                 if workers:
                     victim = workers[0]
                     victim.send_signal(signal.SIGKILL)  # mid-run: at least one epoch logged, more to come
