@@ -27,7 +27,7 @@ import pandas as pd
 
 from medtl.errors import UserError
 from medtl.redact import mask_url
-from medtl.training.spec import PRIMARY_METRIC, TASKS, TEST_METRICS
+from medtl.training.spec import PRIMARY_METRIC, TASKS, TEST_METRICS, protocol_fingerprint
 
 EXPERIMENT_PREFIX = "medtl/"
 PRETRAIN_EXPERIMENT = "medtl/pretrain"
@@ -35,7 +35,10 @@ STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 STAGE_TAG = "medtl.stage"
 FINETUNE = "finetune"
 
-SPEC_STR = ("task", "arch", "init", "dataset", "init_source", "pretrain_modality", "normalization")
+SPEC_STR = ("task", "arch", "init", "dataset", "init_source", "pretrain_modality", "normalization", "optimizer")
+FINGERPRINT_TAG = "medtl.fingerprint"
+INIT_RESOLVED = "init_resolved"
+"""Param (and tag) naming the registered version a domain arm trained from, `pretrained-<arch>/<version>`."""
 SPEC_FLOAT = ("lr", "data_fraction")
 SPEC_INT = ("seed", "max_epochs", "patience", "batch_size", "image_size")
 TAG_COLUMNS = {
@@ -43,6 +46,7 @@ TAG_COLUMNS = {
     "medtl.study": "study",
     "medtl.failure_reason": "failure_reason",
     "medtl.stop_reason": "stop_reason",
+    "medtl.resumed_from_epoch": "resumed_from_epoch",
     "mlflow.parentRunId": "parent_run_id",
 }
 _METRIC_NAMES = sorted({m for ms in TEST_METRICS.values() for m in ms})
@@ -219,6 +223,14 @@ def _tidy(
         out[name] = pd.to_numeric(_col(p, name), errors="coerce").round().astype("Int64")
     for tag, name in TAG_COLUMNS.items():
         out[name] = _col(t, tag).astype("string")
+    out["data_digest"] = _col(p, "data_digest").astype("string")
+    out[INIT_RESOLVED] = _col(p, INIT_RESOLVED).astype("string").fillna(_col(t, f"medtl.{INIT_RESOLVED}").astype("string"))
+    out["fingerprint"] = _col(t, FINGERPRINT_TAG).astype("string")
+    missing = out.index[out["fingerprint"].isna()]
+    if len(missing):  # stores written before the tag existed: recompute it from the logged params
+        out.loc[missing, "fingerprint"] = pd.Series(
+            [_recomputed_fingerprint(p.loc[rid]) for rid in missing], index=missing, dtype="string"
+        )
     m = _wide(latest, "run_id", "key", "value").reindex(out.index)
     for name in FINAL_METRICS:
         out[name] = pd.to_numeric(_col(m, name), errors="coerce").astype(float)
@@ -231,6 +243,17 @@ def _tidy(
     out = out.reset_index().rename(columns={"index": "run_id"})
     return out.sort_values(["task", "arch", "group", "lr", "seed", "run_id"], na_position="last",
                            kind="stable").reset_index(drop=True)
+
+
+def _recomputed_fingerprint(params: pd.Series) -> str | None:
+    """The protocol fingerprint of a run from its logged params; None when they do not make a RunSpec."""
+    logged = {k: v for k, v in params.items() if isinstance(v, str)}
+    if "task" not in logged or "arch" not in logged:
+        return None
+    try:
+        return protocol_fingerprint(logged, logged.get("data_digest", ""))
+    except (UserError, ValueError, TypeError):
+        return None
 
 
 def _tidy_histories(frame: pd.DataFrame | None) -> pd.DataFrame:

@@ -262,9 +262,10 @@ def known_task_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Known-task runs that FINISHED without diverging (the ones statistics use)."""
+    """Known-task runs that FINISHED (the ones statistics use; a diverged run counts with its best
+    checkpoint — the report drops diverged rows first when asked to exclude them)."""
     out = known_task_runs(runs)
-    return out[(out["status"] == "FINISHED") & ~out["diverged"].astype(bool)]
+    return out[out["status"] == "FINISHED"]
 
 
 def arm_order(groups: Sequence[object]) -> list[str]:

@@ -9,8 +9,8 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ import pandas as pd
 
 from medtl.evaluation import plots
 from medtl.evaluation.collect import StudyData
+from medtl.evaluation.links import run_url
 from medtl.evaluation.plots import KEYS, arm_order, at_chosen, known_task_runs
+from medtl.evaluation.selection import SET_ASIDE_COLUMNS, Selection, select_runs
 from medtl.evaluation.stats import RECORD_KEYS, ComparisonSet, compare, primary_metric
 from medtl.training.spec import TASKS, TEST_METRICS, Task
 
@@ -30,6 +32,11 @@ SUMMARY_COLUMNS = (
     "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
 )
 CHEAP_ARM_SIZE = 8
+CELL_RECORD_KEYS = ("data_fraction", "fingerprint", "protocol", "n_duplicates_set_aside", "diverged_runs")
+"""Keys comparisons.json adds to each stats record: the cell's fraction and protocol, how many
+duplicate runs of the cell were set aside, and whether diverged runs were `counted` or `excluded`."""
+RUN_ID_COLUMNS = ("best run", "run_id", "kept_run_id")
+"""Table columns whose cells are run ids (links to the MLflow UI when its address is known)."""
 _STATS_COLUMNS = (*KEYS, "seed", "status", "diverged", "epochs_to_convergence")
 Block = tuple[Any, ...]
 
@@ -42,14 +49,29 @@ class Analysis:
     per_lr: bool
     sets: tuple[tuple[float, ComparisonSet], ...]
     skipped_runs: int = 0
+    chosen_runs: Selection | None = None
+    exclude_diverged: bool = False
 
     def records(self) -> list[dict[str, Any]]:
-        """comparisons.json: the stats records, each with its `data_fraction` added."""
-        return [{**r, "data_fraction": f} for f, cs in self.sets for r in cs.to_records()]
+        """comparisons.json: the stats records, each with CELL_RECORD_KEYS added."""
+        sel = self.chosen_runs
+        out = []
+        for f, cs in self.sets:
+            for r in cs.to_records():
+                cell = (r["task"], r["arch"], f)
+                out.append({
+                    **r,
+                    "data_fraction": f,
+                    "fingerprint": sel.fingerprint_of(*cell) if sel is not None else None,
+                    "protocol": _protocol_of(sel, *cell),
+                    "n_duplicates_set_aside": sel.duplicates_in(*cell) if sel is not None else 0,
+                    "diverged_runs": "excluded" if self.exclude_diverged else "counted",
+                })
+        return out
 
     def frame(self) -> pd.DataFrame:
         """The records as a DataFrame."""
-        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, "data_fraction"])
+        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, *CELL_RECORD_KEYS])
 
     def selection(self) -> pd.DataFrame:
         """The learning rate each arm is compared at, per fraction."""
@@ -57,20 +79,39 @@ class Analysis:
         return pd.concat(frames, ignore_index=True)
 
 
-def analyse(runs: pd.DataFrame, mode: str = "paper", per_lr: bool = False) -> Analysis:
-    """Compare the arms in one mode, separately for each training-data fraction.
+def analyse(
+    runs: pd.DataFrame,
+    mode: str = "paper",
+    per_lr: bool = False,
+    *,
+    exclude_diverged: bool = False,
+    allow_mixed_pretrained: bool = False,
+    selection: Selection | None = None,
+) -> Analysis:
+    """Compare the arms in one mode, separately for each training-data fraction and protocol.
+
+    The runs first go through `selection.select_runs`: one run per grid point (the latest
+    FINISHED), cells with several protocol fingerprints split and labelled, a domain arm from
+    several pretrained versions refused.
 
     Args:
         runs: `collect(...).runs`.
         mode: "paper" or "recommended" (see `stats.compare`).
         per_lr: compare at every learning rate instead of each arm's selected one.
+        exclude_diverged: leave diverged runs out (default: counted at their best checkpoint).
+        allow_mixed_pretrained: compare a domain arm built from several pretrained versions.
+        selection: an existing selection of these runs (skips selecting again).
 
     Returns:
         Analysis with one ComparisonSet per fraction; runs of unknown tasks are counted, not used.
 
     Raises:
         StatsError: on an unknown mode.
+        MixedPretrainedError: several pretrained versions in one domain arm, not allowed.
     """
+    if selection is None:
+        selection = select_runs(runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
+    runs = selection.runs
     usable = known_task_runs(runs)
     needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
     usable = usable[needed].astype({c: object for c in ("task", "arch", "group", "status")})
@@ -78,9 +119,18 @@ def analyse(runs: pd.DataFrame, mode: str = "paper", per_lr: bool = False) -> An
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant groups; noted per record
         sets = tuple(
-            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr)) for f in fractions
+            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr, exclude_diverged=exclude_diverged))
+            for f in fractions
         )
-    return Analysis(mode, per_lr, sets, len(runs) - len(usable))
+    return Analysis(mode, per_lr, sets, len(runs) - len(usable), selection, exclude_diverged)
+
+
+def _protocol_of(sel: Selection | None, task: str, arch: str, fraction: float) -> str:
+    if sel is None:
+        return ""
+    p = sel.protocols
+    hit = p[(p["task"] == task) & (p["arch"] == arch) & (p["data_fraction"] == fraction)]
+    return "" if hit.empty else str(hit["protocol"].iloc[0])
 
 
 def is_cheap(runs: pd.DataFrame) -> bool:
@@ -96,11 +146,12 @@ def task_metrics(task: str) -> list[str]:
     return [f"test_{m}" for m in TEST_METRICS[TASKS[Task(task)].type]] + list(EXTRA_SUMMARY)
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
     """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max.
 
-    Statistics use FINISHED, non-diverged runs with a finite value; `n_runs`, `n_failed` and
-    `n_diverged` count every run. `best_run_id` is the usable run with the best validation
+    Statistics use FINISHED runs with a finite value (diverged ones at their best checkpoint,
+    unless `exclude_diverged`); `n_runs`, `n_failed` and `n_diverged` count every run. Runs not
+    yet through `select_runs` are selected first (one per grid point, protocols split). `best_run_id` is the usable run with the best validation
     primary metric (direction-aware) and `best_val` that value.
 
     Args:
@@ -109,10 +160,12 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     Returns:
         The summary.csv table (SUMMARY_COLUMNS), sorted by its keys.
     """
+    if "protocol" not in runs.columns:
+        runs = select_runs(runs, allow_mixed_pretrained=True).runs
     data = known_task_runs(runs)
     if data.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    data["_usable"] = (data["status"] == "FINISHED") & ~data["diverged"]
+    data["_usable"] = (data["status"] == "FINISHED") & ~(data["diverged"] & exclude_diverged)
     data["_div"] = (data["status"] == "FINISHED") & data["diverged"]
     cells, values = [], []
     for task, rows in data.groupby("task"):
@@ -173,12 +226,15 @@ def render(
     *,
     figures: bool = True,
     ratings: pd.DataFrame | None = None,
+    ui_url: str | None = None,
 ) -> dict[str, Path]:
     """Write every report file of a study into `out` (created if missing).
 
     Files: summary.csv, comparisons.json / .csv and lr_selection.csv (the first analysis),
-    tables.tex, report.md, a self-contained report.html (plots embedded) and plots/*.png.
-    Other analyses appear as further sections of report.md / report.html.
+    set_aside.csv (the runs left out as duplicates of a grid point, and why), tables.tex,
+    report.md, a self-contained report.html (plots embedded) and plots/*.png. Other analyses
+    appear as further sections of report.md / report.html. The report opens with one verdict
+    line per (task, arch).
 
     Args:
         data: the collected study.
@@ -187,6 +243,7 @@ def render(
         figures: draw the plots (False: tables and text only, much faster).
         ratings: imported reader-study ratings (`reader_study.collect_ratings`), if any: a section
             with ratings per arm and rater (the paper's Figure 9) and the arms compared.
+        ui_url: the MLflow UI's address; run ids in the report link to the run's page there.
 
     Returns:
         File name → path of everything written.
@@ -194,9 +251,14 @@ def render(
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     main = analyses[0]
-    summary = summarize(data.runs)
+    selection = main.chosen_runs or select_runs(data.runs, allow_mixed_pretrained=True)
+    data = replace(data, runs=selection.runs)
+    summary = summarize(data.runs, main.exclude_diverged)
     chosen = chosen_lrs(main)
-    pngs = plots.study_figures(data.runs, data.histories, chosen) if figures else {}
+    drawn = data.runs
+    if main.exclude_diverged:
+        drawn = drawn[~((drawn["status"] == "FINISHED") & drawn["diverged"])]
+    pngs = plots.study_figures(drawn, data.histories, chosen) if figures else {}
     written: dict[str, Path] = {}
 
     def put(name: str, payload: bytes | str) -> None:
@@ -207,13 +269,14 @@ def render(
     put("comparisons.json", json.dumps(main.records(), indent=1, allow_nan=False) + "\n")
     put("comparisons.csv", main.frame().to_csv(index=False))
     put("lr_selection.csv", main.selection().to_csv(index=False))
+    put("set_aside.csv", selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)].to_csv(index=False))
     put("tables.tex", latex_tables(summary, main))
     for name, png in pngs.items():
         put(f"plots/{name}", png)
     for stale in (out / "plots").glob("*.png"):
         if stale.name not in pngs:
             stale.unlink()
-    blocks = report_blocks(data, summary, analyses, pngs)
+    blocks = report_blocks(data, summary, analyses, pngs, selection)
     if ratings is not None and not ratings.empty:
         from medtl.evaluation.ratings import ratings_figure, ratings_summary
 
@@ -223,8 +286,12 @@ def render(
         rating_summary = ratings_summary(ratings)
         put("reader_ratings.json", json.dumps(rating_summary, indent=1, default=str) + "\n")
         blocks = [*blocks, *ratings_blocks(rating_summary, figures)]
-    put("report.md", to_markdown(blocks))
-    put("report.html", to_html(blocks, pngs, title=f"medtl study {data.study}"))
+    link = None
+    if ui_url:
+        experiment_id = data.experiment_id
+        link = lambda run_id: run_url(ui_url, experiment_id, run_id)  # noqa: E731
+    put("report.md", to_markdown(blocks, link))
+    put("report.html", to_html(blocks, pngs, title=f"medtl study {data.study}", link=link))
     return written
 
 
@@ -276,7 +343,8 @@ def results_table(summary: pd.DataFrame, chosen: pd.DataFrame, task: str, fracti
         by = cell.set_index("metric")
         first = cell.iloc[0]
         entry = {"arch": arch, "arm": group, "lr": _num(first["lr"]),
-                 "runs (ok/all)": f"{int(by['n'].get('epochs_to_convergence', 0))}/{int(first['n_runs'])}"}
+                 "runs (ok/all)": f"{int(by['n'].get('epochs_to_convergence', 0))}/{int(first['n_runs'])}",
+                 "diverged": int(first["n_diverged"])}
         for metric in task_metrics(task)[:-2]:
             entry[metric.removeprefix("test_")] = _pm(by.loc[metric])
         entry["best run"] = _num(first["best_run_id"])
@@ -314,22 +382,43 @@ def _records_of(analysis: Analysis, task: str, fraction: float) -> list[dict[str
 
 
 def report_blocks(
-    data: StudyData, summary: pd.DataFrame, analyses: Sequence[Analysis], figures: dict[str, bytes]
+    data: StudyData,
+    summary: pd.DataFrame,
+    analyses: Sequence[Analysis],
+    figures: dict[str, bytes],
+    selection: Selection | None = None,
 ) -> list[Block]:
-    """The report's content as blocks: ("h", level, text), ("p", text), ("table", df), ("img", name)."""
+    """The report's content as blocks: ("h", level, text), ("p", text), ("table", df), ("img", name).
+
+    It leads with the answer: one verdict line per (task, arch) cell, then the detail.
+    """
     runs, main = data.runs, analyses[0]
+    selection = selection or main.chosen_runs
     chosen = chosen_lrs(main)
     finished = int((runs["status"] == "FINISHED").sum())
     diverged = int(((runs["status"] == "FINISHED") & runs["diverged"]).sum())
+    policy = ("diverged runs excluded (--exclude-diverged)" if main.exclude_diverged
+              else "diverged runs counted at their best checkpoint")
+    n_aside = 0 if selection is None else selection.n_duplicates
     blocks: list[Block] = [
         ("h", 1, f"Study {data.study}"),
+        ("h", 2, "Verdict"),
+        *(("p", v.text) for v in verdicts(summary, main)),
         ("p", f"Tracking store {data.tracking_uri}, experiment medtl/{data.study} (id {data.experiment_id}); "
               f"generated {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC."),
-        ("p", f"{len(runs)} fine-tuning runs: {finished} finished ({diverged} of them diverged), "
-              f"{len(runs) - finished} failed or killed; {main.skipped_runs} of an unknown task left out. "
-              f"Statistics use finished, non-diverged runs; mode {main.mode}"
+        ("p", f"{len(runs)} fine-tuning runs counted, one per grid point: {finished} finished ({diverged} of them "
+              f"diverged), {len(runs) - finished} failed or killed; {main.skipped_runs} of an unknown task left out; "
+              f"{n_aside} duplicate run(s) of a grid point set aside (listed in set_aside.csv). "
+              f"Statistics use finished runs, {policy}; mode {main.mode}"
               f"{', every learning rate' if main.per_lr else ', each arm at its best mean validation learning rate'}."),
     ]
+    if selection is not None:
+        split = selection.protocols[selection.protocols["protocol"] != ""]
+        if len(split):
+            blocks.append(("p", "Cells with several protocols are reported separately, never pooled; the "
+                                "architecture is labelled with the parameters that differ: "
+                                + "; ".join(sorted(set(split["arch"]))) + "."))
+        blocks += [("p", note) for note in selection.notes]
     blocks.append(("h", 2, "Results on the test set"))
     for fraction, _ in main.sets:
         for task in sorted(summary.loc[summary["data_fraction"] == fraction, "task"].unique()):
@@ -369,11 +458,132 @@ def report_blocks(
     if len(failed):
         shown = failed[["run_id", "task", "arch", "group", "lr", "seed", "status", "failure_reason"]].head(200)
         blocks.append(("table", shown.assign(failure_reason=shown["failure_reason"].fillna("").str.slice(0, 160))))
+    if selection is not None and n_aside:
+        blocks.append(("h", 2, f"Runs set aside ({n_aside})"))
+        blocks.append(("p", "Each grid point (run_key) counts once: its latest FINISHED run, else its latest attempt."))
+        aside = selection.set_aside
+        blocks.append(("table", aside[["run_id", "task", "arch", "group", "lr", "seed", "status", "kept_run_id"]].head(200)))
     return blocks
 
 
-def to_markdown(blocks: Sequence[Block]) -> str:
-    """Render blocks as Markdown; figures link to plots/<name>."""
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one (task, arch, fraction) cell: best arm on the primary metric and on epochs.
+
+    `means` and `epochs` map each arm to its mean at its selected learning rate; `p_metric` and
+    `p_epochs` map each other arm to the adjusted p of its pairwise test against the best arm.
+    """
+
+    task: str
+    arch: str
+    data_fraction: float
+    metric: str
+    higher_is_better: bool
+    best: str | None
+    means: dict[str, float]
+    p_metric: dict[str, float | None]
+    fastest: str | None
+    epochs: dict[str, float]
+    p_epochs: dict[str, float | None]
+    alpha: float
+    test: str
+
+    @property
+    def significant(self) -> bool:
+        """Whether the best arm beats every other arm after correction."""
+        ps = list(self.p_metric.values())
+        return bool(ps) and all(p is not None and p < self.alpha for p in ps)
+
+    @property
+    def text(self) -> str:
+        """One line: which arm is best on the metric and on epochs, and whether it is significant."""
+        where = f"{self.task} / {self.arch}" + ("" if self.data_fraction == 1.0 else f" ({self.data_fraction:.0%} data)")
+        if self.best is None:
+            return f"{where}: no arm has a usable {self.metric} yet."
+        tests = "Mann-Whitney U, Bonferroni" if self.test == "mannwhitneyu" else "permutation, Holm"
+        return (f"{where}: {self.best} is best on {self.metric} ({_means_text(self.means, self.best)})"
+                f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: {self.fastest} "
+                f"({_means_text(self.epochs, self.fastest)}){_sig_text(self.p_epochs, self.alpha)} [{tests}].")
+
+
+def _means_text(means: dict[str, float], first: str | None) -> str:
+    order = [first, *[a for a in means if a != first]]
+    return ", ".join(f"{a} {_num(means[a], 3)}" for a in order if a in means)
+
+
+def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
+    if not ps:
+        return ", no other arm to compare"
+    sig = {a: p for a, p in ps.items() if p is not None and p < alpha}
+    rest = {a: p for a, p in ps.items() if a not in sig}
+    listed = lambda arms: ", ".join(f"{a} {_num(p, 2)}" for a, p in arms.items())  # noqa: E731
+    if not rest:
+        return f", significant vs every other arm (p adj. {listed(sig)})"
+    if not sig:
+        return f", not significant (p adj. {listed(rest)})"
+    return f", significant vs {', '.join(sig)} (p adj. {listed(sig)}), not vs {', '.join(rest)} (p adj. {listed(rest)})"
+
+
+def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
+    """One Verdict per (task, arch, fraction) of the analysis, main arms at their selected lr.
+
+    Arm means come from the summary (what the tables show); the p values are the analysis's
+    pairwise tests (Mann–Whitney U with Bonferroni in paper mode, permutation with Holm in
+    recommended mode) of the best arm against each other main arm.
+    """
+    chosen = chosen_lrs(analysis)
+    rows = at_chosen(summary, chosen) if not summary.empty else summary
+    records = analysis.records()
+    pair_test = "mannwhitneyu" if analysis.mode == "paper" else "permutation"
+    out = []
+    for fraction, cs in analysis.sets:
+        for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
+            metric, higher = primary_metric(task)
+            cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
+                        & rows["group"].isin(["random", "imagenet", "domain"])]
+            means = _arm_means(cell, f"test_{metric}")
+            epochs = _arm_means(cell, "epochs_to_convergence")
+            best = _pick(means, higher)
+            fastest = _pick(epochs, False)
+            recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
+                    and r["test"] == pair_test]
+            lrs = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
+            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if analysis.per_lr else {}
+            out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
+                               _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
+                               fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),
+                               cs.alpha, pair_test))
+    return out
+
+
+def _arm_means(cell: pd.DataFrame, metric: str) -> dict[str, float]:
+    values = cell[(cell["metric"] == metric) & (cell["n"] > 0)]
+    means = {str(g): float(m) for g, m in zip(values["group"], values["mean"], strict=True) if math.isfinite(m)}
+    return {a: means[a] for a in arm_order(list(means))}
+
+
+def _pick(means: dict[str, float], higher: bool) -> str | None:
+    if not means:
+        return None
+    return (max if higher else min)(means, key=lambda a: means[a])
+
+
+def _pvalues(
+    records: list[dict[str, Any]], metric: str, best: str | None, means: dict[str, float], lr: float | None
+) -> dict[str, float | None]:
+    """Adjusted p of best vs each other arm; `lr` (per-lr analyses) picks the best arm's selected lr."""
+    out: dict[str, float | None] = {}
+    for arm in means:
+        if arm == best:
+            continue
+        hit = [r for r in records if r["metric"] == metric and {r["group_a"], r["group_b"]} == {best, arm}
+               and (lr is None or r["lr_a"] == lr)]
+        out[arm] = hit[0]["p_adjusted"] if hit else None
+    return out
+
+
+def to_markdown(blocks: Sequence[Block], link: Callable[[str], str] | None = None) -> str:
+    """Render blocks as Markdown; figures link to plots/<name>, run ids to `link(run_id)` if given."""
     lines: list[str] = []
     for block in blocks:
         kind = block[0]
@@ -389,9 +599,16 @@ def to_markdown(blocks: Sequence[Block]) -> str:
                 lines += ["(none)", ""]
                 continue
             cell = lambda v: _num(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            runs = [c in RUN_ID_COLUMNS for c in frame.columns]
+
+            def shown(v: Any, is_run: bool, cell: Callable[[Any], str] = cell) -> str:
+                text = cell(v)
+                return f"[{text}]({link(text)})" if link and is_run and text != "–" else text
+
             lines.append("| " + " | ".join(map(str, frame.columns)) + " |")
             lines.append("|" + "---|" * len(frame.columns))
-            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+            lines += ["| " + " | ".join(shown(v, r) for v, r in zip(row, runs, strict=True)) + " |"
+                      for row in frame.itertuples(index=False)]
             lines.append("")
     return "\n".join(lines)
 
@@ -404,8 +621,13 @@ _CSS = (
 )
 
 
-def to_html(blocks: Sequence[Block], figures: dict[str, bytes], title: str) -> str:
-    """Render blocks as one self-contained HTML page (figures as base64 PNG data URIs)."""
+def to_html(
+    blocks: Sequence[Block], figures: dict[str, bytes], title: str, link: Callable[[str], str] | None = None
+) -> str:
+    """Render blocks as one self-contained HTML page (figures as base64 PNG data URIs).
+
+    Run ids in RUN_ID_COLUMNS link to `link(run_id)` (the MLflow UI) when given.
+    """
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body>"]
@@ -424,8 +646,16 @@ def to_html(blocks: Sequence[Block], figures: dict[str, bytes], title: str) -> s
                 parts.append("<p>(none)</p>")
                 continue
             head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
+            runs = [c in RUN_ID_COLUMNS for c in frame.columns]
+
+            def td(v: Any, is_run: bool) -> str:
+                text = _num(v)
+                if link and is_run and text != "–":
+                    return f"<td><a href='{esc(link(text))}'>{esc(text)}</a></td>"
+                return f"<td>{esc(text)}</td>"
+
             body = "".join(
-                "<tr>" + "".join(f"<td>{esc(_num(v))}</td>" for v in row) + "</tr>"
+                "<tr>" + "".join(td(v, r) for v, r in zip(row, runs, strict=True)) + "</tr>"
                 for row in frame.itertuples(index=False)
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

@@ -126,6 +126,7 @@ class ComparisonSet:
     records: tuple[Comparison, ...]
     selection: tuple[LrChoice, ...]
     counts: tuple[ArmCount, ...]
+    exclude_diverged: bool = False
 
     def to_records(self) -> list[dict[str, Any]]:
         """The records as plain JSON-safe dicts (the comparisons.json content)."""
@@ -160,6 +161,7 @@ class _Arm:
     n_diverged: int = 0
     n_nan: int = 0
     note: str | None = None
+    n_diverged_counted: int = 0
 
     @property
     def n(self) -> int:
@@ -193,10 +195,11 @@ def primary_metric(task: Task | str) -> tuple[str, bool]:
     return PRIMARY_METRIC[TASKS[parse_enum(Task, task, "task")].type]
 
 
-def select_learning_rates(df: pd.DataFrame, by: str = "val") -> pd.DataFrame:
+def select_learning_rates(df: pd.DataFrame, by: str = "val", *, exclude_diverged: bool = False) -> pd.DataFrame:
     """Per (task, arch, group), the learning rate with the best mean validation primary metric.
 
-    Only FINISHED, non-diverged runs with a finite `best_val_<primary>` count. Direction follows
+    Only FINISHED runs with a finite `best_val_<primary>` count; diverged runs count with their
+    best checkpoint's value unless `exclude_diverged`. Direction follows
     the task (MAE: lower is better); equal means go to the smaller learning rate. The test metric
     is never used.
 
@@ -215,7 +218,7 @@ def select_learning_rates(df: pd.DataFrame, by: str = "val") -> pd.DataFrame:
         raise StatsError(
             f"learning rates are selected on validation only: by must be 'val', got {by!r}"
         )
-    choices = _select(_normalise(df))
+    choices = _select(_normalise(df, exclude_diverged))
     return pd.DataFrame([dataclasses.asdict(c) for c in choices], columns=list(_LR_COLUMNS))
 
 
@@ -228,6 +231,7 @@ def compare(
     seed: int = 0,
     max_exact: int = MAX_EXACT_SPLITS,
     n_resamples: int = DEFAULT_RESAMPLES,
+    exclude_diverged: bool = False,
 ) -> ComparisonSet:
     """Compare the arms of every (task, arch) cell on the test primary metric and on epochs.
 
@@ -239,6 +243,10 @@ def compare(
     with Holm over the main-arm pairs, and separately over `domain` vs its variants, each with
     Cliff's delta and the Hodges–Lehmann shift with its exact interval.
 
+    Every FINISHED run counts, a diverged one with the test metrics of its best checkpoint (the
+    loop keeps it), so an arm that diverges is not flattered; `exclude_diverged` leaves them out
+    of learning-rate selection and tests alike (the behaviour before), and the notes say which.
+
     Args:
         df: one row per run with columns task, arch, group, lr, seed, status, diverged,
             best_val_<primary>, test_<primary> and epochs_to_convergence.
@@ -248,6 +256,7 @@ def compare(
         seed: seed of Monte Carlo permutation tests.
         max_exact: largest number of splits a permutation test enumerates.
         n_resamples: Monte Carlo resamples beyond that.
+        exclude_diverged: leave diverged runs out (selection and tests).
 
     Returns:
         ComparisonSet (frozen) with records, learning-rate selection and run counts.
@@ -259,7 +268,7 @@ def compare(
         raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if not 0 < alpha < 1:
         raise StatsError(f"alpha must lie in (0, 1), got {alpha!r}")
-    data = _normalise(df)
+    data = _normalise(df, exclude_diverged)
     selection = _select(data)
     chosen = {(c.task, c.arch, c.group): c.lr for c in selection}
     perm = {"seed": seed, "max_exact": max_exact, "n_resamples": n_resamples}
@@ -292,7 +301,7 @@ def compare(
                     ctx = _Cell(str(task), str(arch), column, float(lr))
                     fam = [_arm_at(cell, g, column, lr, None) for g in [MULTI_MODALITY, *variants]]
                     records += _ttest_family(ctx, fam)
-    return ComparisonSet(mode, per_lr, alpha, tuple(records), tuple(selection), _counts(data))
+    return ComparisonSet(mode, per_lr, alpha, tuple(records), tuple(selection), _counts(data), exclude_diverged)
 
 
 # ---------------------------------------------------------------- families
@@ -411,7 +420,7 @@ def _pair_base(ctx: _Cell, a: _Arm, b: _Arm) -> dict[str, Any]:
 # ---------------------------------------------------------------- data preparation
 
 
-def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+def _normalise(df: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise StatsError(f"expected a pandas DataFrame of runs, got {type(df).__name__}")
     _require(df, REQUIRED_COLUMNS)
@@ -420,7 +429,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
         out[name] = out[name].astype(str)
     out["lr"] = pd.to_numeric(out["lr"], errors="coerce").astype(float)
     out["diverged"] = out["diverged"].map(_as_bool).astype(bool)
-    out["_usable"] = (out["status"] == FINISHED) & ~out["diverged"]
+    out["_usable"] = (out["status"] == FINISHED) & ~(out["diverged"] & exclude_diverged)
     return out
 
 
@@ -470,15 +479,19 @@ def _arm_at(
 
 def _arm(rows: pd.DataFrame, name: str, lr: float | None, column: str) -> _Arm:
     finished = rows["status"] == FINISHED
-    values = pd.to_numeric(rows.loc[rows["_usable"], column], errors="coerce").to_numpy(float)
-    finite = np.isfinite(values)
+    usable = rows["_usable"].to_numpy(bool)
+    diverged = (finished & rows["diverged"]).to_numpy(bool)
+    every = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+    finite = np.isfinite(every)
+    counted = usable & finite
     return _Arm(
         name,
         lr,
-        values[finite],
+        every[counted],
         int((~finished).sum()),
-        int((finished & rows["diverged"]).sum()),
-        int((~finite).sum()),
+        int((diverged & ~counted).sum()),
+        int((usable & ~finite & ~diverged).sum()),
+        n_diverged_counted=int((diverged & counted).sum()),
     )
 
 
@@ -533,6 +546,8 @@ def _exclusions(arms: Sequence[_Arm]) -> list[str]:
         ]
         if parts:
             notes.append(f"arm '{arm.name}': {', '.join(parts)} run(s) excluded")
+        if arm.n_diverged_counted:
+            notes.append(f"arm '{arm.name}': {arm.n_diverged_counted} diverged run(s) counted at their best checkpoint")
     return notes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -10,12 +11,41 @@ from mlflow.tracking import MlflowClient
 
 from medtl.evaluation.collect import StudyData, collect
 from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.report import Analysis, analyse, is_cheap, render
+from medtl.evaluation.report import (
+    Analysis,
+    Verdict,
+    analyse,
+    is_cheap,
+    render,
+    summarize,
+    verdicts,
+)
+from medtl.evaluation.selection import select_runs
 from medtl.evaluation.stats import MODES, StatsError
 from medtl.mlops import tracking as T
 
 logger = logging.getLogger(__name__)
 EVALUATION = "evaluation"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `medtl evaluate` produced: the report's path, its verdicts and what it set aside."""
+
+    report: Path
+    verdicts: tuple[Verdict, ...]
+    n_set_aside: int
+    exclude_diverged: bool
+    notes: tuple[str, ...] = ()
+
+    def headline(self) -> list[str]:
+        """The lines `medtl evaluate` ends on: one per (task, arch), what was set aside, the report."""
+        lines = [v.text for v in self.verdicts] or ["no comparisons: the study has no run of a known task"]
+        policy = "excluded (--exclude-diverged)" if self.exclude_diverged else "counted at their best checkpoint"
+        lines.append(f"one run per grid point ({self.n_set_aside} duplicate run(s) set aside); diverged runs {policy}")
+        lines += list(self.notes)
+        lines.append(f"report: {self.report.resolve()}")
+        return lines
 
 
 def evaluate_study(
@@ -26,11 +56,36 @@ def evaluate_study(
     out: str | Path | None = None,
     log: bool = True,
     per_lr: bool = False,
+    exclude_diverged: bool = False,
+    allow_mixed_pretrained: bool = False,
+    ui_url: str | None = None,
 ) -> Path:
+    """Collect, compare and render a study's report; the path of report.html (see `evaluate`)."""
+    return evaluate(
+        study, tracking_uri=tracking_uri, mode=mode, out=out, log=log, per_lr=per_lr,
+        exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained, ui_url=ui_url,
+    ).report
+
+
+def evaluate(
+    study: str,
+    *,
+    tracking_uri: str | None = None,
+    mode: str = "paper",
+    out: str | Path | None = None,
+    log: bool = True,
+    per_lr: bool = False,
+    exclude_diverged: bool = False,
+    allow_mixed_pretrained: bool = False,
+    ui_url: str | None = None,
+) -> Evaluation:
     """Collect, compare and render a study's report; optionally log the folder as an MLflow run.
 
-    The chosen mode's comparisons go to comparisons.json; the other mode is added to the report
-    as a second section when it is cheap (no arm above `report.CHEAP_ARM_SIZE` runs).
+    One run per grid point counts (the latest FINISHED of each run_key), each protocol
+    fingerprint is its own cell, diverged runs count at their best checkpoint unless
+    `exclude_diverged`. The chosen mode's comparisons go to comparisons.json; the other mode is
+    added to the report as a second section when it is cheap (no arm above
+    `report.CHEAP_ARM_SIZE` runs).
 
     Args:
         study: study name (experiment `medtl/<study>`).
@@ -40,28 +95,35 @@ def evaluate_study(
         log: log the report folder as a run tagged `medtl.stage=evaluation` in the study's
             experiment.
         per_lr: compare the arms at every learning rate too.
+        exclude_diverged: leave diverged runs out of selection and tests (said in the output).
+        allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
+        ui_url: the MLflow UI's address; run ids in the report link there (None: no links).
 
     Returns:
-        The path of report.html.
+        Evaluation: report path, verdicts, runs set aside.
 
     Raises:
-        UserError: unknown study (the known ones are listed), unknown mode, unreadable store.
+        UserError: unknown study (the known ones are listed), unknown mode, unreadable store,
+            a domain arm from several pretrained versions (unless allowed).
     """
     if mode not in MODES:
         raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     uri = T.resolve_tracking_uri(tracking_uri)
     data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
-    analyses = [analyse(data.runs, mode, per_lr)]
+    selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
+    options = {"exclude_diverged": exclude_diverged, "selection": selection}
+    analyses = [analyse(data.runs, mode, per_lr, **options)]
     other = next(m for m in MODES if m != mode)
-    if is_cheap(data.runs):
-        analyses.append(analyse(data.runs, other, per_lr))
+    if is_cheap(selection.runs):
+        analyses.append(analyse(data.runs, other, per_lr, **options))
     folder = Path(out) if out is not None else Path("reports") / study
     from medtl.mlops.reader_study import collect_ratings
 
-    render(data, analyses, folder, ratings=collect_ratings(uri, study))
+    render(data, analyses, folder, ratings=collect_ratings(uri, study), ui_url=ui_url)
     if log:
         log_evaluation(data, analyses[0], folder, uri)
-    return folder / "report.html"
+    found = verdicts(summarize(selection.runs, exclude_diverged), analyses[0])
+    return Evaluation(folder / "report.html", tuple(found), selection.n_duplicates, exclude_diverged, selection.notes)
 
 
 def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_uri: str) -> str:
@@ -81,9 +143,11 @@ def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_u
     run = client.create_run(data.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     run_id = run.info.run_id
     try:
-        params = {"mode": analysis.mode, "per_lr": str(analysis.per_lr), "study": data.study}
+        params = {"mode": analysis.mode, "per_lr": str(analysis.per_lr), "study": data.study,
+                  "exclude_diverged": str(analysis.exclude_diverged)}
         counts = {
             "n_runs": len(runs),
+            "n_set_aside": analysis.chosen_runs.n_duplicates if analysis.chosen_runs is not None else 0,
             "n_finished": int((runs["status"] == "FINISHED").sum()),
             "n_failed": int(runs["failed"].sum()),
             "n_diverged": int(((runs["status"] == "FINISHED") & runs["diverged"]).sum()),

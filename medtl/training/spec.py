@@ -261,7 +261,8 @@ class RunSpec(_ParamsMixin):
         set_(self, "pretrain_modality", parse_enum(Modality, self.pretrain_modality, "modality"))
         set_(self, "normalization", parse_enum(Normalization, self.normalization, "normalization"))
         optimizer = self.optimizer or default_optimizer(self.task)
-        set_(self, "optimizer", parse_enum(Optimizer, optimizer, "optimizer"))
+        # Case-insensitive: stores written by hand or by other tools spell it `AdamW`.
+        set_(self, "optimizer", parse_enum(Optimizer, str(optimizer).lower(), "optimizer"))
         set_(self, "lr", _number(self.lr, "lr", float))
         set_(self, "data_fraction", _number(self.data_fraction, "fraction", float))
         for name in ("seed", "max_epochs", "patience", "batch_size", "image_size"):

@@ -12,7 +12,7 @@ import pytest
 
 from medtl.evaluation.collect import collect
 from medtl.evaluation.plots import CURVE_EPOCHS, Ranks, average_ranks, cd_png
-from medtl.evaluation.report import SUMMARY_COLUMNS, analyse, render, summarize
+from medtl.evaluation.report import CELL_RECORD_KEYS, SUMMARY_COLUMNS, analyse, render, summarize
 from medtl.evaluation.stats import RECORD_KEYS
 
 from .conftest import STUDY
@@ -54,7 +54,7 @@ def test_comparisons_json_has_the_contract_fields(built):
     assert tests == {"levene", "kruskal", "mannwhitneyu", "ttest"}
     assert {r["data_fraction"] for r in records} == {1.0, 0.25}
     csv = pd.read_csv(out / "comparisons.csv")
-    assert list(csv.columns) == [*RECORD_KEYS, "data_fraction"] and len(csv) == len(records)
+    assert list(csv.columns) == [*RECORD_KEYS, *CELL_RECORD_KEYS] and len(csv) == len(records)
 
 
 def test_degenerate_cells_are_noted_not_crashed(built):

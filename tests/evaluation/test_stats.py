@@ -355,11 +355,17 @@ def test_failed_and_diverged_runs_are_counted_and_excluded():
     df = runs({"random": [1, 2, 3, 4, 5, 100, 200], "imagenet": [6, 7, 8, 9, 10]})
     df.loc[5, "status"] = "FAILED"
     df.loc[6, "diverged"] = True
-    cs = st.compare(df)
+    cs = st.compare(df, exclude_diverged=True)
     r = pick(cs, "mannwhitneyu")[0]
     assert r.n_a == 5 and r.p_raw == pytest.approx(2 / 252)
     assert r.note == "arm 'random': 1 failed, 1 diverged run(s) excluded"
-    as_text = st.compare(df.assign(diverged=df["diverged"].astype(str)))  # MLflow tags are text
+    # By default the diverged run counts with its best checkpoint's value (200): 6 vs 5, U = 5;
+    # P(U <= 5) = (1 + 1 + 2 + 3 + 5 + 7) / C(11, 5) = 19 / 462, two-sided p = 38 / 462.
+    counted = pick(st.compare(df), "mannwhitneyu")[0]
+    assert (counted.n_a, counted.n_b, counted.statistic) == (6, 5, 5.0)
+    assert counted.p_raw == pytest.approx(38 / 462)
+    assert counted.note == "arm 'random': 1 failed run(s) excluded; arm 'random': 1 diverged run(s) counted at their best checkpoint"
+    as_text = st.compare(df.assign(diverged=df["diverged"].astype(str)), exclude_diverged=True)  # MLflow tags are text
     assert pick(as_text, "mannwhitneyu")[0] == r
     counts = cs.counts_frame().set_index("group")
     assert counts.loc["random", ["n_runs", "n_finished", "n_failed", "n_diverged"]].tolist() == [

@@ -27,8 +27,16 @@ def test_evaluate_writes_report_and_logs_run(store_copy, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["evaluate", "--study", STUDY, "--tracking-uri", uri, "--out", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out.strip()
-    assert printed == str((out / "report.html").resolve())
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"report: {(out / 'report.html').resolve()}"
+    # the headline: one verdict line per (task, arch) at full data and reduced data, then what was set aside
+    verdicts = [line for line in printed if " is best on " in line]
+    assert len(verdicts) == 5  # 2 tasks x 2 archs at full data, 1 reduced-data cell
+    assert any(line.startswith("demo-regression / resnet18: ") and "best on mae" in line for line in verdicts)
+    assert "one run per grid point (0 duplicate run(s) set aside); diverged runs counted at their best checkpoint" in printed
+    page = (out / "report.html").read_text()
+    # run ids link to the run's page in the MLflow UI (default address)
+    assert "<a href='http://127.0.0.1:5000/#/experiments/" in page and "?workflowType=machine_learning" in page
     records = json.loads((out / "comparisons.json").read_text())
     assert {r["test"] for r in records} >= {"kruskal", "mannwhitneyu"}
     assert (out / "summary.csv").is_file() and (out / "tables.tex").is_file()
