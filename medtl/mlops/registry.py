@@ -3,6 +3,10 @@
 Every version is an MLflow PyTorch model (pickle format, so `mlflow.pytorch.load_model` returns a
 medtl `Network`) with a signature and an input example, and it carries the plain `best.pt`
 state_dict as an extra file: medtl itself only ever reads that file, with `weights_only=True`.
+`mlflow.pytorch.load_model` instead unpickles the whole `Network` object (`torch.load` with
+`weights_only=False`): that runs code named in the file, so load a model that way only from a
+registry you trust. Its recorded requirements pin torch and the medtl version that wrote it
+(`medtl==<installed version>`), since the pickle names medtl's classes.
 Aliases, never the deprecated stages: `champion` and `previous-champion`.
 """
 
@@ -29,6 +33,18 @@ METRIC_TAG = "medtl.metric"
 METRIC_NAME_TAG = "medtl.metric_name"
 HIGHER_TAG = "medtl.higher_is_better"
 RUN_TAG = "medtl.run_id"
+
+
+def pip_requirements() -> list[str]:
+    """What an MLflow model of this medtl needs: torch and medtl, each pinned to the installed version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        medtl = f"medtl=={version('medtl')}"
+    except PackageNotFoundError:  # a source tree that was never installed: say so rather than guess
+        medtl = "medtl"
+        log.warning("medtl is not installed as a package; the model's requirement on medtl is unpinned")
+    return [f"torch=={torch.__version__.split('+')[0]}", medtl]
 
 
 class RegistryError(UserError):
@@ -90,7 +106,7 @@ def log_registered_version(
         name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
         signature=signature,
         input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "medtl"],
+        pip_requirements=pip_requirements(),
         serialization_format="pickle",
         extra_files=[str(best_path)],
     )

@@ -152,3 +152,21 @@ def test_bad_input_exits_2_with_one_line(brain, tmp_path, capsys, argv, needle):
 def test_no_action_prints_help(capsys):
     assert main(["data"]) == 2
     assert "medtl data check PATH" in capsys.readouterr().out
+
+
+def test_deidentify_then_splits_with_a_source_map(brain, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MEDTL_DEID_KEY", raising=False)
+    assert main(["data", "deidentify", str(brain)]) == 2
+    assert "MEDTL_DEID_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("MEDTL_DEID_KEY", "k" * 32)
+    assert main(["data", "deidentify", str(brain)]) == 0
+    out, mapping = tmp_path / "splits.csv", tmp_path / "private-map.csv"
+    args = ["data", "splits", str(brain), "--task", "brain-tumor-mri", "--image-size", "16", "--out", str(out)]
+    assert main([*args, "--source-map", str(out)]) == 2
+    assert "same file" in capsys.readouterr().err
+    assert main([*args, "--source-map", str(mapping)]) == 0
+    rows, sources = _rows(out), {r["sample_id"]: r["source"] for r in _rows(mapping)}
+    assert len(rows) == 40 and all(len(r["sample_id"]) == 32 and "x" not in r["sample_id"] for r in rows)
+    assert set(sources) == {r["sample_id"] for r in rows}
+    assert all(s.endswith(".jpg") or "/x" in s for s in sources.values())
+    assert mapping.stat().st_mode & 0o777 == 0o600

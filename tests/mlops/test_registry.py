@@ -65,6 +65,11 @@ def test_pretraining_registers_a_champion(store):
     import torch
 
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 6)
+    from importlib.metadata import version as installed
+
+    folder = Path(mlflow.artifacts.download_artifacts("models:/pretrained-resnet18/1", dst_path=str(store[3] / "dl")))
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert f"medtl=={installed('medtl')}" in requirements and f"torch=={torch.__version__.split('+')[0]}" in requirements
 
 
 def test_domain_finetune_loads_the_whole_backbone_from_the_registry(store, monkeypatch):

@@ -17,6 +17,12 @@ Read a downloaded dataset in its native layout (see DATASETS.md) the way trainin
 
   medtl data check PATH --task T [--json]        counts per split and class, notes, digests
   medtl data splits PATH --task T --out F.csv     one row a sample: sample_id,split,label
+        [--source-map MAP.csv]                    and, for a de-identified dataset, keyed id -> file
+  medtl data deidentify PATH                      sample ids become keyed hashes ($MEDTL_DEID_KEY)
+
+Sample ids are file paths relative to PATH, and they reach predictions/test.csv in MLflow. After
+`medtl data deidentify PATH` (which writes PATH/.medtl-deid-ids), every loader of the folder-based
+tasks gives HMAC-SHA256 ids under $MEDTL_DEID_KEY instead, and refuses to run without that key.
 
 Decoded images are cached under $MEDTL_CACHE_DIR (default ~/.cache/medtl) at --image-size, so a
 check at the training size also prepares the data for the runs of a grid.
@@ -53,6 +59,10 @@ def register(subparsers: Any) -> None:
     )
     _common(splits)
     splits.add_argument("--out", required=True, help="CSV file to write (replaced atomically)")
+    splits.add_argument("--source-map", metavar="CSV",
+                        help="de-identified datasets: also write sample_id -> original id here (mode 0600)")
+    deid = actions.add_parser("deidentify", help="give the dataset keyed sample ids ($MEDTL_DEID_KEY)")
+    deid.add_argument("path", help="the dataset folder as downloaded")
     splits.add_argument(
         "--fraction",
         type=float,
@@ -167,11 +177,40 @@ def _write_splits(out: Path, task, splits) -> int:
     return rows
 
 
+def _write_source_map(path: Path, splits) -> None:
+    from medtl.training.data.generic import sample_id_map
+
+    mapping = sample_id_map()
+    ids = [i for part in (splits.train, splits.val, splits.test) for i in part.ids]
+    if not mapping or not set(ids) <= set(mapping):
+        raise UserError("--source-map: this dataset's sample ids are not de-identified (run `medtl data deidentify PATH`)")
+    if not path.parent.is_dir():
+        raise UserError(f"--source-map folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sample_id", "source"])
+            writer.writerows((i, mapping[i]) for i in ids)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch `medtl data check` / `medtl data splits`; 0 on success, 2 on bad input."""
     if args.action is None:
         args.data_parser.print_help()
         return 2
+    if args.action == "deidentify":
+        from medtl.training.data.generic import write_deid_marker
+
+        marker = write_deid_marker(Path(args.path))
+        print(f"wrote {marker}: sample ids of {args.path} are now keyed hashes under $MEDTL_DEID_KEY")
+        return 0
+    if args.action == "splits" and args.source_map and Path(args.source_map).resolve() == Path(args.out).resolve():
+        raise UserError("--source-map and --out name the same file; the map must stay apart from what is shared")
     if args.action == "check":
         task, splits = _load(args)
         summary = summarise(task, splits)
@@ -182,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     task, splits = _load(args, args.fraction)
     rows = _write_splits(Path(args.out), task, splits)
+    if args.source_map:
+        _write_source_map(Path(args.source_map), splits)
     print(
         f"wrote {rows} rows to {args.out} ({', '.join(f'{k}={v}' for k, v in splits.counts().items())})"
     )

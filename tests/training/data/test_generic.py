@@ -95,3 +95,33 @@ def test_image_mask_pairs(tmp_path):
     assert splits.train.targets.dtype == np.uint8 and splits.train.targets[0].sum() == 16
     with pytest.raises(DataError, match="images/ and masks/"):
         load_image_mask_pairs(tmp_path / "images", image_size=16)
+
+
+def test_deidentified_sample_ids_carry_no_file_name(tmp_path, monkeypatch):
+    from medtl.training.data.generic import DEID_KEY_ENV, sample_id_map, write_deid_marker
+
+    monkeypatch.setenv("MEDTL_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    for c, name in enumerate(("normal", "fracture")):
+        for i in range(8):
+            _png(root / name / f"KOWALCZYK_MARGARETHE_{i}.png", 50 + 100 * c)
+    plain = load_class_folders(root, image_size=16)
+    assert any("KOWALCZYK" in i for i in plain.test.ids)
+    monkeypatch.delenv(DEID_KEY_ENV, raising=False)
+    with pytest.raises(DataError, match=DEID_KEY_ENV):
+        write_deid_marker(root)
+    monkeypatch.setenv(DEID_KEY_ENV, "a" * 32)
+    write_deid_marker(root)
+    keyed = load_class_folders(root, image_size=16)
+    ids = [i for part in (keyed.train, keyed.val, keyed.test) for i in part.ids]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 16
+    assert keyed.counts() == plain.counts()  # the same samples, splits and labels, renamed
+    np.testing.assert_array_equal(keyed.test.targets, plain.test.targets)
+    assert [sample_id_map()[i] for i in keyed.test.ids] == list(plain.test.ids)
+    assert load_class_folders(root, image_size=16).test.ids == keyed.test.ids  # stable: same key, same ids
+    monkeypatch.setenv(DEID_KEY_ENV, "b" * 32)
+    with pytest.raises(DataError, match="different key"):
+        load_class_folders(root, image_size=16)
+    monkeypatch.delenv(DEID_KEY_ENV)
+    with pytest.raises(DataError, match=DEID_KEY_ENV):  # never falls back to file names
+        load_class_folders(root, image_size=16)
