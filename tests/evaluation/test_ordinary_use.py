@@ -1,0 +1,205 @@
+"""A store built the way ordinary use builds one: re-runs, an edited study file, a diverged run.
+
+Every number is computed by hand from one run per grid point of one protocol (exact two-sided
+Mann–Whitney U without ties: p = 2 P(U <= u) over the C(n_a + n_b, n_a) equally likely splits).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medtl.evaluation.collect import collect
+from medtl.evaluation.plots import CURVE_EPOCHS
+from medtl.evaluation.report import analyse, render
+from medtl.evaluation.selection import MixedPretrainedError, select_runs
+from medtl.mlops.cli import main
+from medtl.training.spec import RunSpec
+
+STUDY = "ordinary"
+ARCH = "resnet18"
+A = "resnet18 [max_epochs=4]"  # the study as first written
+B = "resnet18 [max_epochs=50]"  # the study file edited to 50 epochs
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def tick(self) -> int:
+        self.now += 1000
+        return self.now
+
+
+def _log(client, exp, clock, *, group, seed, f1, max_epochs, status="FINISHED", diverged=False, version="",
+         tag_fingerprint=False, epochs=3):
+    from mlflow.entities import Metric, Param
+
+    init = "domain" if group == "domain" else "random"
+    spec = RunSpec(task="demo-binary", arch=ARCH, init=init, lr=1e-3, seed=seed, max_epochs=max_epochs,
+                   patience=3, batch_size=8, image_size=32)
+    params = {**spec.to_params(), "data_digest": "d1gest", "group": group}
+    if version:
+        params["init_resolved"] = version
+    tags = {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": group, "medtl.task": "demo-binary",
+            "medtl.arch": ARCH, "medtl.run_key": spec.run_key}
+    if tag_fingerprint:
+        tags["medtl.fingerprint"] = spec.fingerprint("d1gest")
+    start = clock.tick()
+    rid = client.create_run(exp, start_time=start, tags=tags).info.run_id
+    metrics = {"best_val_f1": f1, "test_f1": f1, "epochs_to_convergence": epochs, "epochs_run": epochs + 1,
+               "diverged": float(diverged), "emissions_kg": 1e-5, "duration_s": 1.0}
+    client.log_batch(rid, metrics=[Metric(k, float(v), start, 0) for k, v in metrics.items()] if status == "FINISHED"
+                     else [], params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(rid, status=status, end_time=clock.tick())
+    return rid
+
+
+@pytest.fixture(scope="module")
+def ordinary(tmp_path_factory):
+    """Protocol A (max_epochs 4, no fingerprint tag: an old store) with re-runs and a diverged run;
+    protocol B (max_epochs 50, tagged) from the edited study file."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("ordinary") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(f"medtl/{STUDY}")
+    clock = _Clock()
+    aside = set()
+    # First sweep of protocol A: older FINISHED copies that a re-run replaces (0.90 would flatter random).
+    aside |= {_log(client, exp, clock, group="random", seed=s, f1=0.90, max_epochs=4) for s in (0, 1)}
+    aside.add(_log(client, exp, clock, group="random", seed=2, f1=0.0, max_epochs=4, status="FAILED"))
+    aside |= {_log(client, exp, clock, group="domain", seed=s, f1=0.70 + 0.02 * s, max_epochs=4,
+                   version="pretrained-resnet18/1") for s in range(5)}
+    # The re-run (`medtl run --study`, a sweep after a crash): the copies that count.
+    random_a = [0.50, 0.52, 0.54, 0.56, 0.58]
+    domain_a = [0.71, 0.73, 0.75, 0.77, 0.55]  # seed 4 diverged; 0.55 is its best checkpoint's F1
+    for s, v in enumerate(random_a):
+        _log(client, exp, clock, group="random", seed=s, f1=v, max_epochs=4)
+    for s, v in enumerate(domain_a):
+        _log(client, exp, clock, group="domain", seed=s, f1=v, max_epochs=4, diverged=s == 4,
+             version="pretrained-resnet18/1")
+    # The edited study file: the same grid under max_epochs 50 — another protocol, never pooled with A.
+    for s, v in enumerate([0.60, 0.62, 0.64, 0.66, 0.68]):
+        _log(client, exp, clock, group="random", seed=s, f1=v, max_epochs=50, tag_fingerprint=True)
+    for s, v in enumerate([0.61, 0.63, 0.65, 0.67, 0.69]):
+        _log(client, exp, clock, group="domain", seed=s, f1=v, max_epochs=50, tag_fingerprint=True,
+             version="pretrained-resnet18/1")
+    return uri, aside
+
+
+def _pair(records, arch, metric="test_f1"):
+    hits = [r for r in records if r["arch"] == arch and r["metric"] == metric and r["test"] == "mannwhitneyu"]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_one_run_per_grid_point_one_protocol_per_cell(ordinary):
+    uri, aside = ordinary
+    data = collect(STUDY, uri)
+    assert len(data.runs) == 28
+    sel = select_runs(data.runs)
+    assert set(sel.set_aside["run_id"]) == aside and sel.n_duplicates == 8
+    assert set(sel.runs["arch"]) == {A, B}
+    assert (sel.runs.groupby(["arch", "group"]).size() == 5).all()
+    # the fingerprint recomputed from params (protocol A, no tag) equals the one the runner would tag
+    fp_a = RunSpec(task="demo-binary", arch=ARCH, max_epochs=4, patience=3, batch_size=8,
+                   image_size=32).fingerprint("d1gest")
+    assert set(sel.runs.loc[sel.runs["arch"] == A, "fingerprint"]) == {fp_a}
+
+
+def test_hand_computed_n_and_p_values(ordinary):
+    uri, _ = ordinary
+    records = analyse(collect(STUDY, uri).runs, "paper").records()
+    a = _pair(records, A)
+    # A: random 0.50..0.58 vs domain {0.71, 0.73, 0.75, 0.77, 0.55}: U(random) = 2 (0.56 and 0.58
+    # beat 0.55); P(U <= 2) = (1 + 1 + 2) / 252, p = 8 / 252 — not 0.0002 from n = 10 per arm.
+    assert (a["n_a"], a["n_b"], a["statistic"]) == (5, 5, 2.0)
+    assert a["p_raw"] == pytest.approx(8 / 252) and a["p_adjusted"] == pytest.approx(8 / 252)
+    assert a["n_duplicates_set_aside"] == 8 and a["diverged_runs"] == "counted"
+    assert "1 diverged run(s) counted at their best checkpoint" in a["note"]
+    b = _pair(records, B)
+    # B: interleaved, U(random) = 10; P(U <= 10) = 87 / 252 (partitions of 0..10 in a 5x5 box:
+    # 1+1+2+3+5+7+9+11+14+16+18), p = 174 / 252.
+    assert (b["n_a"], b["n_b"], b["statistic"]) == (5, 5, 10.0)
+    assert b["p_raw"] == pytest.approx(174 / 252)
+    assert b["n_duplicates_set_aside"] == 0 and b["protocol"] == "max_epochs=50" and a["protocol"] == "max_epochs=4"
+    assert a["fingerprint"] != b["fingerprint"]
+
+
+def test_exclude_diverged_reproduces_the_old_behaviour(ordinary):
+    uri, _ = ordinary
+    records = analyse(collect(STUDY, uri).runs, "paper", exclude_diverged=True).records()
+    a = _pair(records, A)
+    # domain without seed 4: 4 vs 5, complete separation, p = 2 / C(9, 4) = 2 / 126.
+    assert (a["n_a"], a["n_b"]) == (5, 4) and a["p_raw"] == pytest.approx(2 / 126)
+    assert a["diverged_runs"] == "excluded" and "1 diverged run(s) excluded" in a["note"]
+
+
+def test_report_and_cli_say_what_was_set_aside(ordinary, tmp_path, capsys):
+    uri, aside = ordinary
+    out = tmp_path / "rep"
+    assert main(["evaluate", "--study", STUDY, "--tracking-uri", uri, "--no-log", "--out", str(out),
+                 "--ui-url", "http://127.0.0.1:5999"]) == 0
+    printed = capsys.readouterr().out
+    assert "one run per grid point (8 duplicate run(s) set aside)" in printed
+    assert f"demo-binary / {A}: domain is best on f1" in printed and "p adj. random 0.032" in printed
+    assert f"demo-binary / {B}: domain is best on f1" in printed and "not significant (p adj. random 0.69)" in printed
+    listed = (out / "set_aside.csv").read_text().splitlines()
+    assert len(listed) == 1 + 8 and {line.split(",")[0] for line in listed[1:]} == aside
+    md = (out / "report.md").read_text()
+    assert "8 duplicate run(s) of a grid point set aside" in md and "## Runs set aside (8)" in md
+    assert "diverged runs counted at their best checkpoint" in md
+    assert md.index("## Verdict") < md.index("## Results on the test set")
+    assert "(http://127.0.0.1:5999/#/experiments/" in md
+    records = json.loads((out / "comparisons.json").read_text())
+    assert {r["n_duplicates_set_aside"] for r in records if r["arch"] == A} == {8}
+    assert main(["evaluate", "--study", STUDY, "--tracking-uri", uri, "--no-log", "--out", str(out),
+                 "--exclude-diverged"]) == 0
+    assert "diverged runs excluded (--exclude-diverged)" in capsys.readouterr().out
+
+
+def test_a_domain_arm_from_two_pretrained_versions_is_refused(ordinary, tmp_path, capsys):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = ordinary
+    db = tmp_path / "mixed.db"
+    shutil.copy(uri.removeprefix("sqlite:///"), db)
+    mixed = f"sqlite:///{db}"
+    client = MlflowClient(mixed)
+    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
+    clock = _Clock()
+    clock.now += 10**9  # later than everything: this re-run of seed 0 counts
+    _log(client, exp, clock, group="domain", seed=0, f1=0.72, max_epochs=50, tag_fingerprint=True,
+         version="pretrained-resnet18/2")
+    out = tmp_path / "x"
+    assert main(["evaluate", "--study", STUDY, "--tracking-uri", mixed, "--no-log", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 pretrained versions" in err and "--allow-mixed-pretrained" in err
+    assert "pretrained-resnet18/1: 4 run(s), pretrained-resnet18/2: 1 run(s)" in err
+    assert not out.exists()
+    with pytest.raises(MixedPretrainedError):
+        select_runs(collect(STUDY, mixed).runs)
+    allowed = analyse(collect(STUDY, mixed).runs, "paper", allow_mixed_pretrained=True)
+    assert any("pools 2 pretrained versions" in n for n in allowed.chosen_runs.notes)
+    render(collect(STUDY, mixed, primary_only=True, max_step=CURVE_EPOCHS), [allowed], tmp_path / "ok", figures=False)
+    assert "pools 2 pretrained versions" in (tmp_path / "ok" / "report.md").read_text()
+
+
+def test_clean_store_is_left_as_it_was(synthetic_store):
+    """No duplicates, one protocol: nothing set aside, no labels, and with --exclude-diverged the
+    records are exactly the per-fraction comparisons of the raw runs (the numbers before this change)."""
+    from medtl.evaluation.stats import RECORD_KEYS, compare
+
+    runs = collect("synth", synthetic_store.uri).runs
+    sel = select_runs(runs)
+    assert sel.n_duplicates == 0 and set(sel.runs["protocol"]) == {""} and len(sel.runs) == len(runs)
+    for mode in ("paper", "recommended"):
+        got = analyse(runs, mode, exclude_diverged=True).records()
+        full = runs[runs["data_fraction"].fillna(1.0) == 1.0]
+        want = compare(full, mode, exclude_diverged=True).to_records()
+        assert [{k: r[k] for k in RECORD_KEYS} for r in got if r["data_fraction"] == 1.0] == want
