@@ -10,9 +10,11 @@ is treated as missing and rebuilt.
 Isolation. Files are decoded in worker processes, never in the process that supervises the run,
 each with a time limit and a pixel-count limit checked before decoding. A file that crashes its
 worker (a decoder fault, the kernel's OOM killer) or runs past the limit is recorded as skipped
-and the worker replaced. Before a file is handed out an in-progress marker (`DIR/.inprogress/`)
-is written and removed once its record exists, so that a rerun after a crash of the whole run
-passes over the file that caused it instead of dying on it again.
+and the worker replaced. Before a file is handed out an in-progress marker (`DIR/.inprogress/`,
+holding how many runs it was in flight in) is written and removed once its record exists. When
+the whole run dies (the machine's OOM killer taking the supervisor, a power cut), the rerun tries
+the files in flight once more, and skips a file that was in flight when `RUN_DEATHS` runs died
+instead of dying on it again.
 
 De-identification. Patient, study and series keys, shard names, PNG names and source keys are
 HMAC-SHA256 digests under a secret key (`MEDTL_DEID_KEY`, a key file outside DIR that only its
