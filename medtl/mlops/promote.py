@@ -3,6 +3,11 @@
 Never the test set: runs are ranked by `best_val_<primary>` (MAE down, F1 and Dice up), ties broken
 by the lower validation loss, then the earlier run. Idempotent: a run already registered is not
 registered again, and the aliases move only when the champion changes.
+
+The same identity as the statistics: only runs of one protocol fingerprint (`RunSpec.fingerprint`)
+and full training data compete, unless told otherwise (`fingerprint=`, `fraction=`). When a cell
+holds several fingerprints, the one of its most recently started run is used and the choice is
+reported. Model version tags name the study and the fingerprint.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from medtl.mlops.registry import (
     move_champion_if_better,
 )
 from medtl.mlops.runner import experiment_name
-from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec
+from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec, protocol_fingerprint
+
+FINGERPRINT_TAG = "medtl.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class Promotion:
     metric: float
     action: str  # "registered", "champion moved", "unchanged", "would register" (dry run)
     version: str | None
+    fingerprint: str = ""
+    other_fingerprints: int = 0  # fingerprints of the cell that did not compete
 
 
 def list_studies(client: MlflowClient) -> list[str]:
@@ -58,8 +67,39 @@ def validation_rank(metric: str, higher_is_better: bool):
     return lambda r: (sign * r.data.metrics[metric], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time)
 
 
-def best_runs(client: MlflowClient, study: str) -> dict[tuple[str, str], object]:
-    """The best FINISHED, non-diverged fine-tuning run per (task, arch) of a study, by validation."""
+def run_fingerprint(run) -> str:  # noqa: ANN001 - an MLflow Run
+    """The run's protocol fingerprint: its tag, else recomputed from its params (older stores)."""
+    tagged = run.data.tags.get(FINGERPRINT_TAG)
+    if tagged:
+        return tagged
+    params = run.data.params
+    return protocol_fingerprint(params, params.get("data_digest", ""))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The best run of one (task, arch) cell and the protocol it was ranked within."""
+
+    run: object
+    fingerprint: str
+    other_fingerprints: int
+
+
+def candidates(
+    client: MlflowClient, study: str, *, fingerprint: str | None = None, fraction: float | None = 1.0
+) -> dict[tuple[str, str], Candidate]:
+    """The best FINISHED, non-diverged run per (task, arch) of a study, by validation, within one protocol.
+
+    Args:
+        client: MLflow client.
+        study: the study name.
+        fingerprint: rank only runs of this protocol fingerprint (a prefix is enough); default:
+            per cell, the fingerprint of its most recently started run.
+        fraction: rank only runs of this training-data fraction (None: any; default full data).
+
+    Raises:
+        UserError: unknown study, or no run qualifies (the message says what was asked).
+    """
     experiment = study_experiment(client, study)
     runs = client.search_runs(
         [experiment.experiment_id],
@@ -70,28 +110,67 @@ def best_runs(client: MlflowClient, study: str) -> dict[tuple[str, str], object]
     for run in runs:
         if run.data.metrics.get("diverged", 0.0) or "task" not in run.data.params:
             continue
+        if fraction is not None and float(run.data.params.get("data_fraction", 1.0)) != fraction:
+            continue
         cells[(run.data.params["task"], run.data.params["arch"])].append(run)
     best = {}
     for (task, arch), members in cells.items():
+        prints = {r.info.run_id: run_fingerprint(r) for r in members}
+        if fingerprint is not None:
+            chosen = next((f for f in sorted(set(prints.values())) if f.startswith(fingerprint)), None)
+        else:
+            chosen = prints[max(members, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id]
+        if chosen is None:
+            continue
         primary, higher = PRIMARY_METRIC[TASKS[RunSpec.from_params(members[0].data.params).task].type]
         key = f"best_val_{primary}"
-        scored = [r for r in members if math.isfinite(r.data.metrics.get(key, math.nan))]
+        scored = [r for r in members if prints[r.info.run_id] == chosen and math.isfinite(r.data.metrics.get(key, math.nan))]
         if not scored:
             continue
-        best[(task, arch)] = min(scored, key=validation_rank(key, higher))
+        best[(task, arch)] = Candidate(min(scored, key=validation_rank(key, higher)), chosen, len(set(prints.values())) - 1)
     if not best:
-        raise UserError(f"study {study!r} has no finished fine-tuning runs to promote")
+        asked = "" if fingerprint is None else f" of fingerprint {fingerprint}"
+        data = "any training fraction" if fraction is None else f"training fraction {fraction:g}"
+        raise UserError(f"study {study!r} has no finished fine-tuning runs{asked} at {data} to promote")
     return best
 
 
-def promote(study: str, *, tracking_uri: str | None = None, dry_run: bool = False) -> list[Promotion]:
-    """Promote the best validation run of every (task, arch) of `study`; returns what was done."""
+def best_runs(client: MlflowClient, study: str, **options: object) -> dict[tuple[str, str], object]:
+    """The best FINISHED, non-diverged run per (task, arch) of a study, by validation (see `candidates`)."""
+    return {cell: c.run for cell, c in candidates(client, study, **options).items()}  # type: ignore[arg-type]
+
+
+def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, str]:  # noqa: ANN001
+    """Tags of a registered fine-tuned version: the spec, the validation and test metrics, study and fingerprint."""
+    return {
+        **{f"spec.{k}": v for k, v in spec.to_params().items()},
+        **{f"metric.{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
+        "medtl.study": study,
+        "medtl.group": spec.group,
+        FINGERPRINT_TAG: fingerprint,
+    }
+
+
+def promote(
+    study: str,
+    *,
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    fingerprint: str | None = None,
+    fraction: float | None = 1.0,
+) -> list[Promotion]:
+    """Promote the best validation run of every (task, arch) of `study`; returns what was done.
+
+    Only runs of one protocol fingerprint and full training data compete unless `fingerprint`
+    or `fraction` say otherwise (see `candidates`).
+    """
     from medtl.training.inference import load_predictor
 
     uri = T.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     done = []
-    for (task, arch), run in sorted(best_runs(client, study).items()):
+    for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):
+        run, fp, others = cand.run, cand.fingerprint, cand.other_fingerprints
         name = f"finetuned-{task}-{arch}"
         spec = RunSpec.from_params(run.data.params)
         primary, higher = PRIMARY_METRIC[TASKS[spec.task].type]
@@ -99,15 +178,16 @@ def promote(study: str, *, tracking_uri: str | None = None, dry_run: bool = Fals
         metric = run.data.metrics[metric_name]
         current = champion(client, name)
         if current is not None and current.tags.get(RUN_TAG) == run.info.run_id:
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, "unchanged", str(current.version)))
+            done.append(Promotion(name, run.info.run_id, metric_name, metric, "unchanged", str(current.version), fp, others))
             continue
         existing = _version_of_run(client, name, run.info.run_id)
         if dry_run:
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, "would register" if existing is None else "would move champion", existing))
+            action = "would register" if existing is None else "would move champion"
+            done.append(Promotion(name, run.info.run_id, metric_name, metric, action, existing, fp, others))
             continue
         if existing is not None:
             moved, _ = move_champion_if_better(client, name, existing, metric, higher)
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, "champion moved" if moved else "unchanged", existing))
+            done.append(Promotion(name, run.info.run_id, metric_name, metric, "champion moved" if moved else "unchanged", existing, fp, others))
             continue
         with tempfile.TemporaryDirectory() as tmp:
             best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", tmp))
@@ -124,16 +204,12 @@ def promote(study: str, *, tracking_uri: str | None = None, dry_run: bool = Fals
                 metric_name=metric_name,
                 metric=metric,
                 higher_is_better=higher,
-                tags={
-                    **{f"spec.{k}": v for k, v in spec.to_params().items()},
-                    **{f"metric.{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
-                    "medtl.study": study,
-                    "medtl.group": spec.group,
-                },
+                tags=version_tags(study, spec, run, fp),
                 extras=len(predictor.extra_inputs),
             )
         done.append(
-            Promotion(name, run.info.run_id, metric_name, metric, "registered, champion" if registered.champion else "registered", registered.version)
+            Promotion(name, run.info.run_id, metric_name, metric, "registered, champion" if registered.champion else "registered",
+                      registered.version, fp, others)
         )
     return done
 
@@ -149,4 +225,4 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     return None
 
 
-__all__ = ["CHAMPION", "Promotion", "best_runs", "list_studies", "promote"]
+__all__ = ["CHAMPION", "Candidate", "Promotion", "best_runs", "candidates", "list_studies", "promote", "version_tags"]
