@@ -303,14 +303,17 @@ def test_a_file_that_crashes_or_hangs_its_decoder_is_skipped(archive, tmp_path, 
             os.kill(os.getpid(), signal.SIGSEGV)  # a decoder segfault
         if rel == names[3]:
             time.sleep(60)  # a decoder that never returns
+        if rel == names[4]:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
         return real(path, rel)
 
     monkeypatch.setattr(module, "process_source", faulty)
     summary = ingest(tmp_path / "src", tmp_path / "out", key=KEY, workers=2, progress=False, decode_timeout=2)
-    assert (summary.converted, summary.skipped, summary.decoder_failures) == (3, 2, 2)
+    assert (summary.converted, summary.skipped, summary.decoder_failures) == (2, 3, 3)
     reasons = _reasons(tmp_path / "out", tmp_path / "src")
-    assert reasons[names[1]].startswith("decoder crashed (worker exit code -11)")
+    assert reasons[names[1]] == "decoder crashed (worker exit code -11)"
     assert reasons[names[3]] == "decoder timed out after 2 s"
+    assert "most likely out of memory" in reasons[names[4]]
     assert not list((tmp_path / "out" / module.IN_PROGRESS).iterdir())
     again = ingest(tmp_path / "src", tmp_path / "out", key=KEY, progress=False, decode_timeout=2)
     assert (again.already_done, again.skipped) == (5, 0)  # passed over, not decoded again

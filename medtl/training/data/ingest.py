@@ -426,6 +426,13 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _crash_reason(exitcode: int | None) -> str:
+    """A skip reason for a worker that died: SIGKILL is, in practice, the kernel's OOM killer."""
+    if exitcode == -9:
+        return "decoder crashed (worker exit code -9: killed, most likely out of memory)"
+    return f"decoder crashed (worker exit code {exitcode})"
+
+
 def _attempts(marker: Path) -> int:
     try:
         return int(marker.read_text() or 1)
@@ -497,7 +504,8 @@ def _results(
                     try:
                         result = worker.conn.recv()
                     except (EOFError, OSError):
-                        reason = f"decoder crashed (worker exit code {worker.proc.exitcode})"
+                        worker.proc.join(1)
+                        reason = _crash_reason(worker.proc.exitcode)
                     else:
                         busy.remove(worker)
                         idle.append(worker)
@@ -506,7 +514,7 @@ def _results(
                         continue
                 elif worker.proc.sentinel in ready or not worker.proc.is_alive():
                     worker.proc.join(1)
-                    reason = f"decoder crashed (worker exit code {worker.proc.exitcode})"
+                    reason = _crash_reason(worker.proc.exitcode)
                 elif time.monotonic() - worker.started > timeout:
                     reason = f"decoder timed out after {timeout:g} s"
                 if reason is None:
