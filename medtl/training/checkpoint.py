@@ -7,6 +7,7 @@ payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import threading
@@ -64,6 +65,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _snapshot(loop: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the loop state the training thread will not mutate while the writer saves it."""
+    return {**loop, "history": [dict(h) for h in loop["history"]], "callback_state": copy.deepcopy(loop["callback_state"])}
+
+
 class Checkpointer(Callback):
     """Saves `best.pt` on every validation-loss improvement and `last.pt` after every epoch.
 
@@ -74,6 +80,8 @@ class Checkpointer(Callback):
     disk: a tracker that logs there never records an epoch that a resume would repeat, and its
     uploads and retries never stall training.
     """
+
+    epoch_end_order = 100
 
     def __init__(
         self,
@@ -124,7 +132,7 @@ class Checkpointer(Callback):
             "meta": meta,
             "model": weights,
             "optimizer": _cpu_copy(state.optimizer.state_dict()),
-            "loop": state.loop_state(),
+            "loop": _snapshot(state.loop_state()),
             "rng": rng_state(),
         }
         jobs.append((last, self.last_path))
@@ -136,3 +144,11 @@ class Checkpointer(Callback):
 
     def on_fit_end(self, state: FitState) -> None:
         self._wait()
+
+    def on_fit_abort(self, state: FitState, error: BaseException) -> None:
+        """Let the write in flight finish, so the last completed epoch's `last.pt` is kept."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            self._error = None

@@ -8,11 +8,12 @@ Execution details (device, autocast, channels-last, loader workers) are resolved
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ class Runtime:
     num_workers: int
     pin_memory: bool
     threads: int
+    world_size: int = 1
+    sync_batchnorm: bool = False  # BatchNorm statistics synchronised across ranks (CUDA DDP only)
 
     @property
     def torch_device(self) -> torch.device:
@@ -55,6 +58,8 @@ class Runtime:
             "num_workers": str(self.num_workers),
             "pin_memory": str(self.pin_memory),
             "torch_threads": str(self.threads),
+            "world_size": str(self.world_size),
+            "sync_batchnorm": str(self.sync_batchnorm),
         }
 
 
@@ -69,6 +74,7 @@ def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Run
         # On a small shared CPU one intra-op thread can beat two: threads that spin-wait lose badly
         # to any other busy process (a second worker, the checkpoint writer).
         torch.set_num_threads(max(1, int(os.environ["MEDTL_TORCH_THREADS"])))
+    world_size = world()[1]
     return Runtime(
         device=device,
         amp_dtype="bfloat16" if cuda and torch.cuda.is_bf16_supported() else "none",
@@ -76,6 +82,10 @@ def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Run
         num_workers=num_workers,
         pin_memory=cuda,
         threads=torch.get_num_threads(),
+        world_size=world_size,
+        # torch's SyncBatchNorm runs on accelerators only; on CPU (gloo) DDP's buffer broadcast
+        # gives every rank rank 0's running statistics instead.
+        sync_batchnorm=world_size > 1 and cuda,
     )
 
 
@@ -199,10 +209,17 @@ class FitState:
     diverged: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     callback_state: dict[str, Any] = field(default_factory=dict)
+    # Progress within the current epoch, for callbacks that act between batches.
+    batch: int = 0
+    batches: int = 0
+    epoch_started: float = 0.0
+    # The training sampler's generator: its state after an epoch is that epoch's place in the
+    # shuffle sequence, saved with `last.pt` so a resumed run draws the same orders.
+    sampler_generator: torch.Generator | None = None
 
     def loop_state(self) -> dict[str, Any]:
-        """The resumable scalars (model and optimizer are saved beside them)."""
-        return {
+        """The resumable scalars and the sampler's state (model and optimizer are saved beside them)."""
+        state = {
             "epoch": self.epoch,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
@@ -210,20 +227,39 @@ class FitState:
             "callback_state": self.callback_state,
             "diverged": self.diverged,
         }
+        if self.sampler_generator is not None:
+            state["sampler_state"] = self.sampler_generator.get_state()
+        return state
 
     def load_loop_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, value)
+            if key == "sampler_state":
+                if self.sampler_generator is not None:
+                    self.sampler_generator.set_state(value)
+            else:
+                setattr(self, key, value)
 
 
 class Callback:
-    """Hooks the loop calls; every method is optional."""
+    """Hooks the loop calls; every method is optional.
+
+    `on_epoch_end` hooks run in ascending `epoch_end_order` (stable): 0 for most, 100 for the
+    checkpointer (so what it saves includes their updates), 200 for stop checks (so the epoch's
+    checkpoint is queued before they end the fit).
+    """
+
+    epoch_end_order: int = 0
 
     def on_fit_start(self, state: FitState) -> None: ...
+
+    def on_batch_end(self, state: FitState) -> None: ...
 
     def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None: ...
 
     def on_fit_end(self, state: FitState) -> None: ...
+
+    def on_fit_abort(self, state: FitState, error: BaseException) -> None:
+        """The fit ends by an exception (a stop request, a lost claim, a failure); must not raise."""
 
 
 class EarlyStopping(Callback):
@@ -265,12 +301,22 @@ def _autocast(runtime: Runtime):
     return torch.autocast(device_type="cpu", enabled=False)
 
 
-def train_epoch(model: nn.Module, adapter: TaskAdapter, loader: DataLoader, optimizer, runtime: Runtime) -> float:
-    """One pass over the training set; returns the sample-weighted mean loss (NaN if it diverged)."""
+def train_epoch(
+    model: nn.Module,
+    adapter: TaskAdapter,
+    loader: DataLoader,
+    optimizer,
+    runtime: Runtime,
+    on_batch: Callable[[int], None] | None = None,
+) -> float:
+    """One pass over the training set; returns the sample-weighted mean loss (NaN if it diverged).
+
+    `on_batch(batches_done)` runs after each step (single-process only: ranks must stay in step).
+    """
     model.train()
     distributed = world()[1] > 1
     total, count = 0.0, 0
-    for image, target, extras in _batches(loader, runtime):
+    for done, (image, target, extras) in enumerate(_batches(loader, runtime), start=1):
         with _autocast(runtime):
             output = model(image) if extras is None else model(image, extras)
         loss = adapter.loss(output, target)
@@ -289,6 +335,8 @@ def train_epoch(model: nn.Module, adapter: TaskAdapter, loader: DataLoader, opti
         optimizer.step()
         total += loss.item() * len(image)
         count += len(image)
+        if on_batch is not None and not distributed:
+            on_batch(done)
     if distributed:
         import torch.distributed as dist
 
@@ -331,54 +379,131 @@ def fit(
 
     The best epoch is the one with the lowest validation loss; epochs to convergence is that epoch.
     A non-finite training loss ends the fit as diverged (a result, not an error).
-    `resume` is a `last.pt` payload: model, optimizer and loop state continue at the next epoch.
+    `resume` is a `last.pt` payload: model, optimizer, loop state, the sampler's shuffle state and
+    every RNG continue at the next epoch, so a resumed fit draws the batches an uninterrupted one would.
+    A callback may end the fit by raising (a stop request, a lost claim): every callback's
+    `on_fit_abort` runs, then the exception propagates. In a DDP job only rank 0 validates; its
+    metrics and its callbacks' stop decisions are broadcast.
     """
     model.to(runtime.torch_device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    rank, world_size = world()
+    if runtime.sync_batchnorm:
+        # Converts the BatchNorm children in place (same parameter and buffer names), so `model`
+        # and its checkpoints stay what the caller built.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = FitState(model, make_optimizer(model, optimizer, lr, weight_decay), max_epochs)
+    shard = getattr(getattr(train_loader, "sampler", None), "sampler", None)
+    state.sampler_generator = getattr(shard, "generator", None)
     if resume is not None:
         model.load_state_dict(resume["model"])
         state.optimizer.load_state_dict(resume["optimizer"])
         state.load_loop_state(resume["loop"])
         _restore_rng(resume.get("rng"))
     trained = model
-    if world()[1] > 1:
-        # Gradients are averaged across ranks; validation runs on the whole set on every rank, so
-        # every rank takes the same early-stopping decision.
+    if world_size > 1:
+        # Gradients are averaged across ranks; rank 0 validates and takes every decision (best
+        # epoch, early stop, a callback's stop) and broadcasts it, so no rank waits for another.
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [runtime.torch_device.index] if runtime.torch_device.type == "cuda" else None
         trained = DistributedDataParallel(model, device_ids=device_ids)
-    shard = getattr(getattr(train_loader, "sampler", None), "sampler", None)
-    for cb in callbacks:
-        cb.on_fit_start(state)
-    while state.epoch < max_epochs and not state.should_stop:
-        state.epoch += 1
-        started = time.perf_counter()
-        if hasattr(shard, "set_epoch"):
-            shard.set_epoch(state.epoch)
-        train_loss = train_epoch(trained, adapter, train_loader, state.optimizer, runtime)
-        if not math.isfinite(train_loss):
-            state.diverged, state.should_stop = True, True
-            state.stop_reason = f"training loss is not finite at epoch {state.epoch}"
-            state.epoch -= 1  # the diverged epoch produced no usable model
-            break
-        val_loss, val_pred = predict(model, adapter, val_loader, runtime)
-        metrics = {"train_loss": train_loss, "val_loss": val_loss}
-        metrics.update({f"val_{k}": v for k, v in adapter.metrics(val_targets, val_pred).items()})
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        state.improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
-        if state.improved:
-            state.best_val_loss, state.best_epoch = val_loss, state.epoch
-        state.history.append({"epoch": state.epoch, **metrics})
+    batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+    epoch_enders = sorted(callbacks, key=lambda cb: getattr(cb, "epoch_end_order", 0))
+
+    def on_batch(done: int) -> None:
+        state.batch = done
+        for cb in batch_hooks:
+            cb.on_batch_end(state)
+
+    try:
         for cb in callbacks:
-            cb.on_epoch_end(state, metrics)
-    if not state.stop_reason:
-        state.stop_reason = "max epochs reached"
-    for cb in callbacks:
-        cb.on_fit_end(state)
+            cb.on_fit_start(state)
+        while state.epoch < max_epochs and not state.should_stop:
+            state.epoch += 1
+            started = time.perf_counter()
+            state.epoch_started, state.batch, state.batches = started, 0, len(train_loader)
+            if hasattr(shard, "set_epoch"):
+                shard.set_epoch(state.epoch)
+            train_loss = train_epoch(
+                trained, adapter, train_loader, state.optimizer, runtime, on_batch if batch_hooks else None
+            )
+            if not math.isfinite(train_loss):
+                state.diverged, state.should_stop = True, True
+                state.stop_reason = f"training loss is not finite at epoch {state.epoch}"
+                state.epoch -= 1  # the diverged epoch produced no usable model
+                break
+            metrics: dict[str, float] | None = None
+            if rank == 0:
+                val_loss, val_pred = predict(model, adapter, val_loader, runtime)
+                metrics = {"train_loss": train_loss, "val_loss": val_loss}
+                metrics.update({f"val_{k}": v for k, v in adapter.metrics(val_targets, val_pred).items()})
+                metrics["epoch_time_s"] = time.perf_counter() - started
+            if world_size > 1:
+                metrics = _from_rank0(metrics)
+            if metrics is None:  # only if rank 0 broadcast nothing, which it never does
+                raise RuntimeError(f"no validation metrics at epoch {state.epoch}")
+            val_loss = metrics["val_loss"]
+            state.improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
+            if state.improved:
+                state.best_val_loss, state.best_epoch = val_loss, state.epoch
+            state.history.append({"epoch": state.epoch, **metrics})
+            if world_size > 1:
+                _epoch_end_once(state, epoch_enders, metrics, rank)
+            else:
+                for cb in epoch_enders:
+                    cb.on_epoch_end(state, metrics)
+        if not state.stop_reason:
+            state.stop_reason = "max epochs reached"
+        for cb in callbacks:
+            cb.on_fit_end(state)
+    except BaseException as exc:
+        for cb in callbacks:
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                cb.on_fit_abort(state, exc)
+        raise
     return state
+
+
+def _from_rank0(value: Any) -> Any:
+    """`value` as rank 0 has it, on every rank (a picklable object)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _epoch_end_once(state: FitState, callbacks: Sequence[Callback], metrics: dict[str, float], rank: int) -> None:
+    """Epoch-end callbacks in a DDP job: rank 0's stop decision (or its error) is every rank's."""
+    error: BaseException | None = None
+    for cb in callbacks:
+        try:
+            cb.on_epoch_end(state, metrics)
+        except BaseException as exc:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            if rank == 0:
+                error = exc
+                break
+            raise
+    decision = _from_rank0(
+        (state.should_stop, state.stop_reason, None if error is None else f"{type(error).__name__}: {error}")
+    )
+    if error is not None:
+        raise error
+    state.should_stop, state.stop_reason, failure = decision
+    if failure is not None:
+        raise RuntimeError(f"rank 0 stopped the fit: {failure}")
+
+
+def broadcast_resume(payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rank 0's `last.pt` payload (or None) on every rank of a DDP job; the payload itself otherwise.
+
+    Rank 0 alone talks to the tracking server, so it decides whether (and from what) to resume.
+    """
+    if world()[1] <= 1:
+        return payload
+    return _from_rank0(payload)
 
 
 def rng_state() -> dict[str, Any]:

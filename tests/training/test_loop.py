@@ -137,7 +137,11 @@ def test_runtime_is_cpu_here_and_recorded():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert runtime.device == expected
     params = runtime.to_params()
-    assert set(params) == {"device", "amp_dtype", "channels_last", "num_workers", "pin_memory", "torch_threads"}
+    assert set(params) == {
+        "device", "amp_dtype", "channels_last", "num_workers", "pin_memory", "torch_threads", "world_size",
+        "sync_batchnorm",
+    }
+    assert params["world_size"] == "1" and params["sync_batchnorm"] == "False"
     if expected == "cpu":
         assert params["amp_dtype"] == "none" and params["channels_last"] == "False"
 

@@ -1,0 +1,145 @@
+"""Exact resume (the shuffle order and every RNG continue) and DDP decisions taken once by rank 0."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from medtl.training.checkpoint import Checkpointer, load_checkpoint
+from medtl.training.data.synthetic import load_synthetic
+from medtl.training.loop import (
+    Callback,
+    EarlyStopping,
+    fit,
+    make_loader,
+    resolve_runtime,
+    seed_everything,
+)
+from medtl.training.spec import TASKS, Task
+from medtl.training.tasks import make_adapter
+
+
+class _TinyBN(nn.Module):
+    """Conv + BatchNorm + dropout: its result depends on batch order and on the global RNG."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.bn(self.conv(x)).amax(dim=(2, 3))))
+
+
+def _fit(folder, max_epochs, resume=None, seed=3):
+    seed_everything(seed)
+    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 48, "val": 16, "test": 16})
+    adapter = make_adapter(TASKS[Task.DEMO_BINARY])
+    runtime = resolve_runtime("cpu")
+    train = make_loader(splits.train, adapter, 8, runtime, shuffle=True, seed=seed)
+    val = make_loader(splits.val, adapter, 8, runtime, shuffle=False)
+    ckpt = Checkpointer(folder, meta={})
+    state = fit(
+        _TinyBN(), adapter, train, val, np.asarray(splits.val.targets), lr=0.05, max_epochs=max_epochs,
+        runtime=runtime, callbacks=[ckpt], resume=resume,
+    )
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in state.history], ckpt
+
+
+def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
+    whole, _ = _fit(tmp_path / "whole", 4)
+    first, ckpt = _fit(tmp_path / "part", 2)
+    payload = load_checkpoint(ckpt.last_path)
+    stale = load_checkpoint(ckpt.last_path)
+    assert "sampler_state" in payload["loop"]
+    resumed, _ = _fit(tmp_path / "resumed", 4, resume=payload)
+    assert first == whole[:2]
+    assert resumed == whole  # epochs 3 and 4 saw the same batches, dropout masks and weights
+
+    # The check can fail: without the sampler's state, epoch 3 replays epoch 1's order.
+    del stale["loop"]["sampler_state"]
+    stale_run, _ = _fit(tmp_path / "stale", 4, resume=stale)
+    assert stale_run[:2] == whole[:2] and stale_run[2:] != whole[2:]
+
+
+class _SaysStop(Callback):
+    """A callback that would stop at once: on rank 1 only, its decision must not count."""
+
+    def on_epoch_end(self, state, metrics):
+        state.should_stop, state.stop_reason = True, "rank 1 alone wants to stop"
+
+
+def _ddp_worker(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from medtl.training.loop import broadcast_resume
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    try:
+        seed_everything(0)
+        splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 32, "val": 16, "test": 16})
+        adapter = make_adapter(TASKS[Task.DEMO_BINARY])
+        runtime = resolve_runtime("cpu")
+        train = make_loader(splits.train, adapter, 8, runtime, shuffle=True)
+        val = make_loader(splits.val, adapter, 8, runtime, shuffle=False)
+        targets = np.asarray(splits.val.targets)
+        ckpt = Checkpointer(f"{folder}/ckpt", meta={})
+        extra = [ckpt] if rank == 0 else [_SaysStop()]
+        # lr 1.0 makes the validation loss bounce, so patience 2 ends the fit early.
+        state = fit(
+            _TinyBN(), adapter, train, val, targets, lr=1.0, max_epochs=30, runtime=runtime,
+            callbacks=[EarlyStopping(2), *extra],
+        )
+        # Resume on every rank: only rank 0 reads last.pt; the payload reaches rank 1 by broadcast.
+        payload = broadcast_resume(load_checkpoint(ckpt.last_path) if rank == 0 else None)
+        again = _TinyBN()
+        resumed = fit(
+            again, adapter, train, val, targets, lr=1.0, max_epochs=state.epoch + 1, runtime=runtime,
+            callbacks=[EarlyStopping(50)],
+            resume=payload,
+        )
+        result = {
+            "epoch": state.epoch,
+            "best_epoch": state.best_epoch,
+            "stop_reason": state.stop_reason,
+            "val_loss": [h["val_loss"] for h in state.history],
+            "runtime": runtime.to_params(),
+            "resumed_epochs": [h["epoch"] for h in resumed.history],
+            "weights": float(sum(p.detach().double().sum() for p in again.parameters())),
+        }
+        with open(f"{folder}/rank{rank}.json", "w") as fh:
+            json.dump(result, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_gloo_fit_stops_early_once_and_resumes_on_both_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_ddp_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank fit did not finish in 240 s (ranks disagreeing hang in a collective)")
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["stop_reason"].startswith("no validation-loss improvement for 2 epochs")
+    assert rank0["epoch"] < 30 and rank0["epoch"] == rank0["best_epoch"] + 2
+    # Rank 1's own callback asked to stop after epoch 1; rank 0's decision won.
+    for key in ("epoch", "best_epoch", "stop_reason", "val_loss"):
+        assert rank1[key] == rank0[key], key
+    assert rank0["runtime"]["world_size"] == "2"
+    assert rank0["runtime"]["sync_batchnorm"] == "False"  # CPU: torch's SyncBatchNorm needs an accelerator
+    assert rank0["resumed_epochs"] == rank1["resumed_epochs"]
+    assert rank0["resumed_epochs"][-1] == rank0["epoch"] + 1
+    assert rank1["weights"] == pytest.approx(rank0["weights"], rel=1e-6)
