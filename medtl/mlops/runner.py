@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops import tracking as T
+from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneJob
+from medtl.training.loop import Callback, FitState, broadcast_resume
 from medtl.training.spec import Init, PretrainSpec, RunSpec
 
 log = logging.getLogger(__name__)
+
+
+class ClaimLost(Exception):
+    """This worker no longer owns its point: another worker took it over and now alone writes its run.
+
+    Raised by `run_spec`/`run_job` when `owns_claim()` returns False; the run is left untouched
+    (not logged to, not ended) and the last completed epoch's checkpoint is on disk.
+    """
+
+    def __init__(self, run_id: str, where: str) -> None:
+        super().__init__(f"run {run_id}: claim lost {where}; the worker that took it over continues the run")
+        self.run_id = run_id
 
 
 @dataclass(frozen=True)
@@ -48,19 +64,27 @@ def run_spec(
     tags: dict[str, str] | None = None,
     device: str = "auto",
     resume: bool = True,
+    init_pin: str | None = None,
+    owns_claim: Callable[[], bool] | None = None,
 ) -> RunOutcome:
     """Train and test one grid point, logging everything the tracking schema names.
 
     Data and model are prepared before the MLflow run exists, so a bad dataset path creates no run.
     The domain arm's `models:/` source is resolved to the registered version's `best.pt` first;
-    the version is recorded in param `init_resolved`.
-    If an earlier attempt at the same point died (its run is RUNNING or KILLED) and left a `last.pt`,
-    that run is continued from the next epoch; an attempt without a checkpoint is marked KILLED and
-    a new run starts. Any exception ends the run FAILED with the reason in `medtl.failure_reason`.
+    the version is recorded in param `init_resolved`. `init_pin` (`models:/name/version`, from the
+    sweep's per-study pins) replaces the alias in `spec.init_source` for resolution only; run_key is
+    unchanged.
+    If an earlier attempt at the same point died or failed (its run is RUNNING, KILLED or FAILED)
+    and left a `last.pt`, that run is continued from the next epoch; a RUNNING attempt without a
+    checkpoint is marked KILLED and a new run starts. Any exception ends the run FAILED with the
+    reason in `medtl.failure_reason`; a stop signal (`signals.StopRequested`) ends it KILLED.
+    `owns_claim` (a sweep worker's check that the point is still its own) runs before each
+    epoch's logging and before the run ends; when it returns False, `ClaimLost` is raised and the
+    run is left to the worker that took it over.
     """
     uri = T.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / spec.run_key
-    init_path, extra_params = resolve_init(spec, uri, workdir)
+    init_path, extra_params = resolve_init(spec, uri, workdir, init_pin)
     job = FinetuneJob.prepare(spec, workdir, device=device, init_path=init_path)
     run_tags = {
         T.STAGE_TAG: "finetune",
@@ -81,19 +105,34 @@ def run_spec(
         extra_params=extra_params,
         tracking_uri=uri,
         resume=resume,
+        owns_claim=owns_claim,
+        description=_describe(spec, study, extra_params.get("init_resolved")),
     )
     shutil.rmtree(workdir, ignore_errors=True)
     return outcome
 
 
-def resolve_init(spec: RunSpec, uri: str, workdir: Path) -> tuple[Path | None, dict[str, str]]:
-    """For `init=domain` with a `models:/` source: the registered weights on local disk, and params."""
+def _describe(spec: RunSpec, study: str, pretrained: str | None) -> str:
+    """The run's one-line description (MLflow's `mlflow.note.content`)."""
+    init = spec.group if spec.init is Init.RANDOM else f"{spec.group} init ({pretrained or spec.init_source})"
+    fraction = "" if spec.data_fraction == 1 else f", {spec.data_fraction:g} of the training data"
+    return (
+        f"Fine-tuning of {spec.arch.value} on {spec.task.value} from {init}, lr {spec.lr:g}, seed {spec.seed}"
+        f"{fraction}; study {study}; spec {spec.run_key}."
+    )
+
+
+def resolve_init(spec: RunSpec, uri: str, workdir: Path, pin: str | None = None) -> tuple[Path | None, dict[str, str]]:
+    """For `init=domain` with a `models:/` source: the registered weights on local disk, and params.
+
+    `pin`, when given, is the exact `models:/name/version` to load instead of the source's alias.
+    """
     if spec.init is not Init.DOMAIN or not spec.init_source.startswith("models:/"):
         return None, {}
     from medtl.mlops.registry import RegistryError, resolve_weights
 
     try:
-        resolved = resolve_weights(spec.init_source, uri, workdir / "init")
+        resolved = resolve_weights(pin or spec.init_source, uri, workdir / "init")
     except RegistryError as exc:
         name = spec.init_source.removeprefix("models:/").split("@")[0].split("/")[0]
         if name.startswith("pretrained-") and "does not exist" in str(exc):
@@ -119,20 +158,38 @@ def run_job(
     extra_tags: dict[str, str] | None = None,
     extra_params: dict[str, str] | None = None,
     resume: bool = True,
+    owns_claim: Callable[[], bool] | None = None,
+    description: str = "",
 ) -> RunOutcome:
-    """Run a prepared job as one MLflow run (fine-tuning or pretraining alike); rank 0 only tracks."""
+    """Run a prepared job as one MLflow run (fine-tuning or pretraining alike); rank 0 only tracks.
+
+    In a torchrun job every rank resumes from rank 0's `last.pt`. See `run_spec` for resumes,
+    stop signals and `owns_claim`. Tracking calls retry connection errors with back-off
+    (`tracking.retrying`); epochs are buffered while the store is away.
+    """
     from medtl.training.loop import world
 
     if world()[0] != 0:
-        job.fit()  # other ranks of a torchrun job train; rank 0 logs, checkpoints and tests
+        # Other ranks of a torchrun job train; rank 0 logs, checkpoints, tests, and decides the resume.
+        job.fit(resume=broadcast_resume(None))
         return RunOutcome("", "FINISHED", {})
     client = MlflowClient(tracking_uri)
     experiment_id = T.get_or_create_experiment(client, experiment, tracking_uri)
-    previous = _interrupted_attempt(client, experiment_id, job.spec, job.workdir) if resume else None
+    previous = (
+        T.retrying(lambda: _interrupted_attempt(client, experiment_id, job.spec, job.workdir), "looking for an earlier attempt")
+        if resume
+        else None
+    )
+    context_tags = {**T.source_tags(), **T.environment_tags(job.runtime.device)}
+    if description:
+        context_tags[T.NOTE_TAG] = description
     if previous is not None:
         run_id, payload, logged = previous
-        client.update_run(run_id, status="RUNNING")
-        T.set_tags(client, run_id, {"medtl.resumed_from_epoch": str(payload["loop"]["epoch"]), **(extra_tags or {})})
+        if owns_claim is not None and not owns_claim():
+            raise ClaimLost(run_id, "before resuming")
+        T.retrying(lambda: client.update_run(run_id, status="RUNNING"), "reopening the run")
+        resumed = {"medtl.resumed_from_epoch": str(payload["loop"]["epoch"]), **context_tags, **(extra_tags or {})}
+        T.retrying(lambda: T.set_tags(client, run_id, resumed), "tagging the resumed run")
         log.info("resuming run %s at epoch %d", run_id, payload["loop"]["epoch"] + 1)
     else:
         run_tags = {
@@ -140,31 +197,64 @@ def run_job(
             T.RUN_KEY_TAG: job.spec.run_key,
             "medtl.git_commit": T.git_commit(),
             "mlflow.runName": name,
+            **context_tags,
             **(extra_tags or {}),
         }
-        run_id = client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id
+        run_id = T.retrying(
+            lambda: client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id, "creating the run"
+        )
         payload, logged = None, 0
+    system = T.SystemMetrics(run_id, tracking_uri, resume=previous is not None)
     try:
-        metrics = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {})
+        metrics = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {}, owns_claim)
+        system.stop()
+        if owns_claim is not None and not owns_claim():
+            raise ClaimLost(run_id, "before the run ended")
+    except ClaimLost:
+        system.stop(flush=False)
+        raise  # the run is the new owner's now: neither logged to nor ended here
     except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        T.end_run(client, run_id, status, reason)
+        system.stop()
+        if isinstance(exc, StopRequested):
+            status, reason = "KILLED", f"stopped by {exc.signal_name}; resumes from the last checkpoint"
+        elif isinstance(exc, KeyboardInterrupt):
+            status, reason = "KILLED", "KeyboardInterrupt: stopped by SIGINT"
+        else:
+            status, reason = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if owns_claim is not None and not _still_owned(owns_claim):
+            raise
+        try:
+            T.retrying(lambda: T.end_run(client, run_id, status, reason), f"ending the run {status}")
+        except Exception as end_error:  # the original error is the one to report
+            log.warning("could not end run %s as %s: %s", run_id, status, end_error)
         raise
-    T.end_run(client, run_id, "FINISHED")
+    T.retrying(lambda: T.end_run(client, run_id, "FINISHED"), "ending the run FINISHED")
     return RunOutcome(run_id, "FINISHED", metrics)
+
+
+def _still_owned(owns_claim: Callable[[], bool]) -> bool:
+    """`owns_claim()`, assuming ownership when the check itself fails (the database is away)."""
+    try:
+        return bool(owns_claim())
+    except Exception as exc:
+        log.warning("could not check the claim (%s); ending the run as its owner", exc)
+        return True
 
 
 def _interrupted_attempt(
     client: MlflowClient, experiment_id: str, spec: RunSpec | PretrainSpec, workdir: Path
 ) -> tuple[str, dict, int] | None:
-    """The newest dead attempt at this point with a usable `last.pt`: (run id, payload, last logged step)."""
+    """The newest dead or failed attempt at this point with a usable `last.pt`: (run id, payload, last logged step).
+
+    RUNNING (a dead worker), KILLED (stopped) and FAILED attempts all resume from their checkpoint;
+    a RUNNING attempt without one is marked KILLED, the others are left as they ended.
+    """
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{T.RUN_KEY_TAG}` = '{spec.run_key}'",
         order_by=["attributes.start_time DESC"],
     )
-    for run in (r for r in runs if r.info.status in ("RUNNING", "KILLED")):
+    for run in (r for r in runs if r.info.status in ("RUNNING", "KILLED", "FAILED")):
         run_id = run.info.run_id
         local = workdir / "checkpoints" / "last.pt"
         candidates = [local] if local.exists() else []
@@ -177,6 +267,8 @@ def _interrupted_attempt(
                         client.download_artifacts(run_id, name, str(workdir))  # → workdir/checkpoints/
                     candidates.append(local)
             except Exception as exc:
+                if T.is_connection_error(exc):
+                    raise
                 log.warning("could not fetch last.pt of run %s: %s", run_id, exc)
         for path in candidates:
             try:
@@ -187,8 +279,52 @@ def _interrupted_attempt(
             if payload.get("meta", {}).get("run_key") == spec.run_key and "loop" in payload:
                 history = client.get_metric_history(run_id, "val_loss")
                 return run_id, payload, max((m.step for m in history), default=0)
-        T.end_run(client, run_id, "KILLED", "worker died before a checkpoint was saved; point restarted")
+        if run.info.status == "RUNNING":
+            T.end_run(client, run_id, "KILLED", "worker died before a checkpoint was saved; point restarted")
     return None
+
+
+class _ClaimGuard(Callback):
+    """Stops the fit (between batches or at the epoch's end) once the logger found the claim lost."""
+
+    epoch_end_order = 200  # after the checkpointer has queued this epoch's last.pt
+
+    def __init__(self, logger: T.EpochLogger) -> None:
+        self.logger = logger
+
+    def _check(self) -> None:
+        if self.logger.claim_lost.is_set():
+            raise ClaimLost(self.logger.run_id, "before logging an epoch")
+
+    def on_batch_end(self, state: FitState) -> None:
+        self._check()
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        self._check()
+
+
+class _Totals(Callback):
+    """Keeps duration and energy of this and every earlier attempt in the loop state (so in `last.pt`)."""
+
+    def __init__(self, emissions: T.EmissionsCallback, prior: dict[str, float]) -> None:
+        self.emissions = emissions
+        self.prior = {"duration_s": 0.0, "energy_kwh": 0.0, "emissions_kg": 0.0, **prior}
+        self.started = time.perf_counter()
+
+    def so_far(self, energy_kwh: float = math.nan, emissions_kg: float = math.nan) -> dict[str, float]:
+        """Totals over all attempts; this attempt's energy/emissions as given, else as last measured."""
+        if math.isnan(energy_kwh):
+            energy_kwh = self.emissions.energy_so_far()
+        if math.isnan(emissions_kg):
+            emissions_kg = self.emissions.emissions_so_far()
+        return {
+            "duration_s": self.prior["duration_s"] + time.perf_counter() - self.started,
+            "energy_kwh": self.prior["energy_kwh"] + (0.0 if math.isnan(energy_kwh) else energy_kwh),
+            "emissions_kg": self.prior["emissions_kg"] + (0.0 if math.isnan(emissions_kg) else emissions_kg),
+        }
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        state.callback_state["totals"] = self.so_far()
 
 
 def _execute(
@@ -199,38 +335,57 @@ def _execute(
     resume: dict | None,
     logged: int,
     extra_params: dict[str, str],
+    owns_claim: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    started = time.perf_counter()
     if resume is None:
         T.log_params(client, run_id, {**job.params(), **extra_params})
         _log_dataset(client, run_id, job)
+    resume = broadcast_resume(resume)  # the other ranks of a torchrun job wait for it
     emissions = T.EmissionsCallback()
-    logger = T.EpochLogger(client, run_id, job.checkpoint_dir, logged, T.upload_every_default(uri))
-    state = job.fit(callbacks=[emissions], resume=resume, on_saved=logger)
+    prior = dict((resume or {}).get("loop", {}).get("callback_state", {}).get("totals", {}))
+    totals = _Totals(emissions, prior)
+    logger = T.EpochLogger(client, run_id, job.checkpoint_dir, logged, T.upload_every_default(uri), owns_claim)
+    try:
+        state = job.fit(
+            callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck()], resume=resume, on_saved=logger
+        )
+    except ClaimLost:
+        logger.close(drop=True)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep what was trained; the original error is reported
+            logger.close(timeout_s=min(30.0, T.retry_budget_s()))
+        raise
+    logger.close()
+    if logger.claim_lost.is_set():
+        raise ClaimLost(run_id, "before logging the last epoch")
     primary = job.adapter.primary
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    grand = totals.so_far(emissions.energy_kwh, emissions.emissions_kg)
     final = {
         "epochs_to_convergence": float(state.best_epoch),
         "epochs_run": float(state.epoch),
         "diverged": float(state.diverged),
         "best_val_loss": state.best_val_loss if best else math.nan,
         f"best_val_{primary}": best[f"val_{primary}"] if best else math.nan,
-        "emissions_kg": emissions.emissions_kg,
-        "energy_kwh": emissions.energy_kwh,
+        "emissions_kg": grand["emissions_kg"] if not math.isnan(emissions.emissions_kg) else math.nan,
+        "energy_kwh": grand["energy_kwh"] if not math.isnan(emissions.energy_kwh) else math.nan,
     }
-    client.set_tag(run_id, "medtl.stop_reason", state.stop_reason)
+    if owns_claim is not None and not owns_claim():
+        raise ClaimLost(run_id, "before the test")
+    T.retrying(lambda: client.set_tag(run_id, "medtl.stop_reason", state.stop_reason), "tagging the stop reason")
     result = job.test()
     if result is not None:
         final.update({f"test_{k}": v for k, v in result.metrics.items()})
-        client.log_artifact(run_id, str(result.predictions_path), "predictions")
-    final["duration_s"] = time.perf_counter() - started
+        T.retrying(lambda: client.log_artifact(run_id, str(result.predictions_path), "predictions"), "uploading predictions")
+    final["duration_s"] = totals.so_far(0.0, 0.0)["duration_s"]
     T.log_metrics(client, run_id, final)
     for path in (job.checkpointer.best_path, job.checkpointer.last_path):
         if path.exists():
-            client.log_artifact(run_id, str(path), "checkpoints")
+            T.retrying(lambda path=path: client.log_artifact(run_id, str(path), "checkpoints"), f"uploading {path.name}")
     transfer = job.workdir / "transfer_report.json"
     if transfer.exists():
-        client.log_artifact(run_id, str(transfer))
+        T.retrying(lambda: client.log_artifact(run_id, str(transfer)), "uploading the transfer report")
     return final
 
 

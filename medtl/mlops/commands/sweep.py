@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from medtl.mlops.cli import add_tracking_uri
 
@@ -41,10 +42,20 @@ def run(args: argparse.Namespace) -> int:
 
         print_plan(args.study, tracking_uri=args.tracking_uri)
         return 0
-    from medtl.mlops.sweep import sweep
+    from medtl.mlops.signals import StopRequested
+    from medtl.mlops.sweep import knobs, sweep
     from medtl.mlops.tracking import mask_url, resolve_tracking_uri
 
-    result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
+    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2, nothing written
+    try:
+        result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
+    except StopRequested as stop:
+        print(
+            f"medtl sweep: stopped by {stop.signal_name}; the interrupted points are back in the queue "
+            "(their checkpoints kept) and the sweep's parent run is KILLED. Run the same command to continue.",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     uri = resolve_tracking_uri(args.tracking_uri)
     counts = result.counts
     print(
@@ -56,4 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if uri.startswith("sqlite:"):
         print("Browse them: make ui  (MLflow UI on http://127.0.0.1:5000)")
+    if result.dead_workers:
+        died = ", ".join(f"pid {d.pid} exit code {d.exitcode}" for d in result.dead_workers)
+        print(f"medtl sweep: {len(result.dead_workers)} worker(s) died ({died}); their points went back to the queue", file=sys.stderr)
+        return 1
     return 1 if counts.get("FAIL", 0) and not counts.get("COMPLETE", 0) else 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from medtl.errors import UserError
 from medtl.mlops.cli import add_tracking_uri
 
 
@@ -25,15 +27,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medtl.mlops.sweep import work
-    from medtl.mlops.tracking import resolve_tracking_uri
+    from medtl.mlops.signals import StopRequested
+    from medtl.mlops.sweep import InfrastructureDown, knobs, work
+    from medtl.mlops.tracking import mask_url, resolve_tracking_uri
 
-    stats = work(
-        args.study,
-        args.storage,
-        resolve_tracking_uri(args.tracking_uri),
-        max_trials=args.max_trials,
-        device=args.device,
+    if args.max_trials is not None and args.max_trials < 1:
+        raise UserError(f"--max-trials must be at least 1, got {args.max_trials}")
+    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2
+    try:
+        stats = work(
+            args.study,
+            args.storage,
+            resolve_tracking_uri(args.tracking_uri),
+            max_trials=args.max_trials,
+            device=args.device,
+        )
+    except StopRequested as stop:
+        print(f"medtl worker: stopped by {stop.signal_name}; its point is back in the queue (checkpoint kept)", file=sys.stderr)
+        return 128 + stop.signum
+    except InfrastructureDown as exc:
+        print(mask_url(f"medtl worker: {exc}"), file=sys.stderr)
+        return 1
+    print(
+        f"worker: {stats.done} done, {stats.failed} failed, {stats.skipped} already finished, "
+        f"{stats.requeued} put back for infrastructure faults, {stats.lost} claims lost ({stats.seconds:.0f} s)"
     )
-    print(f"worker: {stats.done} done, {stats.failed} failed, {stats.skipped} already finished ({stats.seconds:.0f} s)")
     return 0
