@@ -612,7 +612,7 @@ def _run_claimed(
             tags=tags,
             device=device,
             init_pin=pins.get(spec.init_source),
-            **_claim_check(claim),
+            owns_claim=claim.owns,
         )
     except StopRequested as stop:
         why = f"worker stopped by {stop.signal_name}"
@@ -647,13 +647,6 @@ def _run_claimed(
         return "done"
     log.warning("trial %d was taken over before it could be completed; its run is FINISHED in MLflow", trial_id)
     return "lost"
-
-
-def _claim_check(claim: Claim) -> dict[str, Callable[[], bool]]:
-    """`owns_claim` for the runner, which checks it before each epoch's logging."""
-    import inspect
-
-    return {"owns_claim": claim.owns} if "owns_claim" in inspect.signature(run_spec).parameters else {}
 
 
 def _quietly(fn: Callable[[], R], patience_s: float) -> R | None:

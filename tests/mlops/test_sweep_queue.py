@@ -115,7 +115,6 @@ def test_infrastructure_faults_put_the_point_back_without_spending_its_budget(qu
 
     monkeypatch.setattr(S, "finished_run_keys_for", flaky_check)
     monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "_claim_check", lambda claim: {"owns_claim": claim.owns})
     monkeypatch.setattr(S, "MAX_BACKOFF_S", 0.2)
     stats = _work(path, url, tracking_uri)
     trials = optuna_study.get_trials(deepcopy=False)
