@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,sweep,archs,scheduling,data,ingest,evaluation] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,sweep,archs,scheduling,data,ingest,evaluation,throughput,faults] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -30,6 +30,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "data": ("Datasets: samples/s from the cache vs decoding (issue 5)", ""),
     "ingest": ("DICOM ingest throughput and memory (issue 4)", ""),
     "evaluation": ("Evaluation report over large stores (issue 8)", "target: 10,000 runs in under 15 s"),
+    "throughput": ("Throughput table for `medtl sweep --plan` (issue 13)", "writes benchmarks/throughput.json; CPU rows are rough upper bounds"),
+    "faults": ("Fault table: a PostgreSQL + MLflow-server sweep under worker and service faults (issue 15)", "target: every count 0, no tracebacks"),
 }
 
 
@@ -78,11 +80,7 @@ def run_section(name: str) -> str:
         result = bench_sweep()
     else:
         module = {"scheduling": "bench_sweep"}.get(name, f"bench_{name}")
-        result = importlib.import_module(module).main()
-        if name == "archs":  # machine-readable for `medtl sweep --plan`
-            import json
-
-            (ROOT / "benchmarks" / "throughput.json").write_text(json.dumps(result, indent=1))
+        result = importlib.import_module(module).main()  # `throughput` writes benchmarks/throughput.json
     return to_markdown(result)
 
 

@@ -296,7 +296,9 @@ def compare(
                     ]
                     records += _permutation_family(ctx, fam, perm, reference_only=True)
         if mode == "paper" and variants:
-            for lr in lrs:
+            # Student's t per learning rate where a single-modality arm was trained (the paper's Figure 5).
+            variant_lrs = sorted(x for x in cell.loc[cell["group"].isin(variants), "lr"].unique() if math.isfinite(x))
+            for lr in variant_lrs:
                 for column in columns:
                     ctx = _Cell(str(task), str(arch), column, float(lr))
                     fam = [_arm_at(cell, g, column, lr, None) for g in [MULTI_MODALITY, *variants]]

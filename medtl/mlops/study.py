@@ -11,8 +11,12 @@ lrs: [1.0e-2, 1.0e-3, 1.0e-4, 1.0e-5]
 seeds: [0, 1, 2, 3, 4]
 fractions: [1.0]
 ```
-A task may override `lrs`, `seeds`, `fractions`, `arms` and any default. Every error names the file,
-the key and the valid choices.
+A task may override `lrs`, `seeds`, `fractions`, `arms` and any default (`optimizer` too: by default
+each task type's, see `RunSpec`). An arm may carry its own learning rates,
+`{arm: domain-CR, lrs: [1.0e-3, 1.0e-4, 1.0e-5]}` (the paper's single-modality arms). `lrs` may also be
+`{from_study: paper}`: each (task, arch, arm) then trains at the learning rate the finished full-data
+study's validation selected (read from the tracking store). Every error names the file, the key and
+the valid choices.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from medtl.training.spec import Arch, Init, Modality, RunSpec, SpecError, Task
 
 TOP_KEYS = {"name", "description", "defaults", "tasks", "arms", "lrs", "seeds", "fractions", "pretrain"}
 PRETRAIN_KEYS = {"data", "lr", "seed", "max_epochs", "patience", "batch_size", "image_size"}
-DEFAULT_KEYS = {"max_epochs", "patience", "batch_size", "image_size", "normalization"}
+DEFAULT_KEYS = {"max_epochs", "patience", "batch_size", "image_size", "normalization", "optimizer"}
 TASK_KEYS = {"archs", "data", "arms", "lrs", "seeds", "fractions"} | DEFAULT_KEYS
 ARMS = ["random", "imagenet", "domain", *(f"domain-{m.value}" for m in Modality if m is not Modality.ALL)]
 
@@ -100,9 +104,64 @@ def _spec(
     return spec
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse and validate a study file; every grid point is a valid RunSpec or this raises."""
+def _arm_entry(path: Path, where: str, entry: Any, lrs: list[Any]) -> tuple[str, list[Any]]:
+    """An arm name, or `{arm: NAME, lrs: [...]}` giving that arm its own learning rates."""
+    if isinstance(entry, dict):
+        _check_keys(f"{where}.arms", entry, {"arm", "lrs"}, path)
+        if "arm" not in entry:
+            raise StudyError(f"{path}: {where}.arms: a mapping names its arm: {{arm: domain-CR, lrs: [...]}}")
+        return str(entry["arm"]), _axis(path, f"{where}.arms.{entry['arm']}", "lrs", entry.get("lrs", lrs))
+    return str(entry), lrs
+
+
+def _from_study(path: Path, where: str, lrs: list[Any]) -> str | None:
+    """The study named by `lrs: {from_study: NAME}`, or None for a plain list."""
+    if len(lrs) == 1 and isinstance(lrs[0], dict):
+        _check_keys(f"{where}.lrs", lrs[0], {"from_study"}, path)
+        return str(lrs[0].get("from_study") or "")
+    return None
+
+
+def selected_lrs(study: str, tracking_uri: str | None, path: Path) -> dict[tuple[str, str, str], float]:
+    """(task, arch, arm) → the learning rate a finished study's validation selected, at full data.
+
+    The runs go through the evaluation's selection first (one run per grid point; a cell with
+    several protocols is not used), then `stats.select_learning_rates`.
+    """
+    from medtl.evaluation.collect import collect
+    from medtl.evaluation.selection import select_runs
+    from medtl.evaluation.stats import select_learning_rates
+
+    try:
+        runs = select_runs(collect(study, tracking_uri).runs, allow_mixed_pretrained=True).runs
+    except UserError as exc:
+        raise StudyError(f"{path}: lrs.from_study {study!r}: {exc}") from None
+    full = runs[(runs["data_fraction"] == 1.0) & (runs["protocol"] == "")]
+    if full.empty:
+        return {}
+    chosen = select_learning_rates(full)
+    return {(r.task, r.arch, r.group): float(r.lr) for r in chosen.itertuples() if r.lr == r.lr and r.lr is not None}
+
+
+def _selected_lr(
+    path: Path, where: str, selected: dict[tuple[str, str, str], float], source: str, task: Task, arch: Any, arm: str
+) -> float:
+    key = (task.value, str(arch), arm)
+    if key not in selected:
+        raise StudyError(
+            f"{path}: {where}: study {source!r} has selected no learning rate for {task.value} {arch} {arm} "
+            "(no finished full-data run of one protocol with a validation metric); finish it, or give lrs as a list"
+        )
+    return selected[key]
+
+
+def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
+    """Parse and validate a study file; every grid point is a valid RunSpec or this raises.
+
+    `tracking_uri` is read only when the file takes learning rates `from_study`.
+    """
     path = Path(path)
+    selected: dict[str, dict[tuple[str, str, str], float]] = {}
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist")
     try:
@@ -145,6 +204,9 @@ def load_study(path: str | Path) -> Study:
         }
         if axes["lrs"] == [None]:
             raise StudyError(f"{path}: lrs is missing (give it at the top or in {where})")
+        source = _from_study(path, where, axes["lrs"])
+        if source is not None and source not in selected:
+            selected[source] = selected_lrs(source, tracking_uri, path)
         settings = {**defaults, **{k: v for k, v in task_cfg.items() if k in DEFAULT_KEYS}}
         dataset = str(task_cfg.get("data", ""))
         for entry in axes["archs"]:
@@ -155,8 +217,12 @@ def load_study(path: str | Path) -> Study:
                 arm_axis = _axis(path, f"{where}.archs.{arch_name}", "arms", entry.get("arms", axes["arms"]))
             else:
                 arch_name, arm_axis = entry, axes["arms"]
-            for arm, lr, seed, fraction in itertools.product(arm_axis, axes["lrs"], axes["seeds"], axes["fractions"]):
-                specs.append(_spec(path, where, task, arch_name, arm, lr, seed, fraction, dataset, settings))
+            for arm_entry in arm_axis:
+                arm, lrs = _arm_entry(path, where, arm_entry, axes["lrs"])
+                if source is not None and _from_study(path, where, lrs) is not None:
+                    lrs = [_selected_lr(path, where, selected[source], source, task, arch_name, arm)]
+                for lr, seed, fraction in itertools.product(lrs, axes["seeds"], axes["fractions"]):
+                    specs.append(_spec(path, where, task, arch_name, arm, lr, seed, fraction, dataset, settings))
     pretrain = data.get("pretrain")
     if pretrain is not None:
         if not isinstance(pretrain, dict) or "data" not in pretrain:

@@ -529,7 +529,7 @@ def work(
     """
     settings = knobs()
     _install_stop_handlers()
-    study = load_study(study_path)
+    study = load_study(study_path, tracking_uri=tracking_uri)
     storage = open_storage(storage_url, settings)
     optuna_study = open_optuna_study(study, storage)
     client = MlflowClient(tracking_uri)
@@ -906,7 +906,7 @@ def sweep(
     """
     settings = knobs()
     _install_stop_handlers()
-    study = load_study(study_path)
+    study = load_study(study_path, tracking_uri=tracking_uri)
     uri = T.resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(uri)
     storage = open_storage(storage_url, settings)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    load_study(args.study)  # refuse a bad study file before importing the heavy libraries
+    load_study(args.study, tracking_uri=args.tracking_uri)  # refuse a bad study file before importing the heavy libraries
     if args.plan:
         from medtl.mlops.plan import print_plan
 
