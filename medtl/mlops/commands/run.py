@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune one model on one task and track it in MLflow",
         description=(
             "Fine-tune one grid point (task × architecture × init × lr × seed) with the study's "
-            "protocol: AdamW, validation every epoch, early stopping on validation loss, test of the "
+            "protocol: the task's optimizer (AdamW for classification, Adam for regression and "
+            "segmentation), validation every epoch, early stopping on validation loss, test of the "
             "best checkpoint. Logged as one MLflow run in experiment medtl/<study>."
         ),
     )
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain-modality", default="all", help="domain weights' modality: all | MR | CR | CT")
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split, in (0, 1]")
     p.add_argument("--normalization", default="auto", help="auto (ImageNet stats for imagenet only) | none | imagenet")
+    p.add_argument("--optimizer", default="", help="adamw | adam (default: the task's, as published)")
     p.add_argument("--data", default="", help="dataset folder (not needed for demo-* tasks)")
     p.add_argument("--study", default="default", help="study name: the run goes to experiment medtl/<study>")
     add_spec_arguments(p)
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
         normalization=args.normalization,
+        optimizer=args.optimizer,
     )
     from medtl.mlops.runner import run_spec
     from medtl.mlops.tracking import mask_url, resolve_tracking_uri
