@@ -316,8 +316,8 @@ def _process(path: str, rel: str) -> dict[str, Any]:
     shard = _shard_path(out, source_key)
     record = _read_shard(shard)
     if record is not None:
-        refused = record.get("refused")
-        retry = not record["rows"] and (_WORKER["retry_skipped"] or (refused is not None and refused in allowed))
+        earlier_refusal = record.get("refused")  # a burned-in code the user may have allowed since
+        retry = not record["rows"] and (_WORKER["retry_skipped"] or (earlier_refusal is not None and earlier_refusal in allowed))
         if not retry:
             if pkey in record["path_keys"]:
                 return {"status": "done"}
