@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(_mask(f"medtl {args.command}: error: {exc}"), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"medtl {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM once medtl.mlops.signals handles it
+        print(f"medtl {args.command}: interrupted ({str(exc) or 'SIGINT'})", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", 2))
     except Exception:  # a bug or an outside failure: the traceback helps, but never with a password
         import traceback
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import math
 import os
+import platform
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -25,7 +30,110 @@ STUDY_TAG = "medtl.study"
 GROUP_TAG = "medtl.group"
 FAILURE_TAG = "medtl.failure_reason"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's classic model-training experiment
+RETRY_ENV = "MEDTL_TRACKING_RETRY_S"
+SYSTEM_METRICS_ENV = "MEDTL_SYSTEM_METRICS_S"
 _BATCH = 100  # MLflow's per-call limit for params
+_T = TypeVar("_T")
+
+
+class TrackingUnavailable(Exception):
+    """The tracking server (or its database) stayed unreachable for the whole retry budget.
+
+    An infrastructure fault, not the run's: a sweep re-queues the point without charging it.
+    """
+
+
+_CONNECTION_HINTS = (
+    "max retries exceeded",
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "could not connect",
+    "failed to establish a new connection",
+    "server closed the connection",
+    "connection is closed",
+    "connection timed out",
+    "read timed out",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "database is locked",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "terminating connection",
+    "remote end closed connection",
+    "502 bad gateway",
+    "503 service unavailable",
+    "504 gateway",
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it wraps) means the server or database is unreachable, not wrong input."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return True
+        module = type(error).__module__
+        name = type(error).__name__
+        if module.startswith(("requests", "urllib3")) and ("Connection" in name or "Timeout" in name):
+            return True
+        if module.startswith("sqlalchemy") and name in ("OperationalError", "InterfaceError", "DisconnectionError"):
+            return True
+        text = str(error).lower()
+        if any(hint in text for hint in _CONNECTION_HINTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def retry_budget_s() -> float:
+    """Seconds a tracking call keeps retrying connection errors: `$MEDTL_TRACKING_RETRY_S`, default 300.
+
+    Raises:
+        UserError: the value is not a non-negative number.
+    """
+    raw = os.environ.get(RETRY_ENV, "300")
+    try:
+        budget = float(raw)
+    except ValueError:
+        budget = math.nan
+    if not math.isfinite(budget) or budget < 0:
+        from medtl.errors import UserError
+
+        raise UserError(f"{RETRY_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return budget
+
+
+def retrying(call: Callable[[], _T], what: str, budget_s: float | None = None, max_wait_s: float = 30.0) -> _T:
+    """`call()`, retried on connection errors with exponential back-off (1 s, 2 s, ... `max_wait_s`).
+
+    Every retry is logged as a warning with the error. Other errors propagate at once.
+
+    Raises:
+        TrackingUnavailable: connection errors for longer than `budget_s` (default `retry_budget_s()`).
+    """
+    budget = retry_budget_s() if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
+    wait = 1.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            left = deadline - time.monotonic()
+            first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if left <= 0:
+                raise TrackingUnavailable(f"{what}: tracking store unreachable for {budget:.0f} s ({mask_url(first)})") from exc
+            pause = min(wait, max_wait_s, left)
+            log.warning("%s failed (%s); retrying in %.0f s", what, mask_url(first)[:300], pause)
+            time.sleep(pause)
+            wait *= 2
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -45,14 +153,23 @@ def artifact_root_for(uri: str) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name`, created (with its artifact folder beside a SQLite store) if new."""
-    experiment = client.get_experiment_by_name(name)
+    """The id of experiment `name`, created (with its artifact folder beside a SQLite store) if new.
+
+    Every medtl experiment carries `mlflow.experimentKind = custom_model_development`, so MLflow
+    clients treat it as model training; an older experiment without the tag gets it here.
+    """
+    experiment = retrying(lambda: client.get_experiment_by_name(name), f"looking up experiment {name}")
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            try:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            except Exception as exc:  # a label, never a reason to stop
+                log.warning("could not tag experiment %s with its kind: %s", name, exc)
         return experiment.experiment_id
     root = artifact_root_for(tracking_uri)
     location = f"{root}/{name.replace('/', '_')}" if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another worker created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -63,14 +180,16 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     items = [Param(k, mask_url(str(v))[:6000]) for k, v in sorted(params.items())]
     for start in range(0, len(items), _BATCH):
-        client.log_batch(run_id, params=items[start : start + _BATCH])
+        chunk = items[start : start + _BATCH]
+        retrying(lambda chunk=chunk: client.log_batch(run_id, params=chunk), "logging params")
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     for start in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[start : start + 1000])
+        chunk = batch[start : start + 1000]
+        retrying(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk), "logging metrics")
 
 
 def git_commit() -> str:
@@ -87,39 +206,260 @@ def git_commit() -> str:
         return "unknown"
 
 
-class EpochLogger:
-    """`Checkpointer.on_saved` hook: logs each epoch once its `last.pt` is on disk.
+def source_tags(commit: str | None = None) -> dict[str, str]:
+    """MLflow's own source tags (the UI's Source, commit and user fields) for a run started here."""
+    entry = [Path(sys.argv[0]).name or "python", *sys.argv[1:2]] if sys.argv else ["python"]
+    tags = {
+        "mlflow.source.name": " ".join(entry),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
+    }
+    commit = commit or git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
-    Every history entry after `logged_up_to` goes out in one `log_batch` (step = epoch), so a resumed
-    run fills any gap the dead process left and never repeats a step. With `upload_every` > 0 the
-    checkpoints are also uploaded every that many epochs, so another machine can resume the run.
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def environment_tags(device: str = "cpu") -> dict[str, str]:
+    """What a result depends on beyond the code: medtl, torch, torchvision, CUDA, cuDNN, the device.
+
+    Tags (not params): a resumed attempt on another machine records where it ran last.
+    """
+    import torch
+    import torchvision
+
+    try:
+        from importlib.metadata import version
+
+        medtl_version = version("medtl")
+    except Exception:
+        medtl_version = "unknown"
+    cuda = torch.version.cuda or "none"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine() or "cpu"
+    return {
+        "medtl.env.medtl": medtl_version,
+        "medtl.env.python": platform.python_version(),
+        "medtl.env.torch": str(torch.__version__),
+        "medtl.env.torchvision": str(torchvision.__version__),
+        "medtl.env.cuda": cuda,
+        "medtl.env.cudnn": str(cudnn) if cudnn else "none",
+        "medtl.env.device_name": name,
+        "medtl.env.host_os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def system_metrics_interval_s() -> float:
+    """Seconds between system-metrics samples: `$MEDTL_SYSTEM_METRICS_S`, default 10; 0 turns them off.
+
+    Raises:
+        UserError: the value is not a non-negative number.
+    """
+    raw = os.environ.get(SYSTEM_METRICS_ENV, "10")
+    try:
+        interval = float(raw)
+    except ValueError:
+        interval = math.nan
+    if not math.isfinite(interval) or interval < 0:
+        from medtl.errors import UserError
+
+        raise UserError(f"{SYSTEM_METRICS_ENV} must be a number of seconds >= 0 (0: off), got {raw!r}")
+    return interval
+
+
+class SystemMetrics:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where present) for one run.
+
+    MLflow's monitor samples on a thread and logs `system/*` metrics every interval; a run shorter
+    than one interval would get nothing, so `stop()` also logs what was sampled since the last step.
+    Starting and stopping cost a few milliseconds; never a reason to fail a run.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str, *, resume: bool = False) -> None:
+        self.monitor: Any = None
+        interval = system_metrics_interval_s()
+        if interval <= 0:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            self.monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=tracking_uri
+            )
+            self.monitor.start()
+        except Exception as exc:
+            log.warning("system metrics not recorded: %s", exc)
+            self.monitor = None
+
+    def stop(self, flush: bool = True) -> None:
+        """Stop sampling; with `flush`, log what was sampled since the last step."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None or monitor._process is None:
+            return
+        try:
+            # The sampler wakes, reads the run once and exits; the last samples are sent meanwhile.
+            monitor._shutdown_event.set()
+            if flush:
+                sampled = monitor.aggregate_metrics() if any(m._metrics for m in monitor.monitors) else {}
+                if sampled:
+                    monitor.publish_metrics(sampled)
+                monitor.mlflow_logger.flush()
+            monitor._process.join(timeout=10)
+            monitor._process = None
+        except Exception as exc:
+            log.warning("system metrics could not be flushed: %s", exc)
+
+
+class EpochLogger:
+    """`Checkpointer.on_saved` hook: logs each epoch once its `last.pt` is on disk, off the training path.
+
+    A call only records the newest history and returns; a sender thread of its own logs every epoch
+    after `logged_up_to` in one `log_batch` (step = epoch, in epoch order), so a resumed run fills any
+    gap the dead process left and never repeats a step. While the tracking store is unreachable the
+    epochs wait in that buffer (the history itself: nothing is dropped or reordered, whatever the
+    outage's length) and the sender retries with back-off, logging each failure; training never
+    waits for it. `close()` flushes, bounded by `$MEDTL_TRACKING_RETRY_S`.
+
+    With `owns_claim`, each batch is sent only after it returns True; once it returns False the
+    logger stops for good (`claim_lost` is set): another worker now owns the run. A failing check
+    (the claims database is away too) waits like a failing send.
+    With `upload_every` > 0 the checkpoints are also uploaded every that many epochs (the newest
+    `last.pt` only, after an outage), so another machine can resume the run.
     """
 
     def __init__(
-        self, client: MlflowClient, run_id: str, checkpoint_dir: Path, logged_up_to: int = 0, upload_every: int = 0
+        self,
+        client: MlflowClient,
+        run_id: str,
+        checkpoint_dir: Path,
+        logged_up_to: int = 0,
+        upload_every: int = 0,
+        owns_claim: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.checkpoint_dir = Path(checkpoint_dir)
         self.logged_up_to = logged_up_to
         self.upload_every = upload_every
+        self.owns_claim = owns_claim
+        self.claim_lost = threading.Event()
+        self.error: BaseException | None = None
+        self._history: list[dict[str, float]] = []
+        self._queued_up_to = logged_up_to
+        self._upload_last = False
+        self._upload_best = False
+        self._stamps: dict[int, int] = {}
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
 
     def __call__(self, epoch: int, history: list[dict[str, float]], improved: bool) -> None:
-        now = int(time.time() * 1000)
+        with self._cond:
+            now = int(time.time() * 1000)
+            for entry in history:
+                self._stamps.setdefault(int(entry["epoch"]), now)
+            self._history = history
+            self._queued_up_to = max(self._queued_up_to, epoch)
+            if self.upload_every and epoch % self.upload_every == 0:
+                self._upload_last = True
+                self._upload_best = self._upload_best or improved
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send_loop, name="medtl-epoch-logger", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> bool:
+        """Whether epochs or uploads are still waiting to be sent."""
+        with self._cond:
+            return self._queued_up_to > self.logged_up_to or self._upload_last
+
+    def _send_loop(self) -> None:
+        wait = 1.0
+        while True:
+            with self._cond:
+                while not self._closing and not (self._queued_up_to > self.logged_up_to or self._upload_last):
+                    self._cond.wait()
+                if not (self._queued_up_to > self.logged_up_to or self._upload_last):
+                    return  # closing, nothing left
+                history, upload_last, upload_best = self._history, self._upload_last, self._upload_best
+            try:
+                if self.owns_claim is not None and not self.owns_claim():
+                    log.warning("run %s belongs to another worker now; this worker logs nothing more", self.run_id)
+                    self.claim_lost.set()
+                    return
+                self._send(history, upload_last, upload_best)
+                wait = 1.0
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    self.error = exc
+                    log.warning("epoch logging for run %s stopped: %s", self.run_id, mask_url(str(exc))[:300])
+                    return
+                log.warning(
+                    "tracking store unreachable (%s); epochs up to %d kept locally, retrying in %.0f s",
+                    mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300],
+                    self._queued_up_to,
+                    wait,
+                )
+                with self._cond:
+                    self._cond.wait(timeout=wait)
+                wait = min(wait * 2, 30.0)
+
+    def _send(self, history: list[dict[str, float]], upload_last: bool, upload_best: bool) -> None:
+        # Stable timestamps: a batch resent after a lost reply is deduplicated by the store.
         batch = [
-            Metric(key, float(value), now, int(entry["epoch"]))
+            Metric(key, float(value), self._stamps.get(int(entry["epoch"]), 0), int(entry["epoch"]))
             for entry in history
             if entry["epoch"] > self.logged_up_to
             for key, value in entry.items()
             if key != "epoch"
         ]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
-        self.logged_up_to = max(self.logged_up_to, epoch)
-        if self.upload_every and epoch % self.upload_every == 0:
-            self.client.log_artifact(self.run_id, str(self.checkpoint_dir / "last.pt"), "checkpoints")
-            if improved:
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+        if history:
+            self.logged_up_to = max(self.logged_up_to, int(history[-1]["epoch"]))
+        if upload_last:
+            if upload_best and (self.checkpoint_dir / "best.pt").exists():
                 self.client.log_artifact(self.run_id, str(self.checkpoint_dir / "best.pt"), "checkpoints")
+            self.client.log_artifact(self.run_id, str(self.checkpoint_dir / "last.pt"), "checkpoints")
+            with self._cond:
+                self._upload_last = self._upload_best = False
+
+    def close(self, timeout_s: float | None = None, *, drop: bool = False) -> None:
+        """Flush what is buffered and stop the sender; `drop` stops without sending.
+
+        Raises:
+            TrackingUnavailable: the buffer could not be sent within `timeout_s` (default
+                `retry_budget_s()`); the epochs stay in `last.pt`'s history for a resume.
+            Exception: a non-connection error the sender met (e.g. a rejected metric).
+        """
+        with self._cond:
+            self._closing = True
+            if drop:
+                self._queued_up_to = self.logged_up_to
+                self._upload_last = False
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(retry_budget_s() if timeout_s is None else timeout_s)
+            if thread.is_alive():
+                raise TrackingUnavailable(
+                    f"epochs {self.logged_up_to + 1}..{self._queued_up_to} of run {self.run_id} could not be "
+                    "logged: tracking store unreachable"
+                )
+        if self.error is not None and not drop:
+            raise self.error
 
 
 def upload_every_default(uri: str) -> int:
@@ -160,6 +500,26 @@ class EmissionsCallback(Callback):
         except Exception as exc:  # emissions are a measurement, never a reason to lose a run
             log.warning("codecarbon could not start (%s); emissions not measured", exc)
             self.tracker = None
+
+    def energy_so_far(self) -> float:
+        """kWh measured so far in this fit (codecarbon measures every 15 s); NaN if not measuring."""
+        try:
+            return float(self.tracker._total_energy.kWh) if self.tracker is not None else math.nan
+        except Exception:  # codecarbon internals; a measurement, never a failure
+            return math.nan
+
+    def emissions_so_far(self) -> float:
+        """kg CO2-eq of the energy measured so far in this fit; NaN if not measuring."""
+        try:
+            if self.tracker is None:
+                return math.nan
+            self.tracker._update_emissions()
+            return float(self.tracker._total_emissions)
+        except Exception:
+            return math.nan
+
+    def on_fit_abort(self, state: FitState, error: BaseException) -> None:
+        self.on_fit_end(state)
 
     def on_fit_end(self, state: FitState) -> None:
         if self.tracker is None:

@@ -55,7 +55,12 @@ def pretrain(spec, *, tracking_uri: str | None = None, device: str = "auto"):
         "medtl.objective": spec.objective.value,
         "medtl.registered_model": spec.registered_name,
     }
-    outcome = run_job(job, experiment="medtl/pretrain", name=name, tags=tags, tracking_uri=uri)
+    note = (
+        f"Pretraining of {spec.arch.value} on {spec.modality.value} images of {spec.data} "
+        f"({spec.objective.value}), lr {spec.lr:g}, seed {spec.seed}; registers {spec.registered_name}; "
+        f"spec {spec.run_key}."
+    )
+    outcome = run_job(job, experiment="medtl/pretrain", name=name, tags=tags, tracking_uri=uri, description=note)
     if world()[0] != 0:
         return outcome, None
     metric_name = f"best_val_{job.adapter.primary}"
@@ -113,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
     )
+    from medtl.mlops.signals import install_stop_handlers
+
+    install_stop_handlers()  # SIGTERM like Ctrl-C: the run ends KILLED, resumable from last.pt
     device = _init_distributed(args.device)
     try:
         outcome, registered = pretrain(spec, tracking_uri=args.tracking_uri, device=device)

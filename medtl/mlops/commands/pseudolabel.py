@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from medtl.mlops.cli import add_tracking_uri
@@ -53,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--clusters must be between 2 and the number of images ({images}), got {args.clusters}")
     result = pseudolabel(folder, clusters=args.clusters, seed=args.seed, max_entropy=args.max_entropy,
                          reports=args.reports)
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
-    mlflow.set_experiment(args.experiment)
+    from medtl.mlops import tracking as T
+
+    uri = T.resolve_tracking_uri(args.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    # Created through medtl, so its artifacts sit beside the store (mlartifacts/), not in ./mlruns.
+    mlflow.set_experiment(experiment_id=T.get_or_create_experiment(mlflow.MlflowClient(uri), args.experiment, uri))
     with mlflow.start_run(run_name=f"pseudolabel-k{args.clusters}") as active:
         mlflow.set_tags({"medtl.stage": STAGE, "medtl.data": str(folder.resolve())})
         mlflow.log_params(result.params)

@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
     )
     from medtl.mlops.runner import run_spec
+    from medtl.mlops.signals import install_stop_handlers
     from medtl.mlops.tracking import mask_url, resolve_tracking_uri
+
+    install_stop_handlers()  # SIGTERM like Ctrl-C: the run ends KILLED, resumable from last.pt
 
     outcome = run_spec(spec, study=args.study, tracking_uri=args.tracking_uri, device=args.device)
     shown = {k: round(v, 4) for k, v in outcome.metrics.items() if k.startswith("test_") or k == "epochs_to_convergence"}
