@@ -65,18 +65,21 @@ class Lab:
             " CREATE DATABASE medtl_optuna OWNER medtl;"
         )
         socket_dir = self.pg.get_uri().split("host=", 1)[1]
-        self.mlflow_db = f"postgresql+psycopg://medtl:{password}@/medtl_mlflow?host={socket_dir}"
-        self.optuna_url = f"postgresql+psycopg://medtl:{password}@/medtl_optuna?host={socket_dir}"
+        # The password travels in PGPASSWORD, never on a command line.
+        self.secret = {"PGPASSWORD": password}
+        self.mlflow_db = f"postgresql+psycopg://medtl@/medtl_mlflow?host={socket_dir}"
+        self.optuna_url = f"postgresql+psycopg://medtl@/medtl_optuna?host={socket_dir}"
         import socket
 
-        from medtl.mlops.stack import MLFLOW_SERVER_ENV, mlflow_server_command
+        from medtl.mlops.stack import mlflow_server_launch
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        self.command = mlflow_server_command(self.mlflow_db, str(folder / "artifacts"), port=port)
+        launch = mlflow_server_launch(self.mlflow_db, str(folder / "artifacts"), port=port)
+        self.command = launch.command
         self.command[0] = str(Path(sys.executable).parent / "mlflow")
-        self.server_env = {**os.environ, **MLFLOW_SERVER_ENV}
+        self.server_env = {**os.environ, **launch.env, **self.secret}
         self.uri = f"http://127.0.0.1:{port}"
         self.server: subprocess.Popen | None = None
 
@@ -151,7 +154,7 @@ def _taken_over(lab: Lab, study: str, timeout: float) -> bool:
 def _sweep(lab: Lab, path: Path, log: Path) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "medtl"), "sweep", "--study", str(path), "--workers", "2"]
     command += ["--storage", lab.optuna_url, "--tracking-uri", lab.uri]
-    env = {**os.environ, **ENV}
+    env = {**os.environ, **ENV, **lab.secret}
     with open(log, "ab") as out:
         return subprocess.Popen(command, cwd=path.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
 

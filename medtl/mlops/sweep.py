@@ -852,10 +852,10 @@ def _run_local_workers(
     dead: list[DeadWorker] = []
     replacements = workers
     try:
-        while any(p.is_alive() for p in procs):
+        while procs:
             for proc in list(procs):
                 proc.join(timeout=0.5)
-                if proc.is_alive() or proc.exitcode is None:
+                if proc.exitcode is None:
                     continue
                 procs.remove(proc)
                 if proc.exitcode == 0:

@@ -216,3 +216,16 @@ def test_connection_errors_are_recognised_through_their_causes():
         assert S.is_infra_error(chained)
     assert not S.is_infra_error(ValueError("loss is NaN"))
     assert not S.is_infra_error(MlflowException("Response body: 'RESOURCE_DOES_NOT_EXIST'"))
+
+
+def test_sqlite_storage_is_shared_through_wal_and_a_dead_local_workers_point_comes_back(queue):
+    _, url, optuna_study = queue
+    with S._rdb(optuna_study).engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    import socket
+
+    trial_id = S.claim_next(optuna_study, f"{socket.gethostname()}:4242:abcd")
+    other = S.claim_next(optuna_study, f"{socket.gethostname()}:4343:abcd")
+    assert S._reclaim(optuna_study, 4242) == 1  # what the sweep does when its worker 4242 exits non-zero
+    assert S.trial_owner(optuna_study, trial_id) == (TrialState.WAITING, None)
+    assert S.trial_owner(optuna_study, other)[0] is TrialState.RUNNING
