@@ -151,7 +151,8 @@ def print_plan(study_path: str | Path, *, tracking_uri: str | None = None) -> No
             est_t = est_e = "-"
         print(f"{task:<24} {arch:<22} {arm:<10} {len(flags):>6} {flags.count(True):>5} {est_t:>16} {est_e:>10}")
     left_total = sum(flags.count(False) for flags in cells.values())
-    print(f"left: {left_total} points; estimated {_total_time(total_s, left_total, unestimated)}, "
+    bound = "≤" if bench_kinds and total_s > 0 else ""
+    print(f"left: {left_total} points; estimated {bound}{_total_time(total_s, left_total, unestimated)}, "
           f"{_total_co2(total_kg, left_total, unestimated_kg)} on one worker")
     if unestimated:
         print(f"{unestimated} points have neither finished runs nor a throughput measurement: run `make bench`")

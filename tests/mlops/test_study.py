@@ -53,15 +53,23 @@ def test_bad_study_files_are_refused_with_file_key_and_choices(tmp_path, text, f
     assert re.search(fragment, message), message
 
 
-def test_shipped_studies(request):
+def test_shipped_studies(request, tmp_path):
     root = request.config.rootpath
     paper = load_study(root / "configs" / "paper.yaml")
-    # 4 tasks x 2 archs x 3 arms x 4 lrs x 5 seeds + LUNA16 (unet: 2 arms; 3 encoders: 3 arms) x 3 lrs x 5 seeds
-    assert len(paper.specs) == 4 * 2 * 3 * 4 * 5 + (2 + 3 * 3) * 3 * 5
+    # 4 tasks x 2 archs x 3 arms x 4 lrs x 5 seeds + LUNA16 (unet: 2 arms; 3 encoders: 3 arms) x 3 lrs x 5 seeds,
+    # + single-modality arms at 3 lrs x 5 seeds: 8 archs (MR, CR) and LUNA16's unet_resnet50 (CT)
+    assert len(paper.specs) == 4 * 2 * 3 * 4 * 5 + (2 + 3 * 3) * 3 * 5 + 9 * 3 * 5
     assert {s.arch.value for s in paper.specs if s.task.value == "luna16"} == {"unet", "unet_resnet50", "unet_efficientnet_b4", "unet_vgg16"}
-    limited = load_study(root / "configs" / "resource_limited.yaml")
-    assert {s.data_fraction for s in limited.specs} == {0.05, 0.25, 0.5}
-    assert {s.max_epochs for s in limited.specs} == {10}
+    variants = {(s.task.value, s.group) for s in paper.specs if s.group.startswith("domain-")}
+    assert variants == {("brain-tumor-mri", "domain-MR"), ("rsna-boneage", "domain-CR"), ("covid19", "domain-CR"),
+                        ("grazpedwri-osteopenia", "domain-CR"), ("luna16", "domain-CT")}
+    assert {s.lr for s in paper.specs if s.group.startswith("domain-")} == {1e-3, 1e-4, 1e-5}
+    # the published optimizer per task type
+    assert {s.optimizer.value for s in paper.specs if s.task.value in ("rsna-boneage", "luna16")} == {"adam"}
+    assert {s.optimizer.value for s in paper.specs if s.task.value == "covid19"} == {"adamw"}
+    # the reduced-data study takes its learning rates from the finished full-data study
+    with pytest.raises(StudyError, match="lrs.from_study 'paper': unknown study 'paper'|no MLflow store"):
+        load_study(root / "configs" / "resource_limited.yaml", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
     demo = load_study(root / "configs" / "demo.yaml")
     assert {s.group for s in demo.specs} == {"random", "imagenet", "domain"}
     assert demo.pretrain and demo.pretrain["data"]
@@ -89,6 +97,96 @@ def test_plan_estimates_from_the_throughput_table(tmp_path, monkeypatch, capsys)
     plan.print_plan(_write(tmp_path, BASE.replace("{archs: [resnet18]}", "{archs: [resnet18, vgg16]}")))
     out = capsys.readouterr().out
     # 4 points x 200 epochs x (256 + 96/3) images / (128 img/s x (64/224)^2) at 224 px
-    expected = 4 * 200 * (256 + 32) / (128 * (64 / 224) ** 2) / 60
-    assert f"≤{expected:.1f} min" in out
-    assert "+4 points with neither finished runs nor a throughput measurement" in out
+    expected = 4 * 200 * (256 + 32) / (128 * (64 / 224) ** 2) / 3600
+    assert f"≤{expected:.1f} h CPU" in out
+    assert "4 points have neither finished runs nor a throughput measurement: run `make bench`" in out
+    assert "for 4 of 8 points, the rest unknown" in out
+
+
+def _paper_runs(specs, rng):
+    """A finished run per grid point with made-up metrics (the statistics only need their shape)."""
+    import pandas as pd
+
+    from medtl.evaluation.stats import primary_metric
+
+    rows = []
+    for spec in specs:
+        metric, _ = primary_metric(spec.task)
+        value = float(rng.random())
+        rows.append({"task": spec.task.value, "arch": spec.arch.value, "group": spec.group, "lr": spec.lr,
+                     "seed": spec.seed, "status": "FINISHED", "diverged": False, f"best_val_{metric}": value,
+                     f"test_{metric}": value, "epochs_to_convergence": float(rng.integers(1, 50))})
+    return pd.DataFrame(rows)
+
+
+def test_paper_study_gives_the_27_single_modality_t_tests(request):
+    import numpy as np
+
+    from medtl.evaluation.stats import compare, primary_metric
+
+    paper = load_study(request.config.rootpath / "configs" / "paper.yaml")
+    records = compare(_paper_runs(paper.specs, np.random.default_rng(0)), "paper").records
+    ttests = [r for r in records if r.test == "ttest" and r.metric == f"test_{primary_metric(r.task)[0]}"]
+    # MR-only: 2 archs x 3 lrs; CR-only: 6 archs x 3 lrs; CT-only: unet_resnet50 x 3 lrs
+    assert len(ttests) == 27
+    assert all(r.group_a == "domain" and r.n_a == r.n_b == 5 and r.p_raw is not None for r in ttests)
+    assert sum(r.group_b == "domain-MR" for r in ttests) == 6 and sum(r.group_b == "domain-CT" for r in ttests) == 3
+
+
+def test_reduced_data_study_takes_each_models_selected_learning_rate(tmp_path):
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from medtl.training.spec import RunSpec
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("medtl/full")
+    # resnet18: random best at 1e-4 (mean 0.8 vs 0.6); imagenet best at 1e-3
+    for arm, lr, vals in (("random", 1e-3, (0.6, 0.6)), ("random", 1e-4, (0.8, 0.8)),
+                          ("imagenet", 1e-3, (0.9, 0.7)), ("imagenet", 1e-4, (0.5, 0.5))):
+        for seed, val in enumerate(vals):
+            spec = RunSpec(task="demo-binary", arch="resnet18", init=arm, lr=lr, seed=seed)
+            rid = client.create_run(exp, tags={"medtl.stage": "finetune", "medtl.run_key": spec.run_key,
+                                               "medtl.group": arm}).info.run_id
+            client.log_batch(rid, metrics=[Metric("best_val_f1", val, 0, 0), Metric("test_f1", val, 0, 0)],
+                             params=[Param(k, v) for k, v in spec.to_params().items()])
+            client.set_terminated(rid, "FINISHED")
+    text = """
+name: reduced
+defaults: {max_epochs: 10}
+tasks:
+  demo-binary: {archs: [resnet18]}
+arms: [random, imagenet]
+lrs: {from_study: full}
+seeds: [0, 1]
+fractions: [0.25]
+"""
+    study = load_study(_write(tmp_path, text), tracking_uri=uri)
+    assert {(s.group, s.lr) for s in study.specs} == {("random", 1e-4), ("imagenet", 1e-3)}
+    assert len(study.specs) == 4
+    with pytest.raises(StudyError, match="selected no learning rate for demo-binary resnet18 domain"):
+        load_study(_write(tmp_path, text.replace("[random, imagenet]", "[random, domain]")), tracking_uri=uri)
+
+
+def test_plan_says_unknown_never_zero_without_a_table_or_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plan, "THROUGHPUT", tmp_path / "missing.json")
+    monkeypatch.delenv("MEDTL_THROUGHPUT", raising=False)
+    plan.print_plan(_write(tmp_path, BASE), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = capsys.readouterr().out
+    assert "estimated time unknown, CO2e unknown on one worker" in out
+    assert "0.0 min" not in out and "0.00 g" not in out
+
+
+def test_plan_of_the_paper_grid_uses_the_shipped_cpu_table(request, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MEDTL_THROUGHPUT", raising=False)
+    shipped = request.config.rootpath / "benchmarks" / "throughput.json"
+    rows = json.loads(shipped.read_text())["rows"]
+    assert {r["kind"] for r in rows} >= {"cpu"} and all(r["images_per_s"] > 0 for r in rows)
+    plan.print_plan(request.config.rootpath / "configs" / "paper.yaml", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("luna16", "rsna", "graz", "covid19", "brain"))]
+    assert len(lines) == 44  # (task, arch, arm) rows: LUNA16 2 + 4 + 3 + 3, four tasks x 2 archs x 4 arms
+    assert all(" CPU " in line and "unknown" in line.split("CPU")[1] for line in lines)  # time from the table, CO2e unknown
+    assert "left: 780 points; estimated " in out and "estimated time unknown" not in out and "CO2e unknown" in out
+    assert "CPU: throughput measured on a CPU" in out
