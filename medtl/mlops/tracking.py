@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import math
@@ -192,8 +193,12 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
         retrying(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk), "logging metrics")
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The medtl source's git commit: `$MEDTL_GIT_COMMIT` (set in the image), the checkout's, or `unknown`."""
+    """The medtl source's git commit: `$MEDTL_GIT_COMMIT` (set in the image), the checkout's, or `unknown`.
+
+    Read once per process: the code a long-running worker executes is the code it started with.
+    """
     if os.environ.get("MEDTL_GIT_COMMIT"):
         return os.environ["MEDTL_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
@@ -246,17 +251,29 @@ def environment_tags(device: str = "cpu") -> dict[str, str]:
     if device.startswith("cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = platform.processor() or platform.machine() or "cpu"
+        name = _cpu_name()
     return {
         "medtl.env.medtl": medtl_version,
         "medtl.env.python": platform.python_version(),
         "medtl.env.torch": str(torch.__version__),
         "medtl.env.torchvision": str(torchvision.__version__),
-        "medtl.env.cuda": cuda,
+        "medtl.env.cuda": cuda,  # the CUDA torch was built with
+        "medtl.env.cuda_available": str(torch.cuda.is_available()),
         "medtl.env.cudnn": str(cudnn) if cudnn else "none",
         "medtl.env.device_name": name,
         "medtl.env.host_os": f"{platform.system()} {platform.release()}",
     }
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def system_metrics_interval_s() -> float:
@@ -355,12 +372,14 @@ class EpochLogger:
         self.owns_claim = owns_claim
         self.claim_lost = threading.Event()
         self.error: BaseException | None = None
+        self.last_outage: BaseException | None = None  # the latest connection error, kept as the cause
         self._history: list[dict[str, float]] = []
         self._queued_up_to = logged_up_to
         self._upload_last = False
         self._upload_best = False
         self._stamps: dict[int, int] = {}
         self._closing = False
+        self._abandoned = False  # close() gave up: the sender stops at its next wake-up
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -391,8 +410,8 @@ class EpochLogger:
             with self._cond:
                 while not self._closing and not (self._queued_up_to > self.logged_up_to or self._upload_last):
                     self._cond.wait()
-                if not (self._queued_up_to > self.logged_up_to or self._upload_last):
-                    return  # closing, nothing left
+                if self._abandoned or not (self._queued_up_to > self.logged_up_to or self._upload_last):
+                    return  # closing, nothing left (or given up on)
                 history, upload_last, upload_best = self._history, self._upload_last, self._upload_best
             try:
                 if self.owns_claim is not None and not self.owns_claim():
@@ -406,6 +425,7 @@ class EpochLogger:
                     self.error = exc
                     log.warning("epoch logging for run %s stopped: %s", self.run_id, mask_url(str(exc))[:300])
                     return
+                self.last_outage = exc
                 log.warning(
                     "tracking store unreachable (%s); epochs up to %d kept locally, retrying in %.0f s",
                     mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300],
@@ -454,10 +474,13 @@ class EpochLogger:
         if thread is not None:
             thread.join(retry_budget_s() if timeout_s is None else timeout_s)
             if thread.is_alive():
+                with self._cond:
+                    self._abandoned = True
+                    self._cond.notify_all()
                 raise TrackingUnavailable(
                     f"epochs {self.logged_up_to + 1}..{self._queued_up_to} of run {self.run_id} could not be "
                     "logged: tracking store unreachable"
-                )
+                ) from self.last_outage
         if self.error is not None and not drop:
             raise self.error
 

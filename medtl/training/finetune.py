@@ -100,7 +100,7 @@ class FinetuneJob:
         return {
             **self.spec.to_params(),
             "weight_decay": str(self.weight_decay),
-            "normalisation": self.spec.resolved_normalization.value,
+            "resolved_normalization": self.spec.resolved_normalization.value,  # `normalization` after auto
             "input_channels": str(INPUT_CHANNELS),
             "resolved_image_size": str(self.image_size),
             "group": self.spec.group,

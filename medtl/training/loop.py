@@ -226,6 +226,9 @@ class FitState:
             "history": self.history,
             "callback_state": self.callback_state,
             "diverged": self.diverged,
+            # An early stop decided at this epoch holds on resume (a run that failed later, in its test).
+            "should_stop": self.should_stop,
+            "stop_reason": self.stop_reason,
         }
         if self.sampler_generator is not None:
             state["sampler_state"] = self.sampler_generator.get_state()

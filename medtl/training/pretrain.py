@@ -58,7 +58,7 @@ class PretrainJob(FinetuneJob):
             **self.spec.to_params(),
             "optimizer": "adamw",
             "weight_decay": "0.001",
-            "normalisation": "none",
+            "normalization": "none",
             "input_channels": "3",
             "resolved_image_size": str(self.image_size),
             "num_classes": str(len(self.adapter.info.classes)),

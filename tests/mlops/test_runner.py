@@ -47,7 +47,7 @@ def test_run_record_holds_the_whole_tracking_schema(tracked):
     params = run.data.params
     assert set(params) >= SPEC_FIELDS
     assert RunSpec.from_params(params) == spec
-    assert {"optimizer", "weight_decay", "normalisation", "input_channels", "device", "num_workers", "pin_memory"} <= set(params)
+    assert {"optimizer", "weight_decay", "resolved_normalization", "input_channels", "device", "num_workers", "pin_memory"} <= set(params)
     assert params["optimizer"] == "adamw" and params["weight_decay"] == "0.001" and params["input_channels"] == "3"
     tags = run.data.tags
     assert tags["medtl.stage"] == "finetune"
@@ -57,6 +57,21 @@ def test_run_record_holds_the_whole_tracking_schema(tracked):
     assert tags["medtl.fingerprint"] == spec.fingerprint(params["data_digest"])
     assert tags["medtl.git_commit"]
     assert tags["medtl.optuna_trial"] == "0"
+    # MLflow's own fields (the UI's Source, commit, user and description) and the environment.
+    assert tags["mlflow.source.name"] and tags["mlflow.user"]
+    if tags["medtl.git_commit"] != "unknown":
+        assert tags["mlflow.source.git.commit"] == tags["medtl.git_commit"]
+    note = tags["mlflow.note.content"]
+    assert "mobilenet_v3_small" in note and "demo-multiclass" in note and "study unit" in note and spec.run_key in note
+    import torch
+
+    assert tags["medtl.env.torch"] == str(torch.__version__)
+    assert {"medtl.env.medtl", "medtl.env.torchvision", "medtl.env.cuda", "medtl.env.cudnn", "medtl.env.device_name"} <= set(tags)
+    assert "normalisation" not in params and params["normalization"] == "auto"  # one spelling per param
+    assert params["resolved_normalization"] == "none"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "system/cpu_utilization_percentage" in run.data.metrics
     metrics = run.data.metrics
     assert set(metrics) >= FINAL, FINAL - set(metrics)
     assert metrics["epochs_run"] == 3 and 1 <= metrics["epochs_to_convergence"] <= 3

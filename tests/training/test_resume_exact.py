@@ -38,7 +38,7 @@ class _TinyBN(nn.Module):
         return self.fc(self.drop(self.bn(self.conv(x)).amax(dim=(2, 3))))
 
 
-def _fit(folder, max_epochs, resume=None, seed=3):
+def _fit(folder, max_epochs, resume=None, seed=3, lr=0.05, callbacks=()):
     seed_everything(seed)
     splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 48, "val": 16, "test": 16})
     adapter = make_adapter(TASKS[Task.DEMO_BINARY])
@@ -47,8 +47,8 @@ def _fit(folder, max_epochs, resume=None, seed=3):
     val = make_loader(splits.val, adapter, 8, runtime, shuffle=False)
     ckpt = Checkpointer(folder, meta={})
     state = fit(
-        _TinyBN(), adapter, train, val, np.asarray(splits.val.targets), lr=0.05, max_epochs=max_epochs,
-        runtime=runtime, callbacks=[ckpt], resume=resume,
+        _TinyBN(), adapter, train, val, np.asarray(splits.val.targets), lr=lr, max_epochs=max_epochs,
+        runtime=runtime, callbacks=[ckpt, *callbacks], resume=resume,
     )
     return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in state.history], ckpt
 
@@ -67,6 +67,14 @@ def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
     del stale["loop"]["sampler_state"]
     stale_run, _ = _fit(tmp_path / "stale", 4, resume=stale)
     assert stale_run[:2] == whole[:2] and stale_run[2:] != whole[2:]
+
+
+def test_an_early_stop_holds_on_resume(tmp_path):
+    # lr 1.0 makes the validation loss bounce, so patience 1 stops well before 40 epochs.
+    stopped, ckpt = _fit(tmp_path / "a", 40, lr=1.0, callbacks=[EarlyStopping(1)])
+    assert len(stopped) < 40
+    again, _ = _fit(tmp_path / "b", 40, resume=load_checkpoint(ckpt.last_path), lr=1.0, callbacks=[EarlyStopping(1)])
+    assert again == stopped  # a run that failed after stopping early (e.g. in its test) trains no more
 
 
 class _SaysStop(Callback):
