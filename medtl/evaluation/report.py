@@ -501,9 +501,18 @@ class Verdict:
         if self.best is None:
             return f"{where}: no arm has a usable {self.metric} yet."
         tests = "Mann-Whitney U, Bonferroni" if self.test == "mannwhitneyu" else "permutation, Holm"
-        return (f"{where}: {self.best} is best on {self.metric} ({_means_text(self.means, self.best)})"
-                f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: {self.fastest} "
-                f"({_means_text(self.epochs, self.fastest)}){_sig_text(self.p_epochs, self.alpha)} [{tests}].")
+        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} ({_means_text(self.means, self.best)})"
+                f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: "
+                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest)})"
+                f"{_sig_text(self.p_epochs, self.alpha)} [{tests}].")
+
+
+def _lead(means: dict[str, float], best: str | None, word: str = "best") -> str:
+    """`domain is best`, or `tied: random, domain` when several arms share the best mean."""
+    if best is None:
+        return "no arm"
+    tied = [a for a, m in means.items() if m == means[best]]
+    return f"tied: {', '.join(tied)}" if len(tied) > 1 else (f"{best} is best" if word == "best" else best)
 
 
 def _means_text(means: dict[str, float], first: str | None) -> str:
@@ -514,9 +523,15 @@ def _means_text(means: dict[str, float], first: str | None) -> str:
 def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
     if not ps:
         return ", no other arm to compare"
-    sig = {a: p for a, p in ps.items() if p is not None and p < alpha}
+    untested = [a for a, p in ps.items() if p is None]
+    ps = {a: p for a, p in ps.items() if p is not None}
+    if not ps:
+        return f", untested vs {', '.join(untested)} (test undefined)"
+    sig = {a: p for a, p in ps.items() if p < alpha}
     rest = {a: p for a, p in ps.items() if a not in sig}
     listed = lambda arms: ", ".join(f"{a} {_num(p, 2)}" for a, p in arms.items())  # noqa: E731
+    if untested:
+        rest = {**rest, **{a: None for a in untested}}
     if not rest:
         return f", significant vs every other arm (p adj. {listed(sig)})"
     if not sig:
