@@ -38,6 +38,9 @@ def test_pipeline_logs_a_pseudolabel_run_and_leaks_nothing(workdir, capsys, capl
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["medtl.stage"] == "pseudolabel"
+    experiment = mlflow.get_experiment(run.info.experiment_id)  # created by medtl: artifacts beside the store
+    assert "mlartifacts" in experiment.artifact_location and not (workdir / "mlruns").exists()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.params["clusters"] == "6" and run.data.metrics["homogeneity_body_part"] > 0.9
     assert "nmi_modality" in run.data.metrics
     sizes = mlflow.MlflowClient().get_metric_history(run.info.run_id, "cluster_size")
