@@ -1,0 +1,99 @@
+"""The tracking schema, defined once: stages, tag and experiment names, arm order, store location, param types.
+
+Pure (no mlflow, no torch): the training recipes, the evaluation reader and mlops all import it, so
+a name written to the tracking store and the name read back are the same constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Iterable
+from enum import Enum, StrEnum
+from pathlib import Path
+
+from medtl.training.spec import RunSpec
+
+
+class Stage(StrEnum):
+    """The value of tag `medtl.stage`: what kind of run it is."""
+
+    PSEUDOLABEL = "pseudolabel"
+    PRETRAIN = "pretrain"
+    SWEEP = "sweep"
+    FINETUNE = "finetune"
+    EVALUATION = "evaluation"
+    GRADCAM = "gradcam"
+
+
+# Tags medtl writes (and reads back).
+STAGE_TAG = "medtl.stage"
+RUN_KEY_TAG = "medtl.run_key"
+FINGERPRINT_TAG = "medtl.fingerprint"
+STUDY_TAG = "medtl.study"
+GROUP_TAG = "medtl.group"
+TASK_TAG = "medtl.task"
+ARCH_TAG = "medtl.arch"
+GIT_COMMIT_TAG = "medtl.git_commit"
+FAILURE_TAG = "medtl.failure_reason"
+STOP_REASON_TAG = "medtl.stop_reason"
+RESUMED_FROM_TAG = "medtl.resumed_from_epoch"
+# MLflow's own tags, filled so its UI shows parent, description and kind.
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+INIT_RESOLVED_PARAM = "init_resolved"
+"""Param (and tag) naming the registered version a domain arm trained from, `pretrained-<arch>/<version>`."""
+
+EXPERIMENT_PREFIX = "medtl/"
+PRETRAIN_EXPERIMENT = f"{EXPERIMENT_PREFIX}pretrain"
+
+MAIN_ARMS = ("random", "imagenet", "domain")
+"""The three arms of the study, in the order every table, plot and packet shows them."""
+
+DEFAULT_DB = "mlflow.db"
+
+
+def study_experiment(study: str) -> str:
+    """The MLflow experiment that holds study `study`'s runs: `medtl/<study>`."""
+    return f"{EXPERIMENT_PREFIX}{study}"
+
+
+def study_of_experiment(name: str) -> str | None:
+    """The study an experiment name belongs to, or None (the pretraining experiment, foreign experiments)."""
+    if name == PRETRAIN_EXPERIMENT or not name.startswith(EXPERIMENT_PREFIX):
+        return None
+    return name[len(EXPERIMENT_PREFIX) :] or None
+
+
+def arm_order(arms: Iterable[object]) -> list[str]:
+    """random, imagenet, domain first, then any other arm (domain-MR, …) alphabetically; no duplicates."""
+    names = {str(a) for a in arms}
+    return sorted(names, key=lambda a: (MAIN_ARMS.index(a) if a in MAIN_ARMS else len(MAIN_ARMS), a))
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` (absolute path)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def _param_type(annotation: object) -> type:
+    kind = annotation if isinstance(annotation, type) else None
+    if kind is not None and issubclass(kind, Enum):
+        return str
+    if kind in (int, float, bool):
+        return kind
+    return str
+
+
+def param_dtypes() -> dict[str, type]:
+    """Each RunSpec field's Python type as logged params read back: `int`, `float` or `str` (enums).
+
+    Derived from RunSpec's own annotations, so a new field needs no second declaration.
+    """
+    hints = typing.get_type_hints(RunSpec)
+    return {f.name: _param_type(hints[f.name]) for f in dataclasses.fields(RunSpec)}
