@@ -27,7 +27,13 @@ import pandas as pd
 
 from medtl.errors import UserError
 from medtl.redact import mask_url
-from medtl.training.spec import PRIMARY_METRIC, TASKS, TEST_METRICS, protocol_fingerprint
+from medtl.training.spec import (
+    PRIMARY_METRIC,
+    TASKS,
+    TEST_METRICS,
+    protocol_fields,
+    protocol_fingerprint,
+)
 
 EXPERIMENT_PREFIX = "medtl/"
 PRETRAIN_EXPERIMENT = "medtl/pretrain"
@@ -37,6 +43,7 @@ FINETUNE = "finetune"
 
 SPEC_STR = ("task", "arch", "init", "dataset", "init_source", "pretrain_modality", "normalization", "optimizer")
 FINGERPRINT_TAG = "medtl.fingerprint"
+_PROTOCOL_PARAMS = frozenset({*protocol_fields(), "init", "init_source", "pretrain_modality", "data_digest"})
 INIT_RESOLVED = "init_resolved"
 """Param (and tag) naming the registered version a domain arm trained from, `pretrained-<arch>/<version>`."""
 SPEC_FLOAT = ("lr", "data_fraction")
@@ -228,8 +235,11 @@ def _tidy(
     out["fingerprint"] = _col(t, FINGERPRINT_TAG).astype("string")
     missing = out.index[out["fingerprint"].isna()]
     if len(missing):  # stores written before the tag existed: recompute it from the logged params
+        memo: dict[tuple[tuple[str, str], ...], str | None] = {}
         out.loc[missing, "fingerprint"] = pd.Series(
-            [_recomputed_fingerprint(p.loc[rid]) for rid in missing], index=missing, dtype="string"
+            [_recomputed_fingerprint(row, memo) for row in p.loc[missing].to_dict("index").values()],
+            index=missing,
+            dtype="string",
         )
     m = _wide(latest, "run_id", "key", "value").reindex(out.index)
     for name in FINAL_METRICS:
@@ -245,15 +255,22 @@ def _tidy(
                            kind="stable").reset_index(drop=True)
 
 
-def _recomputed_fingerprint(params: pd.Series) -> str | None:
-    """The protocol fingerprint of a run from its logged params; None when they do not make a RunSpec."""
-    logged = {k: v for k, v in params.items() if isinstance(v, str)}
+def _recomputed_fingerprint(params: dict[str, Any], memo: dict) -> str | None:
+    """The protocol fingerprint of a run from its logged params; None when they do not make a RunSpec.
+
+    Learning rate and seed do not enter it, so they are dropped and the result is memoised per
+    distinct remaining params (a study holds few protocols and many grid points).
+    """
+    logged = {k: v for k, v in params.items() if isinstance(v, str) and k not in ("lr", "seed")}
     if "task" not in logged or "arch" not in logged:
         return None
-    try:
-        return protocol_fingerprint(logged, logged.get("data_digest", ""))
-    except (UserError, ValueError, TypeError):
-        return None
+    key = tuple(sorted((k, v) for k, v in logged.items() if k in _PROTOCOL_PARAMS))
+    if key not in memo:
+        try:
+            memo[key] = protocol_fingerprint(logged, logged.get("data_digest", ""))
+        except (UserError, ValueError, TypeError):
+            memo[key] = None
+    return memo[key]
 
 
 def _tidy_histories(frame: pd.DataFrame | None) -> pd.DataFrame:
