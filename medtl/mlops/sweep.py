@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -374,7 +374,37 @@ def _requeue_lost(optuna_study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def fail_stale(optuna_study: optuna.Study, settings: Knobs) -> None:
+    """Fail trials whose worker stopped beating and re-enqueue their points (`_requeue_lost`).
+
+    Also those RUNNING with no heartbeat at all for longer than the grace: claimed by an older medtl
+    that wrote the first heartbeat separately, and never retried by Optuna's own check.
+    """
     with_retry("failing stale trials", lambda: optuna.storages.fail_stale_trials(optuna_study), settings.infra_patience_s)
+    with_retry("failing trials without heartbeat", lambda: _fail_heartbeatless(optuna_study, settings), settings.infra_patience_s)
+
+
+def _fail_heartbeatless(optuna_study: optuna.Study, settings: Knobs) -> None:
+    from optuna.storages._rdb import models
+
+    rdb = _rdb(optuna_study)
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=settings.grace_s)
+    with _Session(rdb) as session:
+        trial = models.TrialModel
+        ids = [
+            row[0]
+            for row in session.query(trial.trial_id).filter(
+                trial.study_id == optuna_study._study_id,
+                trial.state == TrialState.RUNNING,
+                ~trial.heartbeats.any(),
+                trial._datetime_start_utc < cutoff,
+            )
+        ]
+    for trial_id in ids:
+        try:
+            if rdb.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                _requeue_lost(optuna_study, rdb.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
 
 
 # --- the queue -----------------------------------------------------------------------------------

@@ -229,3 +229,16 @@ def test_sqlite_storage_is_shared_through_wal_and_a_dead_local_workers_point_com
     assert S._reclaim(optuna_study, 4242) == 1  # what the sweep does when its worker 4242 exits non-zero
     assert S.trial_owner(optuna_study, trial_id) == (TrialState.WAITING, None)
     assert S.trial_owner(optuna_study, other)[0] is TrialState.RUNNING
+
+
+def test_a_trial_running_without_any_heartbeat_is_requeued_after_the_grace(queue):
+    _, _, optuna_study = queue
+    (old, _) = optuna_study.get_trials(deepcopy=False)
+    optuna_study._storage.set_trial_state_values(old._trial_id, TrialState.RUNNING)  # an older medtl's claim
+    S.fail_stale(optuna_study, S.knobs())
+    assert S.trial_owner(optuna_study, old._trial_id)[0] is TrialState.RUNNING  # within the grace: left alone
+    time.sleep(3.5)
+    S.fail_stale(optuna_study, S.knobs())
+    trials = optuna_study.get_trials(deepcopy=False)
+    assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING", "WAITING"]
+    assert [t.user_attrs["lost"] for t in trials if "lost" in t.user_attrs] == [1]
