@@ -177,3 +177,32 @@ def test_a_lost_claim_stops_the_run_without_touching_it(tracking_uri, monkeypatc
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
     last = work_root() / RunSpec(**SPEC).run_key / "checkpoints" / "last.pt"
     assert load_checkpoint(last)["loop"]["epoch"] >= 2  # its work is checkpointed for the new owner
+
+
+def test_medtl_run_ends_killed_on_sigterm(tmp_path, tracking_uri):
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "medtl.mlops.cli", "run", "--task", "demo-binary", "--arch", "mobilenet_v3_small",
+        "--max-epochs", "60", "--patience", "60", "--image-size", "32", "--study", "term", "--tracking-uri", tracking_uri,
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 300
+    run_id = None
+    while time.monotonic() < deadline and process.poll() is None:  # wait for a logged epoch
+        experiment = client.get_experiment_by_name("medtl/term")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
+            run_id = runs[0].info.run_id
+            break
+        time.sleep(0.5)
+    assert run_id is not None, process.communicate(timeout=60)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "interrupted (stopped by SIGTERM)" in err
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["medtl.failure_reason"].startswith("stopped by SIGTERM")
