@@ -180,5 +180,7 @@ def test_ddp_pretraining_with_two_gloo_processes_logs_one_run_and_one_version(ar
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
     assert runs[0].data.params["torch_threads"]
+    assert runs[0].data.params["world_size"] == "2"
+    assert runs[0].data.params["sync_batchnorm"] == "False"  # CPU/gloo: torch's SyncBatchNorm needs an accelerator
     versions = client.search_model_versions("name = 'pretrained-mobilenet_v3_small'")
     assert len(versions) == 1
