@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +55,24 @@ class Analysis:
 
     def records(self) -> list[dict[str, Any]]:
         """comparisons.json: the stats records, each with CELL_RECORD_KEYS added."""
-        sel = self.chosen_runs
+        return [dict(r) for r in self._records]
+
+    @cached_property
+    def _records(self) -> tuple[dict[str, Any], ...]:
+        cells = _cell_info(self.chosen_runs)
         out = []
         for f, cs in self.sets:
             for r in cs.to_records():
-                cell = (r["task"], r["arch"], f)
+                fingerprint, protocol, duplicates = cells.get((r["task"], r["arch"], f), (None, "", 0))
                 out.append({
                     **r,
                     "data_fraction": f,
-                    "fingerprint": sel.fingerprint_of(*cell) if sel is not None else None,
-                    "protocol": _protocol_of(sel, *cell),
-                    "n_duplicates_set_aside": sel.duplicates_in(*cell) if sel is not None else 0,
+                    "fingerprint": fingerprint,
+                    "protocol": protocol,
+                    "n_duplicates_set_aside": duplicates,
                     "diverged_runs": "excluded" if self.exclude_diverged else "counted",
                 })
-        return out
+        return tuple(out)
 
     def frame(self) -> pd.DataFrame:
         """The records as a DataFrame."""
@@ -125,12 +130,20 @@ def analyse(
     return Analysis(mode, per_lr, sets, len(runs) - len(usable), selection, exclude_diverged)
 
 
-def _protocol_of(sel: Selection | None, task: str, arch: str, fraction: float) -> str:
+def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str | None, str, int]]:
+    """(task, arch label, fraction) → (fingerprint, protocol label, duplicates set aside)."""
     if sel is None:
-        return ""
-    p = sel.protocols
-    hit = p[(p["task"] == task) & (p["arch"] == arch) & (p["data_fraction"] == fraction)]
-    return "" if hit.empty else str(hit["protocol"].iloc[0])
+        return {}
+    duplicates = sel.set_aside.groupby(["task", "arch", "data_fraction"]).size().to_dict()
+    out: dict[tuple[str, str, float], tuple[str | None, str, int]] = {}
+    for row in sel.protocols.itertuples(index=False):
+        key = (str(row.task), str(row.arch), float(row.data_fraction))
+        out.setdefault(key, (str(row.fingerprint), str(row.protocol), int(duplicates.get(key, 0))))
+    for key, n in duplicates.items():
+        cell = (str(key[0]), str(key[1]), float(key[2]))
+        if cell not in out:
+            out[cell] = (None, "", int(n))
+    return out
 
 
 def is_cheap(runs: pd.DataFrame) -> bool:
