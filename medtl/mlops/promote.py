@@ -73,7 +73,10 @@ def run_fingerprint(run) -> str:  # noqa: ANN001 - an MLflow Run
     if tagged:
         return tagged
     params = run.data.params
-    return protocol_fingerprint(params, params.get("data_digest", ""))
+    try:
+        return protocol_fingerprint(params, params.get("data_digest", ""))
+    except (UserError, ValueError, TypeError):  # params that no longer make a RunSpec: a protocol of their own
+        return "unknown"
 
 
 @dataclass(frozen=True)
