@@ -185,7 +185,7 @@ def run_job(
         context_tags[T.NOTE_TAG] = description
     if previous is not None:
         run_id, payload, logged = previous
-        if owns_claim is not None and not owns_claim():
+        if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
             raise ClaimLost(run_id, "before resuming")
         T.retrying(lambda: client.update_run(run_id, status="RUNNING"), "reopening the run")
         resumed = {"medtl.resumed_from_epoch": str(payload["loop"]["epoch"]), **context_tags, **(extra_tags or {})}
@@ -208,7 +208,7 @@ def run_job(
     try:
         metrics = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {}, owns_claim)
         system.stop()
-        if owns_claim is not None and not owns_claim():
+        if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
             raise ClaimLost(run_id, "before the run ended")
     except ClaimLost:
         system.stop(flush=False)
@@ -223,8 +223,10 @@ def run_job(
             status, reason = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0]
         if owns_claim is not None and not _still_owned(owns_claim):
             raise
+        # A stopped worker has only the signal's lead time left: give the store less patience.
+        budget = min(20.0, T.retry_budget_s()) if isinstance(exc, KeyboardInterrupt) else None
         try:
-            T.retrying(lambda: T.end_run(client, run_id, status, reason), f"ending the run {status}")
+            T.retrying(lambda: T.end_run(client, run_id, status, reason), f"ending the run {status}", budget)
         except Exception as end_error:  # the original error is the one to report
             log.warning("could not end run %s as %s: %s", run_id, status, end_error)
         raise
@@ -371,7 +373,7 @@ def _execute(
         "emissions_kg": grand["emissions_kg"] if not math.isnan(emissions.emissions_kg) else math.nan,
         "energy_kwh": grand["energy_kwh"] if not math.isnan(emissions.energy_kwh) else math.nan,
     }
-    if owns_claim is not None and not owns_claim():
+    if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
         raise ClaimLost(run_id, "before the test")
     T.retrying(lambda: client.set_tag(run_id, "medtl.stop_reason", state.stop_reason), "tagging the stop reason")
     result = job.test()

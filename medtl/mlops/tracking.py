@@ -380,6 +380,7 @@ class EpochLogger:
         self._stamps: dict[int, int] = {}
         self._closing = False
         self._abandoned = False  # close() gave up: the sender stops at its next wake-up
+        self._kick = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -432,8 +433,11 @@ class EpochLogger:
                     self._queued_up_to,
                     wait,
                 )
-                with self._cond:
-                    self._cond.wait(timeout=wait)
+                retry_at = time.monotonic() + wait
+                with self._cond:  # new epochs only join the buffer; close() asks for one retry at once
+                    while not (self._kick or self._abandoned) and time.monotonic() < retry_at:
+                        self._cond.wait(timeout=retry_at - time.monotonic())
+                    self._kick = False
                 wait = min(wait * 2, 30.0)
 
     def _send(self, history: list[dict[str, float]], upload_last: bool, upload_best: bool) -> None:
@@ -466,6 +470,7 @@ class EpochLogger:
         """
         with self._cond:
             self._closing = True
+            self._kick = True
             if drop:
                 self._queued_up_to = self.logged_up_to
                 self._upload_last = False
