@@ -53,16 +53,6 @@ class Selection:
     def n_duplicates(self) -> int:
         return len(self.set_aside)
 
-    def duplicates_in(self, task: str, arch: str, fraction: float) -> int:
-        """How many runs of one analysed cell (arch label included) were set aside as duplicates."""
-        s = self.set_aside
-        return int(((s["task"] == task) & (s["arch"] == arch) & (s["data_fraction"] == fraction)).sum())
-
-    def fingerprint_of(self, task: str, arch: str, fraction: float) -> str | None:
-        p = self.protocols
-        hit = p[(p["task"] == task) & (p["arch"] == arch) & (p["data_fraction"] == fraction)]
-        return None if hit.empty else hit["fingerprint"].iloc[0]
-
 
 def select_runs(
     runs: pd.DataFrame, *, exclude_diverged: bool = False, allow_mixed_pretrained: bool = False
