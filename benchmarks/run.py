@@ -31,6 +31,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "ingest": ("DICOM ingest throughput and memory (issue 4)", ""),
     "evaluation": ("Evaluation report over large stores (issue 8)", "target: 10,000 runs in under 15 s"),
     "throughput": ("Throughput table for `medtl sweep --plan` (issue 13)", "writes benchmarks/throughput.json; CPU rows are rough upper bounds"),
+    "runs": ("A run under faults: 60 s tracking outage, exact resume, fixed costs (issues 15, 16)", "target: 0 epochs lost / twice, resume difference 0, system metrics ≤ 0.1 s per run"),
     "faults": ("Fault table: a PostgreSQL + MLflow-server sweep under worker and service faults (issue 15)", "target: every count 0, no tracebacks"),
 }
 

@@ -438,7 +438,7 @@ class EpochLogger:
                     while not (self._kick or self._abandoned) and time.monotonic() < retry_at:
                         self._cond.wait(timeout=retry_at - time.monotonic())
                     self._kick = False
-                wait = min(wait * 2, 30.0)
+                wait = min(wait * 2, 15.0)  # after a long outage the buffer goes out within 15 s
 
     def _send(self, history: list[dict[str, float]], upload_last: bool, upload_best: bool) -> None:
         # Stable timestamps: a batch resent after a lost reply is deduplicated by the store.

@@ -1,0 +1,143 @@
+"""A run's fault handling and fixed costs: a 60 s tracking outage, exact resume, system metrics.
+
+- Outage: an `EpochLogger` whose store refuses connections for 60 s while an epoch ends every second;
+  counts epochs lost, duplicated or out of order (all must be 0), the longest hand-over on the
+  training thread, and how long after the store returns the buffer is sent.
+- Exact resume: a tiny CPU fit interrupted after epoch 2 and resumed from `last.pt`, against the same
+  fit uninterrupted; the largest per-epoch metric difference (must be 0).
+- Fixed cost per run of MLflow system metrics (start + stop) and of the environment/source tags.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from medtl.mlops import tracking as T
+
+
+class _Refusing:
+    """A client whose `log_batch` fails like an unreachable server while `down` is set."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client, self.down = client, threading.Event()
+
+    def log_batch(self, *args, **kwargs):
+        if self.down.is_set():
+            raise MlflowException("API request to http://127.0.0.1:5000 failed: Max retries exceeded (Connection refused)")
+        return self.client.log_batch(*args, **kwargs)
+
+    def log_artifact(self, *args, **kwargs):
+        return self.client.log_artifact(*args, **kwargs)
+
+
+def outage(client: MlflowClient, experiment: str, folder: Path, down_s: float = 60.0, after: int = 20) -> dict:
+    run_id = client.create_run(experiment).info.run_id
+    refusing = _Refusing(client)
+    logger = T.EpochLogger(refusing, run_id, folder)  # type: ignore[arg-type]
+    history: list[dict] = []
+    handovers: list[float] = []
+    refusing.down.set()
+    started = time.monotonic()
+    back_at = None
+    flushed_after = None
+    epoch = during = 0
+    while back_at is None or epoch < during + after:
+        epoch += 1
+        history.append({"epoch": epoch, "val_loss": 1.0 / epoch})
+        t0 = time.perf_counter()
+        logger(epoch, [dict(h) for h in history], True)
+        handovers.append(time.perf_counter() - t0)
+        if back_at is None and time.monotonic() - started >= down_s:
+            refusing.down.clear()
+            back_at, during = time.monotonic(), epoch
+        if back_at is not None and flushed_after is None and logger.logged_up_to >= during:
+            flushed_after = time.monotonic() - back_at
+        time.sleep(1.0)
+    logger.close()
+    steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    return {
+        "outage_s": round(back_at - started, 1),
+        "epochs_during_outage": during,
+        "epochs_total": epoch,
+        "epochs_lost": len(set(range(1, epoch + 1)) - set(steps)),
+        "epochs_logged_twice": len(steps) - len(set(steps)),
+        "max_handover_ms": round(1000 * max(handovers), 2),
+        "flushed_s_after_return": round(flushed_after, 1) if flushed_after is not None else "after close",
+    }
+
+
+def exact_resume(folder: Path) -> dict:
+    import numpy as np
+    import torch.nn as nn
+
+    from medtl.training.checkpoint import Checkpointer, load_checkpoint
+    from medtl.training.data.synthetic import load_synthetic
+    from medtl.training.loop import fit, make_loader, resolve_runtime, seed_everything
+    from medtl.training.spec import TASKS, Task
+    from medtl.training.tasks import make_adapter
+
+    def once(where: Path, epochs: int, resume=None) -> list[dict]:
+        seed_everything(5)
+        splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 64, "val": 32, "test": 16})
+        adapter = make_adapter(TASKS[Task.DEMO_BINARY])
+        runtime = resolve_runtime("cpu")
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(784, 1))
+        state = fit(
+            model, adapter, make_loader(splits.train, adapter, 8, runtime, shuffle=True, seed=5),
+            make_loader(splits.val, adapter, 8, runtime, shuffle=False), np.asarray(splits.val.targets),
+            lr=0.01, max_epochs=epochs, runtime=runtime, callbacks=[Checkpointer(where, meta={})], resume=resume,
+        )
+        return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in state.history]
+
+    whole = once(folder / "whole", 5)
+    once(folder / "part", 2)
+    resumed = once(folder / "resumed", 5, load_checkpoint(folder / "part" / "last.pt"))
+    diff = max(abs(a[k] - b[k]) for a, b in zip(whole, resumed, strict=True) for k in a)
+    return {"epochs": len(whole), "interrupted_after": 2, "max_metric_difference": diff, "identical": whole == resumed}
+
+
+def fixed_costs(client: MlflowClient, experiment: str, uri: str, runs: int = 6) -> dict:
+    system, tags = [], []
+    for _ in range(runs + 1):
+        run_id = client.create_run(experiment).info.run_id
+        t0 = time.perf_counter()
+        monitor = T.SystemMetrics(run_id, uri)
+        t1 = time.perf_counter()
+        time.sleep(0.3)
+        t2 = time.perf_counter()
+        monitor.stop()
+        system.append((t1 - t0) + (time.perf_counter() - t2))
+        t3 = time.perf_counter()
+        T.environment_tags("cpu"), T.source_tags()
+        tags.append(time.perf_counter() - t3)
+        client.set_terminated(run_id)
+    return {
+        "system_metrics_per_run_s": round(statistics.median(system[1:]), 3),
+        "system_metrics_first_in_process_s": round(system[0], 3),
+        "env_and_source_tags_per_run_s": round(statistics.median(tags[1:]), 4),
+        "env_and_source_tags_first_in_process_s": round(tags[0], 3),
+    }
+
+
+def main() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        experiment = T.get_or_create_experiment(client, "medtl/bench-runs", uri)
+        resume = exact_resume(folder)  # first: torch and torchvision are imported, as in a worker
+        costs = fixed_costs(client, experiment, uri)
+        down = outage(client, experiment, folder)
+    sections = {"outage": down, "exact_resume": resume, "fixed_cost": costs}
+    return {f"{section}: {key}": value for section, found in sections.items() for key, value in found.items()}
+
+
+if __name__ == "__main__":
+    print(main())
