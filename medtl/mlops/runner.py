@@ -352,7 +352,7 @@ def _execute(
             callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck()], resume=resume, on_saved=logger
         )
     except ClaimLost:
-        logger.close(drop=True)
+        logger.close(timeout_s=5.0, drop=True)
         raise
     except BaseException:
         with contextlib.suppress(Exception):  # keep what was trained; the original error is reported

@@ -461,7 +461,7 @@ class EpochLogger:
                 self._upload_last = self._upload_best = False
 
     def close(self, timeout_s: float | None = None, *, drop: bool = False) -> None:
-        """Flush what is buffered and stop the sender; `drop` stops without sending.
+        """Flush what is buffered and stop the sender; `drop` stops without sending (or raising).
 
         Raises:
             TrackingUnavailable: the buffer could not be sent within `timeout_s` (default
@@ -478,6 +478,10 @@ class EpochLogger:
             thread = self._thread
         if thread is not None:
             thread.join(retry_budget_s() if timeout_s is None else timeout_s)
+            if thread.is_alive() and drop:  # a send in flight is the store's to finish or time out
+                with self._cond:
+                    self._abandoned = True
+                return
             if thread.is_alive():
                 with self._cond:
                     self._abandoned = True
