@@ -82,9 +82,11 @@ def log_registered_version(
     higher_is_better: bool,
     tags: dict[str, str],
     extras: int = 0,
+    description: str = "",
 ) -> Registered:
     """Log `network` as an MLflow model, register it as a new version of `name`, move `champion`
-    only if `metric` beats the current champion's (direction-aware)."""
+    only if `metric` beats the current champion's (direction-aware). `description` is the version's
+    one-line description in the MLflow UI."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -118,7 +120,9 @@ def log_registered_version(
         METRIC_TAG: repr(float(metric)),
         HIGHER_TAG: str(higher_is_better),
     }
-    version = client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id)
+    version = client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id, description=description or None
+    )
     number = str(version.version)
     promoted, previous = move_champion_if_better(client, name, number, metric, higher_is_better)
     return Registered(name, number, promoted, previous)

@@ -81,6 +81,7 @@ def pretrain(spec, *, tracking_uri: str | None = None, device: str = "auto"):
         metric=outcome.metrics.get(metric_name, float("nan")),
         higher_is_better=job.adapter.primary_higher_is_better,
         tags={f"spec.{k}": v for k, v in spec.to_params().items()},
+        description=f"{note} Best {metric_name} {outcome.metrics.get(metric_name, float('nan')):.4g}; run {outcome.run_id}.",
     )
     client.set_tag(outcome.run_id, "medtl.model_version", f"{registered.name}/{registered.version}")
     shutil.rmtree(workdir, ignore_errors=True)
