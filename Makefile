@@ -9,7 +9,7 @@ STUDY ?= configs/demo.yaml
 UI_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast sweep ui bench evaluate lint clean
+.PHONY: help install test test-fast sweep ui bench evaluate lint clean readme-figure
 
 -include deploy/compose.mk
 
@@ -32,11 +32,17 @@ test-fast: install ## the tests not marked slow or integration
 
 DEMO := .medtl/demo
 DEMO_SET := $(DEMO)/pretrain-set
+DEMO_PATIENTS ?= 60
+
+STUDY_NAME_OF = $$($(PY) -c "from medtl.mlops.study import load_study; print(load_study('$(STUDY)').name)")
 
 sweep: install $(DEMO_SET)/.labelled ## the whole study in miniature: archive → ingest → pseudo-labels → pretrain → grid → promote → report
 	$(MEDTL) sweep --study $(STUDY)
-	$(MEDTL) promote --study $$($(PY) -c "from medtl.mlops.study import load_study; print(load_study('$(STUDY)').name)")
-	$(MEDTL) evaluate --study $$($(PY) -c "from medtl.mlops.study import load_study; print(load_study('$(STUDY)').name)")
+	$(MEDTL) promote --study $(STUDY_NAME_OF)
+	$(MEDTL) evaluate --study $(STUDY_NAME_OF)
+	@echo
+	@$(PY) scripts/ui_link.py --db mlflow.db --study $(STUDY_NAME_OF) --ui-url http://127.0.0.1:$(UI_PORT) --champions
+	@echo "Start the MLflow UI on this store with:  make ui"
 
 # The demo's pretraining set: a synthetic DICOM archive, ingested with a key kept outside the
 # output folder, then pseudo-labelled. Make's own timestamps keep it idempotent.
@@ -46,16 +52,20 @@ $(DEMO)/deid.key:
 
 $(DEMO_SET)/.labelled: $(STAMP) $(DEMO)/deid.key
 	@rm -rf $(DEMO)/archive $(DEMO_SET)
-	$(MEDTL) demo-archive --out $(DEMO)/archive
-	$(MEDTL) ingest $(DEMO)/archive --out $(DEMO_SET) --key-file $(DEMO)/deid.key --no-progress
+	$(MEDTL) demo-archive --out $(DEMO)/archive --patients $(DEMO_PATIENTS)
+	$(MEDTL) ingest $(DEMO)/archive --out $(DEMO_SET) --key-file $(DEMO)/deid.key --no-progress --image-size 64
 	$(MEDTL) pseudolabel $(DEMO_SET) --clusters 6
 	@touch $@
 
-ui: install ## MLflow UI over ./mlflow.db on http://127.0.0.1:$(UI_PORT)
+ui: install ## MLflow UI over ./mlflow.db on http://127.0.0.1:$(UI_PORT), opening on the study's runs
+	@$(PY) scripts/ui_link.py --db mlflow.db --study $(or $(STUDY_NAME),demo) --ui-url http://127.0.0.1:$(UI_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+readme-figure: install ## copy the demo's learning curves and headline table into README.md (after make sweep)
+	$(PY) scripts/readme_figure.py --report reports/$(or $(STUDY_NAME),demo) --readme README.md --docs docs/demo
 
 bench: install ## measure speed and overheads; writes BENCHMARKS.md
 	$(PY) benchmarks/run.py

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--patients", type=int, default=6, metavar="N", help="number of patients (default 6, ~60 images)")
+    parser.add_argument("--patients", type=int, default=6, metavar="N", help="number of patients (default 6, ~60 images; make sweep writes 60, ~600 images)")
     parser.add_argument("--planted-out", type=Path, metavar="FILE",
                         help="also write the planted identifying values, one a line, to FILE (outside DIR)")
     parser.set_defaults(func=run)

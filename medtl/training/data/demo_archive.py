@@ -8,6 +8,13 @@ field, CR as 12-bit attenuation. The archive covers a multi-frame (enhanced MR) 
 window in functional groups, MONOCHROME1 radiographs, RLE-compressed files, and series with and
 without a VOI window. Every patient-identifying field holds a plausible fake value;
 `planted_identifiers` reads them back so tests can scan outputs for leaks.
+
+Shared structure with the demo tasks, by construction: the anatomy is drawn from the primitives the
+synthetic downstream tasks (`medtl.training.data.synthetic`) are made of — rings (skull), filled
+ellipses and discs (lungs, brain, spine), bars (fingers) and blocks (bones) — on noisy, smoothly
+lit backgrounds. Telling the groups apart at 32×32 pixels takes shape and texture features, the
+same ones the demo tasks need, so a network pretrained on the pseudo-labels has learnt something
+that transfers. This demonstrates the pipeline, not a medical finding.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ illumination gradient, speckle noise, and distractors that share the positive cl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -119,8 +120,17 @@ def _make_split(task: Task, n: int, size: int, rng: np.random.Generator, prefix:
 def load_synthetic(
     task: Task, image_size: int = 64, seed: int = 0, sizes: dict[str, int] | None = None
 ) -> Splits:
-    """Train/val/test splits of a demo task, identical for the same (task, size, seed, sizes)."""
-    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    """Train/val/test splits of a demo task, identical for the same (task, size, seed, sizes).
+
+    Drawn once per process and recipe: a sweep's grid points of one task share the arrays, so callers
+    must not write into them (the loaders copy each batch into tensors).
+    """
+    return _cached(task, image_size, seed, tuple(sorted({**DEFAULT_SIZES, **(sizes or {})}.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(task: Task, image_size: int, seed: int, size_items: tuple[tuple[str, int], ...]) -> Splits:
+    sizes = dict(size_items)
     parts = {}
     for offset, name in enumerate(("train", "val", "test")):
         rng = np.random.default_rng([seed, offset, list(Task).index(task)])

@@ -1,0 +1,127 @@
+"""`make readme-figure`: put the demo's learning curves and headline table into the README.
+
+Reads what `make sweep` wrote (`reports/<study>/`: summary.csv, comparisons.json, plots/), copies the
+study's learning-curve plots — the report's own figures, drawn by `medtl evaluate` — to `docs/demo/`,
+and rewrites the README's block between `<!-- demo-results:start -->` and `<!-- demo-results:end -->`
+with those images and a table: per task and measure, each arm's mean ± std at its selected learning
+rate and the Bonferroni-adjusted Mann–Whitney p of domain vs random (paper mode). Nothing is typed in
+by hand, so the README shows what the last demo actually measured.
+
+    python scripts/readme_figure.py [--report reports/demo] [--readme README.md] [--docs docs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+ARMS = ("random", "imagenet", "domain")
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def headline_rows(report: Path) -> list[dict]:
+    """Per (task, arch, measure): arm → (mean, std, n) at the selected lr, and domain-vs-random p values.
+
+    Args:
+        report: a `medtl evaluate` output folder.
+
+    Raises:
+        FileNotFoundError: the folder lacks summary.csv or comparisons.json.
+    """
+    import pandas as pd
+
+    summary = pd.read_csv(report / "summary.csv")
+    records = json.loads((report / "comparisons.json").read_text())
+    rows = []
+    for rec in records:
+        if rec.get("test") != "mannwhitneyu" or {rec.get("group_a"), rec.get("group_b")} != {"random", "domain"}:
+            continue
+        cell = summary[(summary["task"] == rec["task"]) & (summary["arch"] == rec["arch"]) & (summary["metric"] == rec["metric"])]
+        arms = {}
+        for group, lr in ((rec["group_a"], rec.get("lr_a")), (rec["group_b"], rec.get("lr_b"))):
+            sel = cell[cell["group"] == group]
+            if lr is not None:
+                sel = sel[(sel["lr"] - float(lr)).abs() < 1e-12]
+            if len(sel):
+                arms[group] = (float(sel["mean"].iloc[0]), float(sel["std"].iloc[0]), int(sel["n"].iloc[0]))
+        rows.append({"task": rec["task"], "arch": rec["arch"], "measure": rec["metric"], "arms": arms,
+                     "p_raw": rec.get("p_raw"), "p_adjusted": rec.get("p_adjusted")})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The headline rows as a Markdown table."""
+    lines = ["| task | arch | measure | random | domain | adjusted p (domain vs random) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = []
+        for arm in ("random", "domain"):
+            mean, std, n = row["arms"].get(arm, (math.nan, math.nan, 0))
+            cells.append(f"{_num(mean)} ± {_num(std)} (n={n})")
+        p = row["p_adjusted"]
+        lines.append(f"| {row['task']} | {row['arch']} | {row['measure']} | {cells[0]} | {cells[1]} | "
+                     f"{'–' if p is None else f'{p:.4f}'} |")
+    return "\n".join(lines)
+
+
+def curve_plots(report: Path) -> list[Path]:
+    """The report's learning-curve figures: reduced-data curves where the study used them, else full-data ones."""
+    plots = report / "plots"
+    fractions = sorted(plots.glob("fractions_*.png"))
+    return fractions or sorted(plots.glob("curves_*.png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", type=Path, default=Path("reports/demo"), help="medtl evaluate output (default reports/demo)")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--docs", type=Path, default=Path("docs/demo"), help="where the figures go (default docs/demo)")
+    args = parser.parse_args(argv)
+    if not (args.report / "comparisons.json").is_file():
+        print(f"readme-figure: no report in {args.report}; run `make sweep` first", file=sys.stderr)
+        return 2
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        print(f"readme-figure: {args.readme} has no {START} ... {END} block to fill", file=sys.stderr)
+        return 2
+    rows = headline_rows(args.report)
+    plots = curve_plots(args.report)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    for old in args.docs.glob("*.png"):
+        old.unlink()
+    images = []
+    for plot in plots:
+        shutil.copyfile(plot, args.docs / plot.name)
+        rel = os.path.relpath(args.docs / plot.name, args.readme.parent)
+        images.append(f"![{plot.stem}]({rel})")
+    block = "\n".join([
+        START,
+        "<!-- written by `make readme-figure` from reports/demo; do not edit by hand -->",
+        *images,
+        "",
+        table(rows),
+        "",
+        "Mean ± sample std over the seeds at each arm's selected learning rate; p: two-sided Mann–Whitney U, "
+        "Bonferroni over the arm pairs compared (paper mode). Test primary metric: higher is better; "
+        "epochs to convergence (the epoch of the lowest validation loss): lower is faster.",
+        END,
+    ])
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    tmp = args.readme.with_name(f".{args.readme.name}.tmp")
+    tmp.write_text(head + block + tail)
+    os.replace(tmp, args.readme)
+    print(f"readme-figure: {len(images)} figure(s) in {args.docs}, {len(rows)} table row(s) in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
