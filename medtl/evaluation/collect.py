@@ -14,12 +14,11 @@ Two readers give the same frames:
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -27,6 +26,8 @@ import pandas as pd
 
 from medtl.errors import UserError
 from medtl.redact import mask_url
+from medtl.training import schema as S
+from medtl.training.schema import resolve_tracking_uri
 from medtl.training.spec import (
     PRIMARY_METRIC,
     TASKS,
@@ -35,26 +36,25 @@ from medtl.training.spec import (
     protocol_fingerprint,
 )
 
-EXPERIMENT_PREFIX = "medtl/"
-PRETRAIN_EXPERIMENT = "medtl/pretrain"
-STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-STAGE_TAG = "medtl.stage"
-FINETUNE = "finetune"
+__all__ = [
+    "FINAL_METRICS", "STUDY_NAME", "StudyData", "TrackingReader", "UnknownStudyError", "check_study_name",
+    "collect", "fingerprint", "list_studies", "mask_uri", "reader", "resolve_tracking_uri",
+]
 
-SPEC_STR = ("task", "arch", "init", "dataset", "init_source", "pretrain_modality", "normalization", "optimizer")
-FINGERPRINT_TAG = "medtl.fingerprint"
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PROTOCOL_PARAMS = frozenset({*protocol_fields(), "init", "init_source", "pretrain_modality", "data_digest"})
-INIT_RESOLVED = "init_resolved"
-"""Param (and tag) naming the registered version a domain arm trained from, `pretrained-<arch>/<version>`."""
-SPEC_FLOAT = ("lr", "data_fraction")
-SPEC_INT = ("seed", "max_epochs", "patience", "batch_size", "image_size")
+INIT_RESOLVED = S.INIT_RESOLVED_PARAM
+_SPEC_TYPES = S.param_dtypes()
+SPEC_STR = tuple(k for k, t in _SPEC_TYPES.items() if t is str)
+SPEC_FLOAT = tuple(k for k, t in _SPEC_TYPES.items() if t is float)
+SPEC_INT = tuple(k for k, t in _SPEC_TYPES.items() if t in (int, bool))
 TAG_COLUMNS = {
-    "medtl.run_key": "run_key",
-    "medtl.study": "study",
-    "medtl.failure_reason": "failure_reason",
-    "medtl.stop_reason": "stop_reason",
-    "medtl.resumed_from_epoch": "resumed_from_epoch",
-    "mlflow.parentRunId": "parent_run_id",
+    S.RUN_KEY_TAG: "run_key",
+    S.STUDY_TAG: "study",
+    S.FAILURE_TAG: "failure_reason",
+    S.STOP_REASON_TAG: "stop_reason",
+    S.RESUMED_FROM_TAG: "resumed_from_epoch",
+    S.PARENT_TAG: "parent_run_id",
 }
 _METRIC_NAMES = sorted({m for ms in TEST_METRICS.values() for m in ms})
 FINAL_METRICS = (
@@ -86,12 +86,6 @@ class StudyData:
     experiment_id: str
     runs: pd.DataFrame
     histories: pd.DataFrame
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` (the mlops rule)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def mask_uri(uri: str) -> str:
@@ -129,7 +123,7 @@ def list_studies(tracking_uri: str | None = None) -> list[str]:
     Raises:
         UserError: if the store cannot be reached or a SQLite file does not exist.
     """
-    return sorted(_reader(resolve_tracking_uri(tracking_uri)).experiments())
+    return sorted(reader(resolve_tracking_uri(tracking_uri)).experiments())
 
 
 def collect(
@@ -163,15 +157,15 @@ def collect(
     """
     check_study_name(study)
     uri = resolve_tracking_uri(tracking_uri)
-    reader = _reader(uri)
-    known = reader.experiments()
+    store = reader(uri)
+    known = store.experiments()
     if study not in known:
         listed = ", ".join(sorted(known)) or "none"
         raise UnknownStudyError(
             f"unknown study {study!r} in {mask_uri(uri)}; known studies: {listed}"
         )
     experiment_id = known[study]
-    runs, params, tags, latest = reader.runs(experiment_id)
+    runs, params, tags, latest = store.runs(experiment_id)
     frame = _tidy(runs, params, tags, latest)
     run_ids = frame["run_id"].tolist()
     if primary_only:
@@ -180,7 +174,7 @@ def collect(
         keys = sorted(set(history_keys))
     else:
         keys = sorted({k for k in latest["key"].unique() if is_history_key(k)})
-    histories = reader.histories(experiment_id, run_ids, keys, max_step) if run_ids else None
+    histories = store.histories(experiment_id, run_ids, keys, max_step) if run_ids else None
     return StudyData(study, mask_uri(uri), experiment_id, frame, _tidy_histories(histories))
 
 
@@ -195,7 +189,7 @@ def fingerprint(study: str, tracking_uri: str | None = None) -> tuple[Any, ...]:
     """
     check_study_name(study)
     uri = resolve_tracking_uri(tracking_uri)
-    token = _reader(uri).fingerprint(f"{EXPERIMENT_PREFIX}{study}")
+    token = reader(uri).fingerprint(S.study_experiment(study))
     if token is None:
         known = ", ".join(list_studies(uri)) or "none"
         raise UnknownStudyError(f"unknown study {study!r}; known studies: {known}")
@@ -209,8 +203,8 @@ def _tidy(
     runs: pd.DataFrame, params: pd.DataFrame, tags: pd.DataFrame, latest: pd.DataFrame
 ) -> pd.DataFrame:
     stage = _wide(tags, "run_id", "key", "value")
-    has_stage = STAGE_TAG in stage.columns
-    keep = stage.index[stage[STAGE_TAG] == FINETUNE] if has_stage else pd.Index([])
+    has_stage = S.STAGE_TAG in stage.columns
+    keep = stage.index[stage[S.STAGE_TAG] == S.Stage.FINETUNE.value] if has_stage else pd.Index([])
     runs = runs[runs["run_id"].isin(keep)].set_index("run_id").sort_index()
     out = pd.DataFrame(index=runs.index)
     out["run_name"] = runs["run_name"].astype("string")
@@ -221,9 +215,9 @@ def _tidy(
     t = stage.reindex(out.index)
     for name in SPEC_STR:
         out[name] = _col(p, name).astype("string")
-    for name, tag in (("task", "medtl.task"), ("arch", "medtl.arch")):
+    for name, tag in (("task", S.TASK_TAG), ("arch", S.ARCH_TAG)):
         out[name] = out[name].fillna(_col(t, tag).astype("string"))
-    out["group"] = _col(t, "medtl.group").astype("string").fillna(_col(p, "group").astype("string"))
+    out["group"] = _col(t, S.GROUP_TAG).astype("string").fillna(_col(p, "group").astype("string"))
     for name in SPEC_FLOAT:
         out[name] = pd.to_numeric(_col(p, name), errors="coerce").astype(float)
     for name in SPEC_INT:
@@ -232,7 +226,7 @@ def _tidy(
         out[name] = _col(t, tag).astype("string")
     out["data_digest"] = _col(p, "data_digest").astype("string")
     out[INIT_RESOLVED] = _col(p, INIT_RESOLVED).astype("string").fillna(_col(t, f"medtl.{INIT_RESOLVED}").astype("string"))
-    out["fingerprint"] = _col(t, FINGERPRINT_TAG).astype("string")
+    out["fingerprint"] = _col(t, S.FINGERPRINT_TAG).astype("string")
     missing = out.index[out["fingerprint"].isna()]
     if len(missing):  # stores written before the tag existed: recompute it from the logged params
         memo: dict[tuple[tuple[str, str], ...], str | None] = {}
@@ -302,7 +296,36 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
 # ---------------------------------------------------------------- readers
 
 
-def _reader(uri: str) -> _SqlReader | _HttpReader:
+class TrackingReader(Protocol):
+    """What evaluation reads from a tracking store; `_SqlReader` and `_HttpReader` give the same frames.
+
+    `experiments()` maps study name to experiment id; `runs()` returns (runs, params, tags,
+    final metrics) frames; `histories()` the long per-epoch frame (run_id, key, step, value,
+    timestamp); `fingerprint()` a change token (None: no such experiment); `run_ids_tagged()` the
+    runs of an experiment whose tag `key` equals `value`.
+    """
+
+    uri: str
+
+    def experiments(self) -> dict[str, str]: ...
+
+    def runs(self, experiment_id: str) -> tuple[pd.DataFrame, ...]: ...
+
+    def histories(
+        self, experiment_id: str, run_ids: Sequence[str], keys: Sequence[str], max_step: int | None
+    ) -> pd.DataFrame: ...
+
+    def fingerprint(self, name: str) -> tuple[Any, ...] | None: ...
+
+    def run_ids_tagged(self, experiment_id: str, key: str, value: str) -> list[str]: ...
+
+
+def reader(uri: str) -> TrackingReader:
+    """The reader for a tracking URI: SQL (sqlite:, postgresql:) or REST (http(s):).
+
+    Raises:
+        UserError: for any other scheme, or a SQLite file that does not exist.
+    """
     scheme = urlsplit(uri).scheme.split("+")[0].lower()
     if scheme in ("sqlite", "postgresql", "postgres"):
         return _SqlReader(uri)
@@ -313,8 +336,20 @@ def _reader(uri: str) -> _SqlReader | _HttpReader:
     )
 
 
+SQL_SCHEMA = {
+    "experiments": ("experiment_id", "name", "lifecycle_stage", "last_update_time"),
+    "runs": ("run_uuid", "name", "status", "start_time", "end_time", "experiment_id", "lifecycle_stage"),
+    "tags": ("run_uuid", "key", "value"),
+    "params": ("run_uuid", "key", "value"),
+    "latest_metrics": ("run_uuid", "key", "value", "is_nan", "timestamp"),
+    "metrics": ("run_uuid", "key", "step", "value", "is_nan", "timestamp"),
+}
+"""Every table and column of MLflow's schema the SQL reader selects (checked by a contract test
+against the pinned MLflow's own schema)."""
+
+
 class _SqlReader:
-    """Read-only bulk SELECTs over MLflow's SQLAlchemy schema."""
+    """Read-only bulk SELECTs over MLflow's SQLAlchemy schema (the columns in `SQL_SCHEMA`)."""
 
     def __init__(self, uri: str) -> None:
         import sqlalchemy
@@ -372,7 +407,7 @@ class _SqlReader:
         )
         tags = self._query(
             f"SELECT t.run_uuid, t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
-            f"WHERE {active} AND (t.key LIKE 'medtl.%' OR t.key = 'mlflow.parentRunId')",
+            f"WHERE {active} AND (t.key LIKE 'medtl.%' OR t.key = '{S.PARENT_TAG}')",
             e=eid,
         )
         params = self._query(
@@ -416,6 +451,15 @@ class _SqlReader:
         frame = frame[frame["run_id"].isin(set(run_ids))]
         frame["value"] = np.where(frame["is_nan"].astype(bool), np.nan, frame["value"].astype(float))
         return frame.drop(columns="is_nan")
+
+    def run_ids_tagged(self, experiment_id: str, key: str, value: str) -> list[str]:
+        rows = self._query(
+            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE r.experiment_id = :e AND r.lifecycle_stage = 'active' AND t.key = :k AND t.value = :v "
+            "ORDER BY r.start_time, r.run_uuid",
+            e=int(experiment_id), k=key, v=value,
+        )
+        return [str(r[0]) for r in rows]
 
     def fingerprint(self, name: str) -> tuple[Any, ...] | None:
         rows = self._query(
@@ -475,7 +519,7 @@ class _HttpReader:
                 tags += [
                     (rid, k, v)
                     for k, v in run.data.tags.items()
-                    if k.startswith("medtl.") or k == "mlflow.parentRunId"
+                    if k.startswith("medtl.") or k == S.PARENT_TAG
                 ]
                 latest += [(rid, k, float(v)) for k, v in run.data.metrics.items()]
             token = page.token
@@ -525,6 +569,20 @@ class _HttpReader:
                     )
         return pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
 
+    def run_ids_tagged(self, experiment_id: str, key: str, value: str) -> list[str]:
+        found: list[Any] = []
+        token = None
+        while True:
+            page = self._call(
+                self.client.search_runs, [experiment_id], filter_string=f"tags.`{key}` = '{value}'",
+                max_results=_HTTP_RUNS_PAGE, page_token=token,
+            )
+            found += list(page)
+            token = page.token
+            if not token:
+                break
+        return [r.info.run_id for r in sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))]
+
     def fingerprint(self, name: str) -> tuple[Any, ...] | None:
         exp = self._call(self.client.get_experiment_by_name, name)
         if exp is None or exp.lifecycle_stage != "active":
@@ -541,10 +599,8 @@ class _HttpReader:
 def _studies(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, eid in pairs:
-        if name == PRETRAIN_EXPERIMENT or not name.startswith(EXPERIMENT_PREFIX):
-            continue
-        study = name[len(EXPERIMENT_PREFIX) :]
-        if STUDY_NAME.fullmatch(study):
+        study = S.study_of_experiment(name)
+        if study is not None and STUDY_NAME.fullmatch(study):
             out.setdefault(study, eid)
     return out
 

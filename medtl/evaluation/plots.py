@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing as mp
 import os
 import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from medtl.evaluation.stats import MAIN_ARMS, primary_metric
-from medtl.training.spec import Task
+from medtl.evaluation.analysis import KEYS, Ranks, at_chosen, study_ranks, usable_runs
+from medtl.evaluation.stats import primary_metric
+from medtl.training.schema import arm_order
 
-KEYS = ("task", "arch", "group", "lr", "data_fraction")
 CURVE_EPOCHS = 10
 DPI = 80
 # Nemenyi critical values q_0.05 (studentized range / sqrt 2) for k = 2..10 groups (Demšar 2006).
-_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
 _COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Average ranks of the arms over the (task, arch) cells (1 = best) and the Nemenyi CD."""
-
-    arms: tuple[str, ...]
-    average: tuple[float, ...]
-    n_cells: int
-    cd: float | None
-    note: str | None = None
 
 
 def safe_name(*parts: object) -> str:
@@ -194,33 +180,6 @@ def emissions_png(frame: pd.DataFrame, x: str, y: str) -> bytes:
     return _png(fig)
 
 
-def average_ranks(means: pd.DataFrame, higher_is_better: pd.Series) -> Ranks:
-    """Average ranks of the arms over complete cells, and the Nemenyi critical difference (α=0.05).
-
-    Args:
-        means: one row a (task, arch) cell, one column an arm: the arm's mean primary metric.
-        higher_is_better: per row, whether larger values rank first.
-
-    Returns:
-        Ranks; `cd` None (with a note) when fewer than 2 arms or 2 complete cells.
-    """
-    complete = means.dropna(axis=0, how="any")
-    arms = tuple(str(a) for a in complete.columns)
-    if len(arms) < 2 or len(complete) < 2:
-        note = f"critical-difference diagram needs 2+ arms over 2+ complete cells; have {len(arms)} arm(s), {len(complete)} cell(s)"
-        return Ranks(arms, tuple(math.nan for _ in arms), len(complete), None, note)
-    signed = complete.mul(np.where(higher_is_better.loc[complete.index], -1.0, 1.0), axis=0)
-    ranks = signed.rank(axis=1, method="average").mean(axis=0)
-    k, n = len(arms), len(complete)
-    q = _Q05.get(k)
-    if q is None:
-        from scipy.stats import studentized_range
-
-        q = float(studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2))
-    cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
-    return Ranks(arms, tuple(float(ranks[a]) for a in arms), n, cd)
-
-
 def cd_png(ranks: Ranks) -> bytes:
     """A simple critical-difference diagram: arms on a rank axis, CD bar, non-different arms joined."""
     fig, (ax,) = _figure(6.0, 2.2 + 0.25 * len(ranks.arms))
@@ -251,35 +210,6 @@ def cd_png(ranks: Ranks) -> bytes:
 
 
 # ---------------------------------------------------------------- a study's figures
-
-
-def known_task_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose task medtl knows, with missing fractions read as full data (1.0)."""
-    known = {t.value for t in Task}
-    out = runs[runs["task"].isin(known)].copy()
-    out["data_fraction"] = out["data_fraction"].fillna(1.0)
-    return out
-
-
-def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Known-task runs that FINISHED (the ones statistics use; a diverged run counts with its best
-    checkpoint — the report drops diverged rows first when asked to exclude them)."""
-    out = known_task_runs(runs)
-    return out[out["status"] == "FINISHED"]
-
-
-def arm_order(groups: Sequence[object]) -> list[str]:
-    """Arms in display order: random, imagenet, domain, then the others sorted."""
-    names = [str(g) for g in groups]
-    return [a for a in MAIN_ARMS if a in names] + sorted(n for n in set(names) if n not in MAIN_ARMS)
-
-
-def at_chosen(frame: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
-    """Rows of `frame` at their arm's selected learning rate (chosen: task, arch, group, data_fraction, lr)."""
-    keys = ["task", "arch", "group", "data_fraction", "lr"]
-    if chosen.empty:
-        return frame.iloc[0:0]
-    return frame.merge(chosen[keys].astype({"lr": float, "data_fraction": float}), on=keys)
 
 
 def study_figures(
@@ -345,16 +275,3 @@ def _draw_all(jobs: list[tuple[str, Callable[..., bytes], tuple[object, ...]]], 
         return list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
 
-def study_ranks(runs: pd.DataFrame, chosen: pd.DataFrame) -> Ranks:
-    """Average ranks of the main arms on the mean test primary metric over full-data cells."""
-    ok = usable_runs(runs)
-    at = at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
-    if at.empty:
-        return average_ranks(pd.DataFrame(), pd.Series(dtype=bool))
-    metric = at["task"].map(lambda t: f"test_{primary_metric(t)[0]}")
-    values = [at.at[i, m] for i, m in metric.items()]
-    means = at.assign(v=np.asarray(values, float)).groupby(["task", "arch", "group"])["v"].mean()
-    table = means.unstack("group")
-    table = table[[g for g in arm_order(table.columns) if g in MAIN_ARMS]]
-    higher = pd.Series([primary_metric(t)[1] for t, _ in table.index], index=table.index)
-    return average_ranks(table, higher)

@@ -8,11 +8,9 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,202 +18,29 @@ import numpy as np
 import pandas as pd
 
 from medtl.evaluation import plots
+from medtl.evaluation.analysis import (
+    Analysis,
+    at_chosen,
+    chosen_lrs,
+    ratings_summary,
+    study_ranks,
+    summarize,
+    task_metrics,
+    usable_runs,
+)
 from medtl.evaluation.collect import StudyData
 from medtl.evaluation.links import run_url
-from medtl.evaluation.plots import KEYS, arm_order, at_chosen, known_task_runs
-from medtl.evaluation.selection import SET_ASIDE_COLUMNS, Selection, select_runs
-from medtl.evaluation.stats import RECORD_KEYS, ComparisonSet, compare, primary_metric
-from medtl.training.spec import TASKS, TEST_METRICS, Task
-
-EXTRA_SUMMARY = ("epochs_to_convergence", "emissions_kg", "energy_kwh", "duration_s")
-SUMMARY_COLUMNS = (
-    *KEYS, "metric", "n", "mean", "std", "median", "min", "max",
-    "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
+from medtl.evaluation.selection import (
+    SET_ASIDE_COLUMNS,
+    Selection,
+    select_runs,
 )
-CHEAP_ARM_SIZE = 8
-CELL_RECORD_KEYS = ("data_fraction", "fingerprint", "protocol", "n_duplicates_set_aside", "diverged_runs")
-"""Keys comparisons.json adds to each stats record: the cell's fraction and protocol, how many
-duplicate runs of the cell were set aside, and whether diverged runs were `counted` or `excluded`."""
+from medtl.evaluation.stats import primary_metric
+from medtl.training.schema import arm_order
+
 RUN_ID_COLUMNS = ("best run", "run_id", "kept_run_id")
 """Table columns whose cells are run ids (links to the MLflow UI when its address is known)."""
-_STATS_COLUMNS = (*KEYS, "seed", "status", "diverged", "epochs_to_convergence")
 Block = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """One mode's comparisons: one ComparisonSet per training-data fraction (largest first)."""
-
-    mode: str
-    per_lr: bool
-    sets: tuple[tuple[float, ComparisonSet], ...]
-    skipped_runs: int = 0
-    chosen_runs: Selection | None = None
-    exclude_diverged: bool = False
-
-    def records(self) -> list[dict[str, Any]]:
-        """comparisons.json: the stats records, each with CELL_RECORD_KEYS added."""
-        return [dict(r) for r in self._records]
-
-    @cached_property
-    def _records(self) -> tuple[dict[str, Any], ...]:
-        cells = _cell_info(self.chosen_runs)
-        out = []
-        for f, cs in self.sets:
-            for r in cs.to_records():
-                fingerprint, protocol, duplicates = cells.get((r["task"], r["arch"], f), (None, "", 0))
-                out.append({
-                    **r,
-                    "data_fraction": f,
-                    "fingerprint": fingerprint,
-                    "protocol": protocol,
-                    "n_duplicates_set_aside": duplicates,
-                    "diverged_runs": "excluded" if self.exclude_diverged else "counted",
-                })
-        return tuple(out)
-
-    def frame(self) -> pd.DataFrame:
-        """The records as a DataFrame."""
-        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, *CELL_RECORD_KEYS])
-
-    def selection(self) -> pd.DataFrame:
-        """The learning rate each arm is compared at, per fraction."""
-        frames = [cs.selection_frame().assign(data_fraction=f) for f, cs in self.sets]
-        return pd.concat(frames, ignore_index=True)
-
-
-def analyse(
-    runs: pd.DataFrame,
-    mode: str = "paper",
-    per_lr: bool = False,
-    *,
-    exclude_diverged: bool = False,
-    allow_mixed_pretrained: bool = False,
-    selection: Selection | None = None,
-) -> Analysis:
-    """Compare the arms in one mode, separately for each training-data fraction and protocol.
-
-    The runs first go through `selection.select_runs`: one run per grid point (the latest
-    FINISHED), cells with several protocol fingerprints split and labelled, a domain arm from
-    several pretrained versions refused.
-
-    Args:
-        runs: `collect(...).runs`.
-        mode: "paper" or "recommended" (see `stats.compare`).
-        per_lr: compare at every learning rate instead of each arm's selected one.
-        exclude_diverged: leave diverged runs out (default: counted at their best checkpoint).
-        allow_mixed_pretrained: compare a domain arm built from several pretrained versions.
-        selection: an existing selection of these runs (skips selecting again).
-
-    Returns:
-        Analysis with one ComparisonSet per fraction; runs of unknown tasks are counted, not used.
-
-    Raises:
-        StatsError: on an unknown mode.
-        MixedPretrainedError: several pretrained versions in one domain arm, not allowed.
-    """
-    if selection is None:
-        selection = select_runs(runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
-    runs = selection.runs
-    usable = known_task_runs(runs)
-    needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
-    usable = usable[needed].astype({c: object for c in ("task", "arch", "group", "status")})
-    fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant groups; noted per record
-        sets = tuple(
-            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr, exclude_diverged=exclude_diverged))
-            for f in fractions
-        )
-    return Analysis(mode, per_lr, sets, len(runs) - len(usable), selection, exclude_diverged)
-
-
-def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str | None, str, int]]:
-    """(task, arch label, fraction) → (fingerprint, protocol label, duplicates set aside)."""
-    if sel is None:
-        return {}
-    duplicates = sel.set_aside.groupby(["task", "arch", "data_fraction"]).size().to_dict()
-    out: dict[tuple[str, str, float], tuple[str | None, str, int]] = {}
-    for row in sel.protocols.itertuples(index=False):
-        key = (str(row.task), str(row.arch), float(row.data_fraction))
-        out.setdefault(key, (str(row.fingerprint), str(row.protocol), int(duplicates.get(key, 0))))
-    for key, n in duplicates.items():
-        cell = (str(key[0]), str(key[1]), float(key[2]))
-        if cell not in out:
-            out[cell] = (None, "", int(n))
-    return out
-
-
-def is_cheap(runs: pd.DataFrame) -> bool:
-    """Whether a second analysis mode is cheap: no arm holds more than CHEAP_ARM_SIZE runs."""
-    usable = known_task_runs(runs)
-    if usable.empty:
-        return True
-    return int(usable.groupby(list(KEYS), dropna=False).size().max()) <= CHEAP_ARM_SIZE
-
-
-def task_metrics(task: str) -> list[str]:
-    """A task's summary metrics: its test metrics, then epochs, emissions, energy, duration."""
-    return [f"test_{m}" for m in TEST_METRICS[TASKS[Task(task)].type]] + list(EXTRA_SUMMARY)
-
-
-def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
-    """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max.
-
-    Statistics use FINISHED runs with a finite value (diverged ones at their best checkpoint,
-    unless `exclude_diverged`); `n_runs`, `n_failed` and `n_diverged` count every run. Runs not
-    yet through `select_runs` are selected first (one per grid point, protocols split). `best_run_id` is the usable run with the best validation
-    primary metric (direction-aware) and `best_val` that value.
-
-    Args:
-        runs: `collect(...).runs`.
-
-    Returns:
-        The summary.csv table (SUMMARY_COLUMNS), sorted by its keys.
-    """
-    if "protocol" not in runs.columns:
-        runs = select_runs(runs, allow_mixed_pretrained=True).runs
-    data = known_task_runs(runs)
-    if data.empty:
-        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    data["_usable"] = (data["status"] == "FINISHED") & ~(data["diverged"] & exclude_diverged)
-    data["_div"] = (data["status"] == "FINISHED") & data["diverged"]
-    cells, values = [], []
-    for task, rows in data.groupby("task"):
-        metrics = pd.DataFrame({"metric": task_metrics(str(task))})
-        cells.append(rows[list(KEYS)].drop_duplicates().merge(metrics, how="cross"))
-        long = rows[rows["_usable"]].melt(id_vars=list(KEYS), value_vars=metrics["metric"].tolist(), var_name="metric")
-        values.append(long[np.isfinite(long["value"].astype(float))])
-    long = pd.concat(values, ignore_index=True)
-    long["value"] = long["value"].astype(float)
-    stats = long.groupby([*KEYS, "metric"], dropna=False)["value"].agg(["count", "mean", "std", "median", "min", "max"])
-    table = pd.concat(cells, ignore_index=True).merge(stats.reset_index(), on=[*KEYS, "metric"], how="left")
-    table = table.rename(columns={"count": "n"})
-    table["n"] = table["n"].fillna(0).astype(int)
-    counts = data.groupby(list(KEYS), dropna=False).agg(
-        n_runs=("run_id", "size"), n_failed=("failed", "sum"), n_diverged=("_div", "sum")
-    )
-    table = table.merge(counts.reset_index(), on=list(KEYS), how="left")
-    table = table.merge(_best_runs(data), on=list(KEYS), how="left")
-    return table.sort_values([*KEYS, "metric"], kind="stable").reset_index(drop=True).loc[:, list(SUMMARY_COLUMNS)]
-
-
-def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for key, group in data[data["_usable"]].groupby(list(KEYS), dropna=False):
-        metric, higher = primary_metric(key[0])
-        val = group[f"best_val_{metric}"].astype(float)
-        if not np.isfinite(val).any():
-            continue
-        idx = val.idxmax() if higher else val.idxmin()
-        rows.append((*key, group.at[idx, "run_id"], float(val[idx])))
-    return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
-
-
-def chosen_lrs(analysis: Analysis) -> pd.DataFrame:
-    """The selected learning rates (task, arch, group, data_fraction, lr), selectable ones only."""
-    sel = analysis.selection()
-    return sel.loc[sel["lr"].notna(), ["task", "arch", "group", "data_fraction", "lr"]]
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -291,7 +116,7 @@ def render(
             stale.unlink()
     blocks = report_blocks(data, summary, analyses, pngs, selection)
     if ratings is not None and not ratings.empty:
-        from medtl.evaluation.ratings import ratings_figure, ratings_summary
+        from medtl.evaluation.ratings import ratings_figure
 
         pngs["reader_ratings.png"] = ratings_figure(ratings) if figures else b""
         if figures:
@@ -452,11 +277,11 @@ def report_blocks(
     sel = sel.assign(lr=sel["lr"].map(_num), mean_val=sel["mean_val"].map(_num))
     blocks += [("h", 2, "Learning-rate selection (validation only)"), ("table", sel)]
     blocks.append(("h", 2, "Emissions"))
-    ok = plots.usable_runs(runs)
+    ok = usable_runs(runs)
     for col in ("epochs_to_convergence", "epochs_run"):
         r, n = plots.pearson(ok[col].to_numpy(float), ok["emissions_kg"].to_numpy(float))
         blocks.append(("p", f"Pearson r between emissions_kg and {col}: {_num(r, 3)} over {n} runs."))
-    ranks = plots.study_ranks(runs, chosen)
+    ranks = study_ranks(runs, chosen)
     blocks.append(("h", 2, "Average ranks of the arms"))
     if ranks.cd is None:
         blocks.append(("p", ranks.note or "undefined"))

@@ -54,6 +54,19 @@ class Selection:
         return len(self.set_aside)
 
 
+def validation_rank_key(value: float, val_loss: float, start_time: object, higher_is_better: bool) -> tuple:
+    """Sort key, best run first: the validation metric (direction-aware), then the lower validation
+    loss, then the earlier run. The one rule for "best run" (report summaries, promotion, Grad-CAM).
+
+    Args:
+        value: the run's `best_val_<primary>`.
+        val_loss: its `best_val_loss` (inf when missing).
+        start_time: its start (any orderable value: ms since the epoch, a timestamp).
+        higher_is_better: the metric's direction.
+    """
+    return (-value if higher_is_better else value, val_loss, start_time)
+
+
 def select_runs(
     runs: pd.DataFrame, *, exclude_diverged: bool = False, allow_mixed_pretrained: bool = False
 ) -> Selection:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from medtl.errors import UserError
+from medtl.evaluation.analysis import EXTRA_SUMMARY, analyse, summarize
 from medtl.evaluation.collect import (
     STUDY_NAME,
     UnknownStudyError,
@@ -27,7 +28,8 @@ from medtl.evaluation.collect import (
     resolve_tracking_uri,
 )
 from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.report import EXTRA_SUMMARY, analyse, render, summarize
+from medtl.evaluation.reader_ratings import collect_ratings
+from medtl.evaluation.report import render
 from medtl.evaluation.stats import MODES
 from medtl.training.spec import TEST_METRICS, Arch, Task
 
@@ -194,7 +196,8 @@ class EvaluationService:
 
         def build() -> bytes:
             with tempfile.TemporaryDirectory(prefix="medtl-report-") as tmp:
-                render(self._data(study), [self._analysis(study, mode)], Path(tmp))
+                ratings = collect_ratings(self.tracking_uri, study)
+                render(self._data(study), [self._analysis(study, mode)], Path(tmp), ratings=ratings)
                 return (Path(tmp) / "report.html").read_bytes()
 
         return Response(200, "text/html; charset=utf-8", self._cached(study, f"html:{mode}", build))

@@ -30,13 +30,13 @@ from medtl.evaluation.stats_exact import (
     ttest_pair,
     undefined,
 )
+from medtl.training.schema import arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Task, parse_enum
 
 MODES = ("paper", "recommended")
 ALPHA = 0.05
 FINISHED = "FINISHED"
 EPOCHS = "epochs_to_convergence"
-MAIN_ARMS = ("random", "imagenet", "domain")
 MULTI_MODALITY = "domain"
 VARIANT_PREFIX = "domain-"
 REQUIRED_COLUMNS = ("task", "arch", "group", "lr", "seed", "status", "diverged")
@@ -520,12 +520,7 @@ def _counts(data: pd.DataFrame) -> tuple[ArmCount, ...]:
 
 
 def _ordered(groups: Sequence[str]) -> list[str]:
-    def key(g: str) -> tuple[int, int, str]:
-        if g in MAIN_ARMS:
-            return (0, MAIN_ARMS.index(g), g)
-        return (2 if g.startswith(VARIANT_PREFIX) else 1, 0, g)
-
-    return sorted(map(str, groups), key=key)
+    return arm_order(groups, last_prefix=VARIANT_PREFIX)
 
 
 def _merge(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

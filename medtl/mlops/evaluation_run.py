@@ -1,4 +1,8 @@
-"""Evaluate a study: collect its runs, compare the arms, render the report, log it as an MLflow run."""
+"""Evaluate a study: collect its runs, compare the arms, render the report, log it as an MLflow run.
+
+Imports neither torch nor (until the report is logged) MLflow: `medtl evaluate` spends its time on
+the study, not on loading libraries it does not use.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
+from medtl.evaluation.analysis import Analysis, analyse, is_cheap, summarize
 from medtl.evaluation.collect import StudyData, collect
 from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.report import (
-    Analysis,
-    Verdict,
-    analyse,
-    is_cheap,
-    render,
-    summarize,
-    verdicts,
-)
+from medtl.evaluation.reader_ratings import collect_ratings
+from medtl.evaluation.report import Verdict, render, verdicts
 from medtl.evaluation.selection import select_runs
 from medtl.evaluation.stats import MODES, StatsError
-from medtl.mlops import tracking as T
+from medtl.provenance import git_commit
+from medtl.redact import mask_url
+from medtl.training import schema as S
 
 logger = logging.getLogger(__name__)
-EVALUATION = "evaluation"
+EVALUATION = S.Stage.EVALUATION.value
+REPORT_FOLDER_TAG = "medtl.report_folder"
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ def evaluate(
     """
     if mode not in MODES:
         raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
     selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
     options = {"exclude_diverged": exclude_diverged, "selection": selection}
@@ -117,8 +115,6 @@ def evaluate(
     if is_cheap(selection.runs):
         analyses.append(analyse(data.runs, other, per_lr, **options))
     folder = Path(out) if out is not None else Path("reports") / study
-    from medtl.mlops.reader_study import collect_ratings
-
     render(data, analyses, folder, ratings=collect_ratings(uri, study), ui_url=ui_url)
     if log:
         log_evaluation(data, analyses[0], folder, uri)
@@ -132,12 +128,15 @@ def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_u
     Returns:
         The run id.
     """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri)
     runs = data.runs
     tags = {
-        T.STAGE_TAG: EVALUATION,
-        T.STUDY_TAG: data.study,
-        "medtl.git_commit": T.git_commit(),
+        S.STAGE_TAG: EVALUATION,
+        S.STUDY_TAG: data.study,
+        S.GIT_COMMIT_TAG: git_commit(),
         "mlflow.runName": f"evaluation {data.study} ({analysis.mode})",
     }
     run = client.create_run(data.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
@@ -157,12 +156,13 @@ def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_u
             run_id,
             metrics=[Metric(k, float(v), 0, 0) for k, v in counts.items()],
             params=[Param(k, v) for k, v in params.items()],
-            tags=[RunTag("medtl.report_folder", str(folder.resolve()))],
+            tags=[RunTag(REPORT_FOLDER_TAG, str(folder.resolve()))],
         )
         client.log_artifacts(run_id, str(folder), artifact_path="report")
     except BaseException as exc:
-        T.end_run(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        client.set_tag(run_id, S.FAILURE_TAG, mask_url(f"{type(exc).__name__}: {exc}".splitlines()[0])[:5000])
+        client.set_terminated(run_id, status="FAILED")
         raise
-    T.end_run(client, run_id, "FINISHED")
+    client.set_terminated(run_id, status="FINISHED")
     logger.info("logged evaluation run %s", run_id)
     return run_id

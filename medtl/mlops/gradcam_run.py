@@ -23,14 +23,14 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.mlops import tracking as T
 from medtl.mlops.registry import RUN_TAG, champion
-from medtl.mlops.runner import experiment_name
+from medtl.training import schema as S
+from medtl.training.schema import MAIN_ARMS, arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Arch, RunSpec, Task, TaskType, parse_enum
 
 log = logging.getLogger(__name__)
 
-GRADCAM_STAGE = "gradcam"
+GRADCAM_STAGE = S.Stage.GRADCAM.value
 EXPLAINS_PREFIX = "medtl.explains."
-MAIN_ARMS = ("random", "imagenet", "domain")
 _ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -50,11 +50,6 @@ class GradcamOutcome:
     feature_map: tuple[int, int]
 
 
-def arm_order(arms: list[str] | set[str]) -> list[str]:
-    """random, imagenet, domain first, then any other arm (domain-MR, …) alphabetically."""
-    return sorted(arms, key=lambda a: (MAIN_ARMS.index(a) if a in MAIN_ARMS else len(MAIN_ARMS), a))
-
-
 def sample_name(number: int, total: int) -> str:
     """`sample-07`: 1-based, zero-padded to the width of `total` (at least two digits)."""
     return f"sample-{number:0{max(2, len(str(total)))}d}"
@@ -68,8 +63,8 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=(
-            f"tags.`{T.STAGE_TAG}` = 'finetune' and tags.`medtl.task` = '{task.value}' "
-            f"and tags.`medtl.arch` = '{arch.value}'"
+            f"tags.`{S.STAGE_TAG}` = '{S.Stage.FINETUNE.value}' and tags.`{S.TASK_TAG}` = '{task.value}' "
+            f"and tags.`{S.ARCH_TAG}` = '{arch.value}'"
         ),
         max_results=50_000,
     )
@@ -110,7 +105,7 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
 
 
 def _arm_of(run: Any) -> str | None:
-    arm = run.data.tags.get(T.GROUP_TAG)
+    arm = run.data.tags.get(S.GROUP_TAG)
     if not arm:
         try:
             arm = RunSpec.from_params(run.data.params).group
@@ -167,7 +162,7 @@ def gradcam_study(
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     dev = _device(device, torch.cuda.is_available())
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     choices = choose_runs(client, study, task_, arch_)
     with tempfile.TemporaryDirectory(prefix="medtl-gradcam-") as tmp:
@@ -285,13 +280,13 @@ def _log_run(
     client: MlflowClient, uri: str, study: str, task: Task, arch: Arch, choices: dict[str, ArmChoice], out: Path,
     params: dict[str, Any],
 ) -> str:
-    experiment_id = T.get_or_create_experiment(client, experiment_name(study), uri)
+    experiment_id = T.get_or_create_experiment(client, S.study_experiment(study), uri)
     tags = {
-        T.STAGE_TAG: GRADCAM_STAGE,
-        T.STUDY_TAG: study,
-        "medtl.task": task.value,
-        "medtl.arch": arch.value,
-        "medtl.git_commit": T.git_commit(),
+        S.STAGE_TAG: GRADCAM_STAGE,
+        S.STUDY_TAG: study,
+        S.TASK_TAG: task.value,
+        S.ARCH_TAG: arch.value,
+        S.GIT_COMMIT_TAG: T.git_commit(),
         **{f"{EXPLAINS_PREFIX}{arm}": c.run_id for arm, c in choices.items()},
     }
     name = f"gradcam {task.value} {arch.value}"

@@ -21,7 +21,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
-from medtl.mlops import tracking as T
+from medtl.evaluation.collect import list_studies
+from medtl.evaluation.selection import validation_rank_key
 from medtl.mlops.registry import (
     CHAMPION,
     RUN_TAG,
@@ -29,10 +30,9 @@ from medtl.mlops.registry import (
     log_registered_version,
     move_champion_if_better,
 )
-from medtl.mlops.runner import experiment_name
+from medtl.training import schema as S
+from medtl.training.schema import FINGERPRINT_TAG
 from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec, protocol_fingerprint
-
-FINGERPRINT_TAG = "medtl.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,20 @@ class Promotion:
     other_fingerprints: int = 0  # fingerprints of the cell that did not compete
 
 
-def list_studies(client: MlflowClient) -> list[str]:
-    names = [e.name for e in client.search_experiments(max_results=1000)]
-    return sorted(n.removeprefix("medtl/") for n in names if n.startswith("medtl/") and n != "medtl/pretrain")
-
-
 def study_experiment(client: MlflowClient, study: str):
     """The experiment of `study`, or UserError listing the known studies."""
-    experiment = client.get_experiment_by_name(experiment_name(study))
+    experiment = client.get_experiment_by_name(S.study_experiment(study))
     if experiment is None:
-        known = ", ".join(list_studies(client)) or "none"
+        known = ", ".join(list_studies(client.tracking_uri)) or "none"
         raise UserError(f"unknown study {study!r}; known studies: {known}")
     return experiment
 
 
 def validation_rank(metric: str, higher_is_better: bool):
-    """Sort key, best run first: the validation metric (direction-aware), then val loss, then the earlier run."""
-    sign = -1.0 if higher_is_better else 1.0
-    return lambda r: (sign * r.data.metrics[metric], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time)
+    """Sort key over MLflow runs, best run first (the rule: `selection.validation_rank_key`)."""
+    return lambda r: validation_rank_key(
+        r.data.metrics[metric], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time, higher_is_better
+    )
 
 
 def run_fingerprint(run) -> str:  # noqa: ANN001 - an MLflow Run
@@ -106,7 +102,7 @@ def candidates(
     experiment = study_experiment(client, study)
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{T.STAGE_TAG}` = 'finetune' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{S.STAGE_TAG}` = '{S.Stage.FINETUNE.value}' and attributes.status = 'FINISHED'",
         max_results=50_000,
     )
     cells: dict[tuple[str, str], list] = defaultdict(list)
@@ -148,8 +144,8 @@ def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, 
     return {
         **{f"spec.{k}": v for k, v in spec.to_params().items()},
         **{f"metric.{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
-        "medtl.study": study,
-        "medtl.group": spec.group,
+        S.STUDY_TAG: study,
+        S.GROUP_TAG: spec.group,
         FINGERPRINT_TAG: fingerprint,
     }
 
@@ -169,7 +165,7 @@ def promote(
     """
     from medtl.training.inference import load_predictor
 
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     done = []
     for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):

@@ -23,15 +23,12 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
-from medtl.mlops import tracking as T
-from medtl.mlops.gradcam_run import EXPLAINS_PREFIX, GRADCAM_STAGE, arm_order, sample_name
-from medtl.mlops.runner import experiment_name
+from medtl.evaluation.reader_ratings import KEY_PATH, RATINGS_COLUMNS, read_key
+from medtl.mlops.gradcam_run import EXPLAINS_PREFIX, sample_name
+from medtl.training import schema as S
 
-KEY_PATH = "reader/key.json"
 SHEET = "rating_sheet.csv"
 SHEET_COLUMNS = ("image", "label", "score", "comment")
-RATINGS_COLUMNS = ("image", "label", "arm", "score", "comment", "rater")
-COLLECTED_COLUMNS = ("gradcam_run", "task", "arch", "sample", *RATINGS_COLUMNS)
 RATER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MAX_SHOWN = 8
 INSTRUCTIONS = """Heatmap rating packet
@@ -73,9 +70,9 @@ def gradcam_arms(client: MlflowClient, run_id: str) -> tuple[Any, dict[str, str]
         run = client.get_run(run_id)
     except Exception:
         raise ReaderError(f"no MLflow run {run_id!r} in this tracking store; pass the id `medtl gradcam` printed") from None
-    if run.data.tags.get(T.STAGE_TAG) != GRADCAM_STAGE:
-        stage = run.data.tags.get(T.STAGE_TAG, "none")
-        raise ReaderError(f"run {run_id} is a {stage} run, not a gradcam run (tag {T.STAGE_TAG}={GRADCAM_STAGE})")
+    if run.data.tags.get(S.STAGE_TAG) != S.Stage.GRADCAM.value:
+        stage = run.data.tags.get(S.STAGE_TAG, "none")
+        raise ReaderError(f"run {run_id} is a {stage} run, not a gradcam run (tag {S.STAGE_TAG}={S.Stage.GRADCAM.value})")
     arms = {k.removeprefix(EXPLAINS_PREFIX): v for k, v in run.data.tags.items() if k.startswith(EXPLAINS_PREFIX)}
     if len(arms) < 2:
         raise ReaderError(f"gradcam run {run_id} explains {len(arms)} arm(s); a reader study needs at least two")
@@ -86,7 +83,7 @@ def make_key(arms: list[str], n_images: int, seed: int) -> dict[str, Any]:
     """Per image, a seeded shuffle of the arms onto the labels a, b, c…."""
     import numpy as np
 
-    ordered = arm_order(arms)
+    ordered = S.arm_order(arms)
     labels = list(string.ascii_lowercase[: len(ordered)])
     rng = np.random.default_rng(seed)
     images = {}
@@ -118,13 +115,13 @@ def write_packet(run_id: str, out: str | Path, *, seed: int = 0, tracking_uri: s
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ReaderError(f"{out} exists and is not an empty folder; choose a new --out")
-    client = MlflowClient(T.resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(S.resolve_tracking_uri(tracking_uri))
     run, arms = gradcam_arms(client, run_id)
     n_images = int(run.data.params.get("n_images", "0"))
     if n_images < 1:
         raise ReaderError(f"gradcam run {run_id} records no images (param n_images)")
     key = make_key(list(arms), n_images, seed)
-    existing = _existing_key(client, run_id)
+    existing = read_key(client, run_id)
     if existing is not None and existing != key:
         raise ReaderError(
             f"gradcam run {run_id} already holds a reader key made with --seed {existing.get('seed')}; "
@@ -160,18 +157,10 @@ def write_packet(run_id: str, out: str | Path, *, seed: int = 0, tracking_uri: s
     return Packet(out, n_images, tuple(key["labels"]))
 
 
-def _existing_key(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
-    names = {a.path for a in client.list_artifacts(run_id, "reader")}
-    if KEY_PATH not in names:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, KEY_PATH, tmp)).read_text())
-
-
 def load_key(client: MlflowClient, run_id: str) -> dict[str, Any]:
     """The reader key of gradcam run `run_id`; ReaderError if no packet was made from it yet."""
     gradcam_arms(client, run_id)
-    key = _existing_key(client, run_id)
+    key = read_key(client, run_id)
     if key is None:
         raise ReaderError(f"gradcam run {run_id} has no reader key: run `medtl reader-packet --gradcam-run {run_id} --out DIR` first")
     return key
@@ -255,7 +244,7 @@ def import_ratings(sheet: str | Path, run_id: str, *, rater: str | None = None, 
         text = sheet.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ReaderError(f"cannot read {sheet}: {type(exc).__name__}") from None
-    client = MlflowClient(T.resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(S.resolve_tracking_uri(tracking_uri))
     key = load_key(client, run_id)
     rows = check_sheet(text, key, source=str(sheet))
     buf = io.StringIO()
@@ -271,42 +260,3 @@ def import_ratings(sheet: str | Path, run_id: str, *, rater: str | None = None, 
     _log_text(client, run_id, artifact, buf.getvalue())
     means = {arm: sum(v) / len(v) for arm, v in sorted(sums.items())}
     return Imported(rater, len(rows), replaced, means)
-
-
-def collect_ratings(tracking_uri: str | None, study: str) -> Any:
-    """Every rating of the study: one row per (gradcam run, rater, image, label).
-
-    Reads `reader/ratings-*.csv` of every gradcam run in experiment `medtl/<study>`; columns
-    gradcam_run, task, arch, sample, image, label, arm, score (int), comment, rater. An unknown
-    study or one without ratings gives an empty frame with these columns.
-    """
-    import pandas as pd
-
-    client = MlflowClient(T.resolve_tracking_uri(tracking_uri))
-    experiment = client.get_experiment_by_name(experiment_name(study))
-    empty = pd.DataFrame({c: pd.Series(dtype="int64" if c == "score" else "object") for c in COLLECTED_COLUMNS})
-    if experiment is None:
-        return empty
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{T.STAGE_TAG}` = '{GRADCAM_STAGE}'", max_results=10_000
-    )
-    frames = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in runs:
-            files = [a.path for a in client.list_artifacts(run.info.run_id, "reader")]
-            ratings = sorted(p for p in files if re.fullmatch(r"reader/ratings-[A-Za-z0-9_.-]+\.csv", p))
-            if not ratings:
-                continue
-            key = _existing_key(client, run.info.run_id) or {"images": {}}
-            for path in ratings:
-                local = client.download_artifacts(run.info.run_id, path, str(Path(tmp) / run.info.run_id))
-                frame = pd.read_csv(local, dtype={"image": str, "label": str, "arm": str, "rater": str, "comment": str}, keep_default_na=False)
-                frame["score"] = frame["score"].astype("int64")
-                frame.insert(0, "sample", [key["images"].get(i, {}).get("sample", "") for i in frame["image"]])
-                frame.insert(0, "arch", run.data.tags.get("medtl.arch", ""))
-                frame.insert(0, "task", run.data.tags.get("medtl.task", ""))
-                frame.insert(0, "gradcam_run", run.info.run_id)
-                frames.append(frame[list(COLLECTED_COLUMNS)])
-    if not frames:
-        return empty
-    return pd.concat(frames, ignore_index=True)

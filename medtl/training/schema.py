@@ -69,10 +69,22 @@ def study_of_experiment(name: str) -> str | None:
     return name[len(EXPERIMENT_PREFIX) :] or None
 
 
-def arm_order(arms: Iterable[object]) -> list[str]:
-    """random, imagenet, domain first, then any other arm (domain-MR, …) alphabetically; no duplicates."""
+def arm_order(arms: Iterable[object], last_prefix: str | None = None) -> list[str]:
+    """random, imagenet, domain first, then any other arm (domain-MR, …) alphabetically; no duplicates.
+
+    Args:
+        arms: arm names (anything `str` turns into one).
+        last_prefix: arms starting with it go after every other arm (alphabetically among themselves).
+    """
     names = {str(a) for a in arms}
-    return sorted(names, key=lambda a: (MAIN_ARMS.index(a) if a in MAIN_ARMS else len(MAIN_ARMS), a))
+
+    def key(a: str) -> tuple[int, str]:
+        if a in MAIN_ARMS:
+            return (MAIN_ARMS.index(a), a)
+        late = last_prefix is not None and a.startswith(last_prefix)
+        return (len(MAIN_ARMS) + int(late), a)
+
+    return sorted(names, key=key)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

@@ -10,9 +10,10 @@ import json
 
 import pytest
 
+from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
 from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.report import analyse, render
+from medtl.evaluation.report import render
 from medtl.evaluation.selection import MixedPretrainedError, select_runs
 from medtl.mlops.cli import main
 from medtl.training.spec import RunSpec

@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from medtl.errors import UserError
-from medtl.evaluation.ratings import ratings_figure, ratings_summary, render_ratings_markdown
+from medtl.evaluation.analysis import ratings_summary
+from medtl.evaluation.ratings import ratings_figure, render_ratings_markdown
 
 SCORES = {
     ("domain", "r1"): [5, 4, 5, 4, 3, 5],

@@ -10,9 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtl.evaluation.analysis import (
+    CELL_RECORD_KEYS,
+    SUMMARY_COLUMNS,
+    Ranks,
+    analyse,
+    average_ranks,
+    summarize,
+)
 from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS, Ranks, average_ranks, cd_png
-from medtl.evaluation.report import CELL_RECORD_KEYS, SUMMARY_COLUMNS, analyse, render, summarize
+from medtl.evaluation.plots import CURVE_EPOCHS, cd_png
+from medtl.evaluation.report import render
 from medtl.evaluation.stats import RECORD_KEYS
 
 from .conftest import STUDY

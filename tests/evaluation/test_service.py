@@ -12,9 +12,10 @@ import urllib.request
 import pandas as pd
 import pytest
 
+from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
 from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.report import analyse, render
+from medtl.evaluation.report import render
 from medtl.evaluation.service import EvaluationService, make_server
 
 from .conftest import STUDY

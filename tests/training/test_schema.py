@@ -25,6 +25,12 @@ def test_arm_order_puts_the_study_arms_first():
     ]
 
 
+def test_arm_order_can_put_variants_last():
+    arms = ["domain-CR", "zeta", "domain", "random", "alpha"]
+    assert schema.arm_order(arms, last_prefix="domain-") == ["random", "domain", "alpha", "zeta", "domain-CR"]
+    assert schema.arm_order(arms) == ["random", "domain", "alpha", "domain-CR", "zeta"]
+
+
 def test_experiment_names_round_trip_and_skip_pretraining():
     assert schema.study_of_experiment(schema.study_experiment("paper")) == "paper"
     assert schema.study_of_experiment(schema.PRETRAIN_EXPERIMENT) is None

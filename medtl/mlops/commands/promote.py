@@ -31,14 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
-
     from medtl.errors import UserError
-    from medtl.mlops.promote import list_studies, promote
-    from medtl.mlops.tracking import resolve_tracking_uri
+    from medtl.evaluation.collect import list_studies
+    from medtl.mlops.promote import promote
+    from medtl.training.schema import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    studies = [args.study] if args.study else list_studies(MlflowClient(uri))
+    studies = [args.study] if args.study else list_studies(uri)
     if not studies:
         raise UserError("no study in the tracking store yet: run `medtl sweep` first")
     fraction = _fraction(args.fraction)

@@ -6,9 +6,12 @@ import argparse
 from pathlib import Path
 
 from medtl.mlops.cli import add_tracking_uri
+from medtl.training import schema as S
+from medtl.training.schema import PRETRAIN_EXPERIMENT, STAGE_TAG, Stage
 
-EXPERIMENT = "medtl/pretrain"
-STAGE = "pseudolabel"
+EXPERIMENT = PRETRAIN_EXPERIMENT
+STAGE = Stage.PSEUDOLABEL.value
+DATA_TAG = "medtl.data"
 DESCRIPTION = """\
 Features from header fields (one-hot modality / body part, scaled numeric fields), image
 embeddings (PCA of 32x32 thumbnails + intensity / texture statistics) and optionally report text
@@ -54,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
                          reports=args.reports)
     from medtl.mlops import tracking as T
 
-    uri = T.resolve_tracking_uri(args.tracking_uri)
+    uri = S.resolve_tracking_uri(args.tracking_uri)
     mlflow.set_tracking_uri(uri)
     # Created through medtl, so its artifacts sit beside the store (mlartifacts/), not in ./mlruns.
     mlflow.set_experiment(experiment_id=T.get_or_create_experiment(mlflow.MlflowClient(uri), args.experiment, uri))
     with mlflow.start_run(run_name=f"pseudolabel-k{args.clusters}") as active:
-        mlflow.set_tags({"medtl.stage": STAGE, "medtl.data": str(folder.resolve())})
+        mlflow.set_tags({STAGE_TAG: STAGE, DATA_TAG: str(folder.resolve())})
         mlflow.log_params(result.params)
         mlflow.log_metrics(result.metrics)
         sizes = result.summary[["cluster", "size"]].itertuples(index=False)
