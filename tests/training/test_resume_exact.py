@@ -107,7 +107,11 @@ def _ddp_worker(rank: int, folder: str) -> None:
             callbacks=[EarlyStopping(2), *extra],
         )
         # Resume on every rank: only rank 0 reads last.pt; the payload reaches rank 1 by broadcast.
-        payload = broadcast_resume(load_checkpoint(ckpt.last_path) if rank == 0 else None)
+        saved = None
+        if rank == 0:
+            saved = load_checkpoint(ckpt.last_path)
+            saved["loop"]["should_stop"] = False  # as if saved mid-run, so the resumed fit trains on
+        payload = broadcast_resume(saved)
         again = _TinyBN()
         resumed = fit(
             again, adapter, train, val, targets, lr=1.0, max_epochs=state.epoch + 1, runtime=runtime,
