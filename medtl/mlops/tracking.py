@@ -213,7 +213,9 @@ def git_commit() -> str:
 
 def source_tags(commit: str | None = None) -> dict[str, str]:
     """MLflow's own source tags (the UI's Source, commit and user fields) for a run started here."""
-    entry = [Path(sys.argv[0]).name or "python", *sys.argv[1:2]] if sys.argv else ["python"]
+    # The program and its subcommand (`medtl worker`), never a path argument: folders can name people.
+    command = [a for a in sys.argv[1:2] if "/" not in a and "\\" not in a and not a.startswith("-")]
+    entry = [Path(sys.argv[0]).name or "python", *command] if sys.argv else ["python"]
     tags = {
         "mlflow.source.name": " ".join(entry),
         "mlflow.source.type": "LOCAL",

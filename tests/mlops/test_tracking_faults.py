@@ -181,3 +181,12 @@ def test_system_metrics_can_be_turned_off_and_refuse_bad_values(tracking_uri, mo
     monkeypatch.setenv("MEDTL_SYSTEM_METRICS_S", "often")
     with pytest.raises(UserError, match="MEDTL_SYSTEM_METRICS_S"):
         T.SystemMetrics(run_id, tracking_uri)
+
+
+def test_source_tags_name_the_command_never_a_path(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/opt/venv/bin/medtl", "worker", "--study", "x.yaml"])
+    assert T.source_tags()["mlflow.source.name"] == "medtl worker"
+    monkeypatch.setattr("sys.argv", ["/opt/venv/bin/medtl", "/data/Doe_Jane/scans"])
+    tags = T.source_tags()
+    assert tags["mlflow.source.name"] == "medtl" and "Doe" not in str(tags)
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
