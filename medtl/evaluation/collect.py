@@ -394,7 +394,7 @@ class _SqlReader:
     def experiments(self) -> dict[str, str]:
         rows = self._query(
             "SELECT name, experiment_id FROM experiments "
-            "WHERE lifecycle_stage = 'active' AND name LIKE 'medtl/%' ORDER BY experiment_id"
+            f"WHERE lifecycle_stage = 'active' AND name LIKE '{S.EXPERIMENT_PREFIX}%' ORDER BY experiment_id"
         )
         return _studies((name, str(eid)) for name, eid in rows)
 
@@ -407,7 +407,7 @@ class _SqlReader:
         )
         tags = self._query(
             f"SELECT t.run_uuid, t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
-            f"WHERE {active} AND (t.key LIKE 'medtl.%' OR t.key = '{S.PARENT_TAG}')",
+            f"WHERE {active} AND (t.key LIKE '{S.TAG_PREFIX}%' OR t.key = '{S.PARENT_TAG}')",
             e=eid,
         )
         params = self._query(
@@ -499,7 +499,7 @@ class _HttpReader:
             raise UserError(f"cannot read tracking store {mask_uri(self.uri)}: {msg}") from None
 
     def experiments(self) -> dict[str, str]:
-        exps = self._call(self.client.search_experiments, filter_string="name LIKE 'medtl/%'")
+        exps = self._call(self.client.search_experiments, filter_string=f"name LIKE '{S.EXPERIMENT_PREFIX}%'")
         return _studies((e.name, str(e.experiment_id)) for e in exps)
 
     def runs(self, experiment_id: str) -> tuple[pd.DataFrame, ...]:
@@ -519,7 +519,7 @@ class _HttpReader:
                 tags += [
                     (rid, k, v)
                     for k, v in run.data.tags.items()
-                    if k.startswith("medtl.") or k == S.PARENT_TAG
+                    if k.startswith(S.TAG_PREFIX) or k == S.PARENT_TAG
                 ]
                 latest += [(rid, k, float(v)) for k, v in run.data.metrics.items()]
             token = page.token

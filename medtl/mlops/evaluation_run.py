@@ -23,7 +23,6 @@ from medtl.training import schema as S
 
 logger = logging.getLogger(__name__)
 EVALUATION = S.Stage.EVALUATION.value
-REPORT_FOLDER_TAG = "medtl.report_folder"
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_u
             run_id,
             metrics=[Metric(k, float(v), 0, 0) for k, v in counts.items()],
             params=[Param(k, v) for k, v in params.items()],
-            tags=[RunTag(REPORT_FOLDER_TAG, str(folder.resolve()))],
+            tags=[RunTag(S.REPORT_FOLDER_TAG, str(folder.resolve()))],
         )
         client.log_artifacts(run_id, str(folder), artifact_path="report")
     except BaseException as exc:

@@ -28,6 +28,7 @@ class Stage(StrEnum):
 
 
 # Tags medtl writes (and reads back).
+TAG_PREFIX = "medtl."
 STAGE_TAG = "medtl.stage"
 RUN_KEY_TAG = "medtl.run_key"
 FINGERPRINT_TAG = "medtl.fingerprint"
@@ -39,6 +40,10 @@ GIT_COMMIT_TAG = "medtl.git_commit"
 FAILURE_TAG = "medtl.failure_reason"
 STOP_REASON_TAG = "medtl.stop_reason"
 RESUMED_FROM_TAG = "medtl.resumed_from_epoch"
+REPORT_FOLDER_TAG = "medtl.report_folder"
+"""On an evaluation run: the local folder its report was rendered into."""
+DATA_TAG = "medtl.data"
+"""On a pseudolabel run: the ingest folder it labelled."""
 # MLflow's own tags, filled so its UI shows parent, description and kind.
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"

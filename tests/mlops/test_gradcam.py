@@ -285,6 +285,11 @@ def test_import_round_trips_to_the_arms(demo, packet, tmp_path, capsys):
     assert "Reader study: blinded Grad-CAM ratings" in markdown and "reader_ratings.png" in markdown
     assert (tmp_path / "report" / "plots" / "reader_ratings.png").stat().st_size > 1000
     assert "Reader study" in html.read_text()
+    # `medtl serve` renders the same report, reader-study section included.
+    from medtl.evaluation.service import EvaluationService
+
+    served = EvaluationService(demo["uri"]).handle("GET", "/studies/xai/report.html")
+    assert served.status == 200 and "Reader study: blinded Grad-CAM ratings" in served.body.decode()
 
 
 def _edit(path: Path, change) -> Path:

@@ -11,7 +11,6 @@ from medtl.training.schema import PRETRAIN_EXPERIMENT, STAGE_TAG, Stage
 
 EXPERIMENT = PRETRAIN_EXPERIMENT
 STAGE = Stage.PSEUDOLABEL.value
-DATA_TAG = "medtl.data"
 DESCRIPTION = """\
 Features from header fields (one-hot modality / body part, scaled numeric fields), image
 embeddings (PCA of 32x32 thumbnails + intensity / texture statistics) and optionally report text
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     # Created through medtl, so its artifacts sit beside the store (mlartifacts/), not in ./mlruns.
     mlflow.set_experiment(experiment_id=T.get_or_create_experiment(mlflow.MlflowClient(uri), args.experiment, uri))
     with mlflow.start_run(run_name=f"pseudolabel-k{args.clusters}") as active:
-        mlflow.set_tags({STAGE_TAG: STAGE, DATA_TAG: str(folder.resolve())})
+        mlflow.set_tags({STAGE_TAG: STAGE, S.DATA_TAG: str(folder.resolve())})
         mlflow.log_params(result.params)
         mlflow.log_metrics(result.metrics)
         sizes = result.summary[["cluster", "size"]].itertuples(index=False)
