@@ -148,14 +148,16 @@ def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in data[data["_usable"]].groupby(list(KEYS), dropna=False):
         metric, higher = primary_metric(key[0])
-        val = group[f"best_val_{metric}"].astype(float)
-        finite = val[np.isfinite(val)]
-        if finite.empty:
+        val = group[f"best_val_{metric}"].to_numpy(dtype=float)
+        ok = np.isfinite(val)
+        if not ok.any():
             continue
-        loss = group["best_val_loss"].astype(float).fillna(math.inf) if "best_val_loss" in group else None
-        idx = min(finite.index, key=lambda i: validation_rank_key(
-            float(val[i]), math.inf if loss is None else float(loss[i]), group.at[i, "start_time"], higher))
-        rows.append((*key, group.at[idx, "run_id"], float(val[idx])))
+        loss = group["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in group else np.full(len(val), np.inf)
+        loss = np.where(np.isnan(loss), np.inf, loss)
+        ranked = [(validation_rank_key(v, lo, t, higher), i) for i, (v, lo, t, good)
+                  in enumerate(zip(val, loss, group["start_time"], ok, strict=True)) if good]
+        best = min(ranked, key=lambda pair: pair[0])[1]
+        rows.append((*key, group["run_id"].iat[best], float(val[best])))
     return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
 
 
