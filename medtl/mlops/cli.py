@@ -11,7 +11,7 @@ import sys
 
 from medtl.errors import UserError
 
-# Sub-command modules live in `medtl.mlops.commands`, each defining
+# Sub-command modules live in `medtl.mlops.commands` (flags they share in `commands/_args.py`), each defining
 # `register(subparsers) -> None` whose parser sets `func=run(args) -> int`. These come first in
 # `medtl --help`, in the study's order; any other module there is listed after them.
 _ORDER: tuple[str, ...] = (
@@ -89,15 +89,6 @@ def _mask(text: str) -> str:
     from medtl.redact import mask_url
 
     return mask_url(text)
-
-
-def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
-    """The `--tracking-uri` flag every command takes; `MLFLOW_TRACKING_URI` is its default."""
-    parser.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI"),
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
-    )
 
 
 if __name__ == "__main__":

@@ -947,11 +947,11 @@ def sweep(
     except Exception as exc:
         raise UserError(T.mask_url(f"cannot reach the tracking store {uri}: {str(exc).splitlines()[0][:200]}")) from None
     from medtl.mlops import prerequisites
-    from medtl.mlops.commands.pretrain import pretrain
+    from medtl.mlops.pretraining import run_pretrain
 
     pending = [spec for spec in study.specs if spec.run_key not in done]
     readiness = prerequisites.check(
-        study, pending, client, pretrain=lambda pspec: pretrain(pspec, tracking_uri=uri, device=device)
+        study, pending, client, pretrain=lambda pspec: run_pretrain(pspec, tracking_uri=uri, device=device)
     )
     for message in readiness.messages:
         print(f"[sweep] {message}", flush=True)

@@ -25,7 +25,7 @@ ARMS = ("random", "imagenet", "domain")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A store with one finished demo-binary resnet18 run per arm (1 epoch, 64 px) and a gradcam run."""
-    from medtl.mlops.commands.pretrain import pretrain
+    from medtl.mlops.pretraining import run_pretrain as pretrain
     from medtl.mlops.runner import run_spec
     from medtl.training.archs import get_arch
     from medtl.training.data.demo_archive import write_demo_archive

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.cli import main
-from medtl.mlops.commands.pretrain import pretrain
+from medtl.mlops.pretraining import run_pretrain as pretrain
 from medtl.mlops.promote import promote
 from medtl.mlops.registry import CHAMPION, METRIC_TAG, PREVIOUS, RUN_TAG, move_champion_if_better
 from medtl.mlops.runner import run_spec

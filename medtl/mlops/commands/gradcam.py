@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medtl.mlops.cli import add_tracking_uri
+from medtl.mlops.commands._args import add_tracking_uri
 
 
 def register(sub: argparse._SubParsersAction) -> None:

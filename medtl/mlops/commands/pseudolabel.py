@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medtl.mlops.cli import add_tracking_uri
+from medtl.mlops.commands._args import add_tracking_uri
 from medtl.training import schema as S
 from medtl.training.schema import PRETRAIN_EXPERIMENT, STAGE_TAG, Stage
 

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medtl.mlops.cli import add_tracking_uri
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """The training flags shared by `run` and `pretrain`."""
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for python, numpy and torch (default 0)")
-    parser.add_argument("--max-epochs", type=int, default=200, help="epoch cap (default 200, the study's)")
-    parser.add_argument("--patience", type=int, default=10, help="early-stopping patience on val loss (default 10)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument(
-        "--image-size", type=int, default=0, help="input size in pixels (default: the architecture's, e.g. 224)"
-    )
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+from medtl.mlops.commands._args import add_spec_arguments, add_tracking_uri
 
 
 def register(sub: argparse._SubParsersAction) -> None:

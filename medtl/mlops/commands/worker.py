@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from medtl.errors import UserError
-from medtl.mlops.cli import add_tracking_uri
+from medtl.mlops.commands._args import add_tracking_uri
 
 
 def register(sub: argparse._SubParsersAction) -> None:
