@@ -79,7 +79,7 @@ def render(
         analyses: one or more Analysis; the first is the main one.
         out: the output folder.
         figures: draw the plots (False: tables and text only, much faster).
-        ratings: imported reader-study ratings (`reader_study.collect_ratings`), if any: a section
+        ratings: imported reader-study ratings (`reader_ratings.collect_ratings`), if any: a section
             with ratings per arm and rater (the paper's Figure 9) and the arms compared.
         ui_url: the MLflow UI's address; run ids in the report link to the run's page there.
 
