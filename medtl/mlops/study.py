@@ -235,3 +235,42 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
         name=name, path=path, description=str(data.get("description", "")), specs=tuple(specs), pretrain=pretrain
     )
 
+
+
+def study_attrs(study: Study) -> dict[str, Any]:
+    """The study as JSON values, for the sweep queue's user attributes (see `study_from_attrs`).
+
+    Workers rebuild the study from these, so `medtl worker --study NAME` needs no study file.
+    """
+    return {
+        "study": study.name,
+        "study_file": str(study.path),
+        "description": study.description,
+        "specs": [spec.to_params() for spec in study.specs],
+        "pretrain": study.pretrain,
+    }
+
+
+def study_from_attrs(attrs: dict[str, Any]) -> Study:
+    """The study `study_attrs` wrote, each grid point a validated RunSpec again.
+
+    Raises:
+        StudyError: the attributes lack the study (a queue written by an older medtl) or a spec is invalid.
+    """
+    missing = sorted({"study", "specs"} - set(attrs))
+    if missing:
+        raise StudyError(
+            f"the sweep queue does not carry its study ({', '.join(missing)} missing; written by an older medtl?); "
+            "give the study file instead: --study PATH"
+        )
+    try:
+        specs = tuple(RunSpec.from_params(params) for params in attrs["specs"])
+    except SpecError as exc:
+        raise StudyError(f"study {attrs['study']!r} in the sweep queue: {exc}") from None
+    return Study(
+        name=str(attrs["study"]),
+        path=Path(str(attrs.get("study_file", ""))),
+        description=str(attrs.get("description", "")),
+        specs=specs,
+        pretrain=attrs.get("pretrain"),
+    )

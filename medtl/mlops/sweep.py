@@ -43,7 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from medtl.errors import UserError
 from medtl.mlops import tracking as T
 from medtl.mlops.runner import ClaimLost, experiment_name, run_spec
-from medtl.mlops.study import Study, load_study
+from medtl.mlops.study import Study, StudyError, load_study, study_attrs, study_from_attrs
 from medtl.training.spec import Init, RunSpec
 
 log = logging.getLogger(__name__)
@@ -207,16 +207,59 @@ def open_storage(url: str, settings: Knobs | None = None) -> optuna.storages.Bas
         raise UserError(T.mask_url(f"cannot open Optuna storage {url}: {reason[:200]}")) from None
 
 
-def optuna_study_name(study: Study) -> str:
-    return f"medtl-{study.name}"
+def optuna_study_name(study: Study | str) -> str:
+    """The Optuna study (the queue) of a medtl study, or of a study name: `medtl-<name>`."""
+    return f"medtl-{study if isinstance(study, str) else study.name}"
 
 
-def open_optuna_study(study: Study, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study once (or load it); the trial value is the best validation loss (minimised)."""
+def open_optuna_study(
+    study: Study, storage: optuna.storages.BaseStorage, *, publish: bool = True
+) -> optuna.Study:
+    """Create the study once (or load it); the trial value is the best validation loss (minimised).
+
+    With `publish`, the study's name and grid are written to the Optuna study's user attributes
+    (`medtl.mlops.study.study_attrs`), so a worker given only the name rebuilds it (`join_queue`).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
+    optuna_study = optuna.create_study(
         study_name=optuna_study_name(study), storage=storage, direction="minimize", load_if_exists=True
     )
+    if publish:
+        known = optuna_study.user_attrs
+        for key, value in study_attrs(study).items():
+            if known.get(key) != value:  # rewritten only when the grid or the file changed
+                optuna_study.set_user_attr(key, value)
+    return optuna_study
+
+
+def _is_study_file(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+
+
+def join_queue(
+    ref: str, storage: optuna.storages.BaseStorage, tracking_uri: str | None = None
+) -> tuple[Study, optuna.Study]:
+    """The study and its Optuna queue for a worker, from a study name or (as before) a study file.
+
+    A name is looked up in `storage`; the study comes from the queue's user attributes, so no
+    study file is needed on the worker's machine. A path to a study file is parsed as before.
+
+    Raises:
+        UserError: no sweep of that name in the storage (the known ones listed), or a bad study file.
+    """
+    if _is_study_file(ref):
+        study = load_study(ref, tracking_uri=tracking_uri)
+        return study, open_optuna_study(study, storage, publish=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    queue_name = optuna_study_name(ref)
+    names = set(optuna.get_all_study_names(storage))
+    if queue_name not in names:
+        known = sorted(n.removeprefix("medtl-") for n in names if n.startswith("medtl-"))
+        raise StudyError(
+            f"no sweep named {ref!r} in this Optuna storage; known: {', '.join(known) or 'none (start one with medtl sweep)'}"
+        )
+    optuna_study = optuna.load_study(study_name=queue_name, storage=storage)
+    return study_from_attrs(optuna_study.user_attrs), optuna_study
 
 
 def _rdb(optuna_study: optuna.Study) -> optuna.storages.RDBStorage:
@@ -541,7 +584,7 @@ def _install_stop_handlers() -> None:
 
 
 def work(
-    study_path: str,
+    study: str,
     storage_url: str,
     tracking_uri: str,
     parent_run_id: str | None = None,
@@ -551,6 +594,8 @@ def work(
 ) -> WorkerStats:
     """Take grid points from the queue until none is waiting or running (or `max_trials` were taken).
 
+    `study` is the study's name (its grid travels in the queue) or, as before, its study file.
+
     SIGTERM and SIGINT put the current point back (uncharged) and raise `signals.StopRequested`.
 
     Raises:
@@ -559,9 +604,8 @@ def work(
     """
     settings = knobs()
     _install_stop_handlers()
-    study = load_study(study_path, tracking_uri=tracking_uri)
     storage = open_storage(storage_url, settings)
-    optuna_study = open_optuna_study(study, storage)
+    queued, optuna_study = join_queue(study, storage, tracking_uri)
     client = MlflowClient(tracking_uri)
     owner = worker_token()
     pins = dict(optuna_study.user_attrs.get(PINS_ATTR, {}))
@@ -578,7 +622,7 @@ def work(
                 continue
             break
         with Claim(optuna_study, trial_id, owner, settings) as claim:
-            outcome = _run_claimed(optuna_study, claim, study, client, tracking_uri, parent_run_id, device, pins, settings)
+            outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
         if outcome == "infra":
             stats.requeued += 1
             infra_since = infra_since or time.monotonic()
@@ -960,7 +1004,7 @@ def sweep(
     parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
     if pins:
         T.set_tags(client, parent_id, {f"medtl.init_pin.{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
-    kwargs = dict(study_path=str(study.path), storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)
+    kwargs = dict(study=study.name, storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)
     started = time.perf_counter()
     stats = WorkerStats()
     dead: list[DeadWorker] = []

@@ -15,10 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take grid points from a running sweep's queue (start on any machine)",
         description=(
             "Join a sweep: pop waiting grid points from the study's Optuna queue and run them until "
-            "the queue is empty. Point it at the same --storage and --tracking-uri as the sweep."
+            "the queue is empty. Point it at the same --storage and --tracking-uri as the sweep. "
+            "The study's grid travels in the queue, so the study's name is enough: no study file is needed here."
         ),
     )
-    p.add_argument("--study", required=True, help="study file, e.g. configs/paper.yaml")
+    p.add_argument("--study", required=True, help="the sweep's study name, e.g. paper (a study file still works)")
     p.add_argument("--storage", required=True, help="Optuna storage URL shared by all workers")
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many points")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
