@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from medtl.evaluation.collect import SQL_SCHEMA, _HttpReader, _SqlReader, collect
+from medtl.evaluation.collect import collect
+from medtl.evaluation.readers import SQL_SCHEMA, _HttpReader, _SqlReader
 from medtl.training import schema as S
 
 
