@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.mlops import tracking as T
 from medtl.mlops.signals import StopCheck, StopRequested
+from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneJob
 from medtl.training.loop import Callback, FitState, broadcast_resume
@@ -43,7 +44,8 @@ class RunOutcome:
 
 
 def experiment_name(study: str) -> str:
-    return f"medtl/{study}"
+    """The experiment of study `study`'s runs (`medtl.training.schema.study_experiment`)."""
+    return S.study_experiment(study)
 
 
 def run_name(spec: RunSpec) -> str:
@@ -87,13 +89,13 @@ def run_spec(
     init_path, extra_params = resolve_init(spec, uri, workdir, init_pin)
     job = FinetuneJob.prepare(spec, workdir, device=device, init_path=init_path)
     run_tags = {
-        T.STAGE_TAG: "finetune",
+        T.STAGE_TAG: S.Stage.FINETUNE.value,
         T.RUN_KEY_TAG: spec.run_key,
         T.STUDY_TAG: study,
         T.GROUP_TAG: spec.group,
-        "medtl.fingerprint": spec.fingerprint(job.splits.digest),
-        "medtl.task": spec.task.value,
-        "medtl.arch": spec.arch.value,
+        S.FINGERPRINT_TAG: spec.fingerprint(job.splits.digest),
+        S.TASK_TAG: spec.task.value,
+        S.ARCH_TAG: spec.arch.value,
         **({T.PARENT_TAG: parent_run_id} if parent_run_id else {}),
     }
     outcome = run_job(
@@ -188,15 +190,15 @@ def run_job(
         if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
             raise ClaimLost(run_id, "before resuming")
         T.retrying(lambda: client.update_run(run_id, status="RUNNING"), "reopening the run")
-        resumed = {"medtl.resumed_from_epoch": str(payload["loop"]["epoch"]), **context_tags, **(extra_tags or {})}
+        resumed = {S.RESUMED_FROM_TAG: str(payload["loop"]["epoch"]), **context_tags, **(extra_tags or {})}
         T.retrying(lambda: T.set_tags(client, run_id, resumed), "tagging the resumed run")
         log.info("resuming run %s at epoch %d", run_id, payload["loop"]["epoch"] + 1)
     else:
         run_tags = {
             **tags,
             T.RUN_KEY_TAG: job.spec.run_key,
-            "medtl.git_commit": T.git_commit(),
-            "mlflow.runName": name,
+            S.GIT_COMMIT_TAG: T.git_commit(),
+            S.RUN_NAME_TAG: name,
             **context_tags,
             **(extra_tags or {}),
         }
@@ -375,7 +377,7 @@ def _execute(
     }
     if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
         raise ClaimLost(run_id, "before the test")
-    T.retrying(lambda: client.set_tag(run_id, "medtl.stop_reason", state.stop_reason), "tagging the stop reason")
+    T.retrying(lambda: client.set_tag(run_id, S.STOP_REASON_TAG, state.stop_reason), "tagging the stop reason")
     result = job.test()
     if result is not None:
         final.update({f"test_{k}": v for k, v in result.metrics.items()})

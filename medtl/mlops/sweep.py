@@ -44,6 +44,7 @@ from medtl.errors import UserError
 from medtl.mlops import tracking as T
 from medtl.mlops.runner import ClaimLost, experiment_name, run_spec
 from medtl.mlops.study import Study, StudyError, load_study, study_attrs, study_from_attrs
+from medtl.training import schema as SC
 from medtl.training.spec import Init, RunSpec
 
 log = logging.getLogger(__name__)
@@ -677,7 +678,7 @@ def _run_claimed(
         spec = RunSpec.from_params(frozen.user_attrs)
         if spec.run_key in finished_run_keys_for(client, study.name, spec.run_key):
             return "skipped" if finish(optuna_study, trial_id, owner, TrialState.PRUNED) else "lost"
-        tags = {"medtl.optuna_study": optuna_study.study_name, "medtl.optuna_trial": str(frozen.number)}
+        tags = {SC.OPTUNA_STUDY_TAG: optuna_study.study_name, SC.OPTUNA_TRIAL_TAG: str(frozen.number)}
         outcome = run_spec(
             spec,
             study=study.name,
@@ -859,8 +860,8 @@ def _open_parent_run(
             run = client.get_run(known)
             if run.info.lifecycle_stage == "active":
                 client.update_run(known, status="RUNNING")
-                attempts = int(run.data.tags.get("medtl.sweep_attempts", "1")) + 1
-                T.set_tags(client, known, {"medtl.sweep_attempts": str(attempts), "medtl.git_commit": T.git_commit()})
+                attempts = int(run.data.tags.get(SC.SWEEP_ATTEMPTS_TAG, "1")) + 1
+                T.set_tags(client, known, {SC.SWEEP_ATTEMPTS_TAG: str(attempts), SC.GIT_COMMIT_TAG: T.git_commit()})
                 return known
         except Exception as exc:
             if is_infra_error(exc):
@@ -869,11 +870,11 @@ def _open_parent_run(
         experiment_id,
         run_name=f"sweep {study.name}",
         tags={
-            T.STAGE_TAG: "sweep",
+            T.STAGE_TAG: SC.Stage.SWEEP.value,
             T.STUDY_TAG: study.name,
-            "medtl.optuna_study": optuna_study.study_name,
-            "medtl.git_commit": T.git_commit(),
-            "medtl.sweep_attempts": "1",
+            SC.OPTUNA_STUDY_TAG: optuna_study.study_name,
+            SC.GIT_COMMIT_TAG: T.git_commit(),
+            SC.SWEEP_ATTEMPTS_TAG: "1",
         },
     )
     parent_id = parent.info.run_id
@@ -1003,7 +1004,7 @@ def sweep(
     enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_retries)
     parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
     if pins:
-        T.set_tags(client, parent_id, {f"medtl.init_pin.{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
+        T.set_tags(client, parent_id, {f"{SC.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
     kwargs = dict(study=study.name, storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)
     started = time.perf_counter()
     stats = WorkerStats()

@@ -22,18 +22,22 @@ from mlflow.tracking import MlflowClient
 from medtl.redact import mask_url
 from medtl.training.loop import Callback, FitState
 
+# The schema's names, re-exported for mlops callers; defined once in medtl.training.schema.
+from medtl.training.schema import DEFAULT_DB as DEFAULT_DB
+from medtl.training.schema import EXPERIMENT_KIND as EXPERIMENT_KIND
+from medtl.training.schema import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
+from medtl.training.schema import FAILURE_TAG as FAILURE_TAG
+from medtl.training.schema import GIT_COMMIT_TAG as GIT_COMMIT_TAG
+from medtl.training.schema import GROUP_TAG as GROUP_TAG
+from medtl.training.schema import NOTE_TAG as NOTE_TAG
+from medtl.training.schema import PARENT_TAG as PARENT_TAG
+from medtl.training.schema import RUN_KEY_TAG as RUN_KEY_TAG
+from medtl.training.schema import STAGE_TAG as STAGE_TAG
+from medtl.training.schema import STUDY_TAG as STUDY_TAG
+from medtl.training.schema import resolve_tracking_uri as resolve_tracking_uri
+
 log = logging.getLogger(__name__)
 
-DEFAULT_DB = "mlflow.db"
-STAGE_TAG = "medtl.stage"
-RUN_KEY_TAG = "medtl.run_key"
-STUDY_TAG = "medtl.study"
-GROUP_TAG = "medtl.group"
-FAILURE_TAG = "medtl.failure_reason"
-PARENT_TAG = "mlflow.parentRunId"
-NOTE_TAG = "mlflow.note.content"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's classic model-training experiment
 RETRY_ENV = "MEDTL_TRACKING_RETRY_S"
 SYSTEM_METRICS_ENV = "MEDTL_SYSTEM_METRICS_S"
 _BATCH = 100  # MLflow's per-call limit for params
@@ -135,14 +139,6 @@ def retrying(call: Callable[[], _T], what: str, budget_s: float | None = None, m
             log.warning("%s failed (%s); retrying in %.0f s", what, mask_url(first)[:300], pause)
             time.sleep(pause)
             wait *= 2
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` (absolute path)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
 def artifact_root_for(uri: str) -> str | None:

@@ -55,6 +55,7 @@ SWEEP_ATTEMPTS_TAG = "medtl.sweep_attempts"
 INIT_PIN_TAG_PREFIX = "medtl.init_pin."
 # MLflow's own tags, filled so its UI shows parent, description and kind.
 PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
