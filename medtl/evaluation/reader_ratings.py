@@ -16,8 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from medtl.evaluation.collect import reader, resolve_tracking_uri
+from medtl.evaluation.readers import reader
 from medtl.training import schema as S
+from medtl.training.schema import resolve_tracking_uri
 
 KEY_PATH = "reader/key.json"
 """The gradcam run's artifact mapping (image, label) to arm; never part of a packet."""
