@@ -155,13 +155,8 @@ def _selected_lr(
     return selected[key]
 
 
-def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
-    """Parse and validate a study file; every grid point is a valid RunSpec or this raises.
-
-    `tracking_uri` is read only when the file takes learning rates `from_study`.
-    """
-    path = Path(path)
-    selected: dict[str, dict[tuple[str, str, str], float]] = {}
+def _read(path: Path) -> dict[str, Any]:
+    """The study file's top-level mapping, or StudyError naming the file (and the line for bad YAML)."""
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist")
     try:
@@ -172,6 +167,44 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
         raise StudyError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study file is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    return data
+
+
+def study_archs(path: str | Path) -> list[str]:
+    """The architecture names a study file's tasks list, in order, without expanding the grid.
+
+    Needs no tracking store (unlike `load_study` for `lrs: {from_study: ...}`), so `medtl weights
+    fetch --study` works on a machine that only downloads. An entry `{name: ..., arms: [...]}` counts
+    by its name.
+
+    Raises:
+        StudyError: no such file, bad YAML, or no `tasks: {task: {archs: [...]}}` mapping.
+    """
+    path = Path(path)
+    data = _read(path)
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict):
+        raise StudyError(f"study file {path} has no `tasks: {{task: {{archs: [...]}}}}` mapping")
+    names: list[str] = []
+    for task, entry in tasks.items():
+        archs = entry.get("archs") if isinstance(entry, dict) else None
+        if not isinstance(archs, list):
+            raise StudyError(f"study file {path}: task {task!r} has no `archs` list")
+        for arch in archs:
+            name = str(arch.get("name")) if isinstance(arch, dict) else str(arch)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
+    """Parse and validate a study file; every grid point is a valid RunSpec or this raises.
+
+    `tracking_uri` is read only when the file takes learning rates `from_study`.
+    """
+    path = Path(path)
+    selected: dict[str, dict[tuple[str, str, str], float]] = {}
+    data = _read(path)
     _check_keys("the study", data, TOP_KEYS, path)
     name = str(data.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

@@ -190,3 +190,17 @@ def test_plan_of_the_paper_grid_uses_the_shipped_cpu_table(request, tmp_path, mo
     assert all(" CPU " in line and "unknown" in line.split("CPU")[1] for line in lines)  # time from the table, CO2e unknown
     assert "left: 780 points; estimated " in out and "estimated time unknown" not in out and "CO2e unknown" in out
     assert "CPU: throughput measured on a CPU" in out
+
+
+def test_study_archs_reads_only_the_arch_axis(tmp_path):
+    from medtl.mlops.study import StudyError, study_archs
+
+    path = tmp_path / "archs.yaml"
+    path.write_text(
+        "name: a\nlrs: {from_study: nowhere}\ntasks:\n"
+        "  demo-binary: {archs: [resnet18, {name: densenet121, arms: [random]}]}\n"
+        "  luna16: {archs: [unet, resnet18]}\n"
+    )
+    assert study_archs(path) == ["resnet18", "densenet121", "unet"]  # no tracking store read for from_study
+    with pytest.raises(StudyError, match="does not exist"):
+        study_archs(tmp_path / "absent.yaml")

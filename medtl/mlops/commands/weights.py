@@ -23,10 +23,6 @@ every architecture with ImageNet weights is meant; U-Nets stand for their encode
 """
 
 
-class StudyArchsError(UserError):
-    """A study file from which no architecture list can be read."""
-
-
 def register(subparsers: Any) -> None:
     """Add `medtl weights` with its `fetch` and `status` actions."""
     parser = subparsers.add_parser(
@@ -45,30 +41,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, weights_parser=parser)
 
 
-def study_archs(path: Path) -> list[str]:
-    """Architecture names from a study file's `tasks: {task: {archs: [...]}}` mapping, in order."""
-    import yaml
-
-    if not path.is_file():
-        raise StudyArchsError(f"study file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyArchsError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    tasks = data.get("tasks") if isinstance(data, dict) else None
-    if not isinstance(tasks, dict):
-        raise StudyArchsError(f"study file {path} has no `tasks: {{task: {{archs: [...]}}}}` mapping")
-    names: list[str] = []
-    for task, entry in tasks.items():
-        archs = entry.get("archs") if isinstance(entry, dict) else None
-        if not isinstance(archs, list):
-            raise StudyArchsError(f"study file {path}: task {task!r} has no `archs` list")
-        names.extend(str(a) for a in archs if str(a) not in names)
-    return names
-
-
 def _targets(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """(torchvision name, ArchSpec of that backbone) per distinct weights file, in order."""
+    from medtl.mlops.study import study_archs
     from medtl.training.archs import ARCHS, get_arch
 
     names = list(args.archs or [])
