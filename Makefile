@@ -38,7 +38,7 @@ STUDY_NAME_OF = $$($(PY) -c "from medtl.mlops.study import load_study; print(loa
 
 sweep: install $(DEMO_SET)/.labelled ## the whole study in miniature: archive → ingest → pseudo-labels → pretrain → grid → promote → report
 	$(MEDTL) sweep --study $(STUDY)
-	$(MEDTL) promote --study $(STUDY_NAME_OF)
+	$(MEDTL) promote --study $(STUDY_NAME_OF) --fraction any
 	$(MEDTL) evaluate --study $(STUDY_NAME_OF)
 	@echo
 	@$(PY) scripts/ui_link.py --db mlflow.db --study $(STUDY_NAME_OF) --ui-url http://127.0.0.1:$(UI_PORT) --champions
