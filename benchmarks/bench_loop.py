@@ -27,15 +27,9 @@ from medtl.mlops.tracking import (
 from medtl.training.checkpoint import Checkpointer
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.factory import build_model
-from medtl.training.loop import (
-    Callback,
-    EarlyStopping,
-    fit,
-    make_loader,
-    make_optimizer,
-    resolve_runtime,
-    seed_everything,
-)
+from medtl.training.loaders import make_loader
+from medtl.training.loop import Callback, EarlyStopping, fit, make_optimizer
+from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, RunSpec, Task
 from medtl.training.tasks import make_adapter
 
@@ -108,10 +102,11 @@ def main(arch: str = "resnet18", image_size: int = 64, epochs: int = 4, blocks: 
             # What the runner wires: metrics go out from the checkpoint writer once last.pt is saved.
             logger = EpochLogger(client, run.info.run_id, folder)
             callbacks = [
-                Checkpointer(folder, meta={"bench": True}, on_saved=logger),
+                Checkpointer(folder, meta={"bench": True}),
                 EarlyStopping(patience=10_000),
                 EmissionsCallback(),
                 clock,
+                logger,
             ]
             fit(
                 model, adapter, *loaders, val_targets, lr=spec.lr, max_epochs=epochs + 1, runtime=runtime, callbacks=callbacks

@@ -79,7 +79,9 @@ def exact_resume(folder: Path) -> dict:
 
     from medtl.training.checkpoint import Checkpointer, load_checkpoint
     from medtl.training.data.synthetic import load_synthetic
-    from medtl.training.loop import fit, make_loader, resolve_runtime, seed_everything
+    from medtl.training.loaders import make_loader
+    from medtl.training.loop import fit
+    from medtl.training.runtime import resolve_runtime, seed_everything
     from medtl.training.spec import TASKS, Task
     from medtl.training.tasks import make_adapter
 

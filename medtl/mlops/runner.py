@@ -43,11 +43,6 @@ class RunOutcome:
     metrics: dict[str, float]
 
 
-def experiment_name(study: str) -> str:
-    """The experiment of study `study`'s runs (`medtl.training.schema.study_experiment`)."""
-    return S.study_experiment(study)
-
-
 def run_name(spec: RunSpec) -> str:
     fraction = "" if spec.data_fraction == 1 else f" frac={spec.data_fraction:g}"
     return f"{spec.task.value} {spec.arch.value} {spec.group} lr={spec.lr:g} seed={spec.seed}{fraction}"
@@ -100,7 +95,7 @@ def run_spec(
     }
     outcome = run_job(
         job,
-        experiment=experiment_name(study),
+        experiment=S.study_experiment(study),
         name=run_name(spec),
         tags=run_tags,
         extra_tags=tags,

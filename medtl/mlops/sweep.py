@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
 from medtl.mlops import tracking as T
-from medtl.mlops.runner import ClaimLost, experiment_name, run_spec
+from medtl.mlops.runner import ClaimLost, run_spec
 from medtl.mlops.study import Study, StudyError, load_study, study_attrs, study_from_attrs
 from medtl.training import schema as SC
 from medtl.training.spec import Init, RunSpec
@@ -456,7 +456,7 @@ def _fail_heartbeatless(optuna_study: optuna.Study, settings: Knobs) -> None:
 
 def finished_runs(client: MlflowClient, study_name: str) -> Iterator[Any]:
     """Every FINISHED fine-tuning run of the study's experiment, paged."""
-    experiment = client.get_experiment_by_name(experiment_name(study_name))
+    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
     if experiment is None:
         return
     token = None
@@ -744,7 +744,7 @@ def _retry_point(optuna_study: optuna.Study, trial: FrozenTrial, max_retries: in
 
 def close_orphaned_runs(client: MlflowClient, study_name: str, optuna_study: optuna.Study) -> int:
     """Mark KILLED every fine-tuning run left RUNNING whose point no live trial holds; returns how many."""
-    experiment = client.get_experiment_by_name(experiment_name(study_name))
+    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
     if experiment is None:
         return 0
     live = {
@@ -761,7 +761,7 @@ def close_orphaned_runs(client: MlflowClient, study_name: str, optuna_study: opt
 
 def finished_run_keys_for(client: MlflowClient, study_name: str, run_key: str) -> set[str]:
     """The one-key version of `finished_run_keys`: is this point already FINISHED in MLflow?"""
-    experiment = client.get_experiment_by_name(experiment_name(study_name))
+    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
     if experiment is None:
         return set()
     runs = client.search_runs(
@@ -853,7 +853,7 @@ def _open_parent_run(
     client: MlflowClient, optuna_study: optuna.Study, study: Study, uri: str, storage_url: str, workers: int
 ) -> str:
     """The study's one sweep parent run: created by the first sweep, reopened by every re-run."""
-    experiment_id = T.get_or_create_experiment(client, experiment_name(study.name), uri)
+    experiment_id = T.get_or_create_experiment(client, SC.study_experiment(study.name), uri)
     known = optuna_study.user_attrs.get(PARENT_ATTR)
     if known:
         try:

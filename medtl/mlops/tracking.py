@@ -336,8 +336,8 @@ class SystemMetrics:
             log.warning("system metrics could not be flushed: %s", exc)
 
 
-class EpochLogger:
-    """`Checkpointer.on_saved` hook: logs each epoch once its `last.pt` is on disk, off the training path.
+class EpochLogger(Callback):
+    """`on_checkpoint_saved` callback: logs each epoch once its `last.pt` is on disk, off the training path.
 
     A call only records the newest history and returns; a sender thread of its own logs every epoch
     after `logged_up_to` in one `log_batch` (step = epoch, in epoch order), so a resumed run fills any
@@ -381,6 +381,9 @@ class EpochLogger:
         self._kick = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+
+    def on_checkpoint_saved(self, epoch: int, history: list[dict[str, float]], improved: bool) -> None:
+        self(epoch, history, improved)
 
     def __call__(self, epoch: int, history: list[dict[str, float]], improved: bool) -> None:
         with self._cond:

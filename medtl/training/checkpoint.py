@@ -11,14 +11,15 @@ import copy
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medtl.errors import UserError
-from medtl.training.loop import Callback, FitState, rng_state
+from medtl.training.loop import Callback, FitState
+from medtl.training.runtime import rng_state
 
 FORMAT = "medtl-checkpoint/1"
 
@@ -76,22 +77,16 @@ class Checkpointer(Callback):
     Writes happen on a background thread from a CPU copy taken at epoch end, so the next epoch
     starts at once; at most one write is in flight, and `on_fit_end` waits for it.
 
-    `on_saved(epoch, history, improved)` runs on the writer thread once `last.pt` of that epoch is on
-    disk: a tracker that logs there never records an epoch that a resume would repeat, and its
-    uploads and retries never stall training.
+    Once `last.pt` of an epoch is on disk, the writer thread calls `on_checkpoint_saved` of the fit's
+    other callbacks (those that define it), in their order: a tracker that logs there never records
+    an epoch that a resume would repeat, and its uploads and retries never stall training.
     """
 
     epoch_end_order = 100
 
-    def __init__(
-        self,
-        directory: Path,
-        meta: dict[str, Any],
-        on_saved: Callable[[int, list[dict[str, float]], bool], None] | None = None,
-    ) -> None:
+    def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.directory = Path(directory)
         self.meta = meta
-        self.on_saved = on_saved
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -111,12 +106,19 @@ class Checkpointer(Callback):
             error, self._error = self._error, None
             raise error
 
-    def _write(self, jobs: list[tuple[dict[str, Any], Path]], epoch: int, history: list, improved: bool) -> None:
+    def _write(
+        self,
+        jobs: list[tuple[dict[str, Any], Path]],
+        listeners: Sequence[Callback],
+        epoch: int,
+        history: list,
+        improved: bool,
+    ) -> None:
         try:
             for payload, path in jobs:
                 atomic_save(payload, path)
-            if self.on_saved is not None:
-                self.on_saved(epoch, history, improved)
+            for listener in listeners:
+                listener.on_checkpoint_saved(epoch, history, improved)
         except BaseException as exc:  # surfaced on the training thread at the next wait
             self._error = exc
 
@@ -137,8 +139,13 @@ class Checkpointer(Callback):
         }
         jobs.append((last, self.last_path))
         history = [dict(h) for h in state.history]
+        listeners = [
+            cb
+            for cb in state.callbacks
+            if cb is not self and type(cb).on_checkpoint_saved is not Callback.on_checkpoint_saved
+        ]
         self._thread = threading.Thread(
-            target=self._write, args=(jobs, state.epoch, history, state.improved), daemon=True
+            target=self._write, args=(jobs, listeners, state.epoch, history, state.improved), daemon=True
         )
         self._thread.start()
 

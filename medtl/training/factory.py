@@ -10,7 +10,7 @@ import torch.nn as nn
 from medtl.training.archs import ArchSpec, arch_for_task, build_body, get_arch
 from medtl.training.heads import build_head
 from medtl.training.init import initialise
-from medtl.training.spec import Normalization, RunSpec, SpecError, TaskInfo, TaskType
+from medtl.training.spec import Normalization, PretrainSpec, RunSpec, SpecError, TaskInfo, TaskType
 from medtl.training.unet import build_unet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +66,7 @@ class Network(nn.Module):
         return self.head(features, extras)
 
 
-def image_size_for(spec: RunSpec) -> int:
+def image_size_for(spec: RunSpec | PretrainSpec) -> int:
     """The spec's image size, or the architecture's default input size when it says 0."""
     arch = get_arch(spec.arch)
     size = spec.image_size or arch.input_size

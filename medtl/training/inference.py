@@ -20,7 +20,7 @@ from medtl.training.data.base import DataError
 from medtl.training.data.generic import fit, read_gray
 from medtl.training.factory import Network, build_network
 from medtl.training.spec import TASKS, Normalization, RunSpec, TaskType
-from medtl.training.tasks import TaskAdapter, make_adapter
+from medtl.training.tasks import TaskAdapter, adapter_for, make_adapter
 
 
 @dataclass
@@ -45,7 +45,7 @@ def load_predictor(path: str | Path) -> Predictor:
     info = TASKS[spec.task]
     adapter = make_adapter(info)
     if info.type is TaskType.REGRESSION:
-        adapter = TaskAdapter(info, float(meta.get("target_mean", 0.0)), float(meta.get("target_std", 1.0)))
+        adapter = adapter_for(info, float(meta.get("target_mean", 0.0)), float(meta.get("target_std", 1.0)))
     network = build_network(arch_for_task(spec.arch, info.type), info, Normalization(meta.get("normalisation", "none")))
     network.load_state_dict(payload["model"])
     network.eval()

@@ -2,16 +2,14 @@
 
 The loop knows tasks only through a `TaskAdapter` and the outside world only through callbacks:
 tracking, early stopping, checkpointing and emissions are passed in, so it imports no mlflow.
-Execution details (device, autocast, channels-last, loader workers) are resolved once into a
-`Runtime` and recorded by the caller, so the same code is fast on a GPU and exact on a CPU.
+Where it runs (device, autocast, the DDP world) is `training/runtime.py`; what it iterates over
+(samplers, loaders) is `training/loaders.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,177 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-    WeightedRandomSampler,
-)
+from torch.utils.data import DataLoader
 
-from medtl.training.data.base import SampleSet
+from medtl.training.runtime import Runtime, from_rank0, restore_rng, world
 from medtl.training.tasks import TaskAdapter
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed; every field is logged as a param."""
-
-    device: str
-    amp_dtype: str  # "bfloat16" or "none"
-    channels_last: bool
-    num_workers: int
-    pin_memory: bool
-    threads: int
-    world_size: int = 1
-    sync_batchnorm: bool = False  # BatchNorm statistics synchronised across ranks (CUDA DDP only)
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
-
-    def to_params(self) -> dict[str, str]:
-        return {
-            "device": self.device,
-            "amp_dtype": self.amp_dtype,
-            "channels_last": str(self.channels_last),
-            "num_workers": str(self.num_workers),
-            "pin_memory": str(self.pin_memory),
-            "torch_threads": str(self.threads),
-            "world_size": str(self.world_size),
-            "sync_batchnorm": str(self.sync_batchnorm),
-        }
-
-
-def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Runtime:
-    """CUDA (bf16 autocast, channels-last, pinned memory, loader workers) when present, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = device.startswith("cuda")
-    if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1) if cuda else 0
-    if os.environ.get("MEDTL_TORCH_THREADS"):
-        # On a small shared CPU one intra-op thread can beat two: threads that spin-wait lose badly
-        # to any other busy process (a second worker, the checkpoint writer).
-        torch.set_num_threads(max(1, int(os.environ["MEDTL_TORCH_THREADS"])))
-    world_size = world()[1]
-    return Runtime(
-        device=device,
-        amp_dtype="bfloat16" if cuda and torch.cuda.is_bf16_supported() else "none",
-        channels_last=cuda,
-        num_workers=num_workers,
-        pin_memory=cuda,
-        threads=torch.get_num_threads(),
-        world_size=world_size,
-        # torch's SyncBatchNorm runs on accelerators only; on CPU (gloo) DDP's buffer broadcast
-        # gives every rank rank 0's running statistics instead.
-        sync_batchnorm=world_size > 1 and cuda,
-    )
-
-
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch (CPU and CUDA) seeded alike; cuDNN made deterministic."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of a torch.distributed job started by torchrun, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class ShardSampler(torch.utils.data.Sampler[int]):
-    """This rank's share of one seeded epoch order; with `weights`, a weighted draw with replacement.
-
-    Every rank draws the same global order (seed + epoch) and keeps every world-th index, so the
-    ranks see disjoint samples. `set_epoch` is called by the loop before each epoch.
-    """
-
-    def __init__(self, n: int, seed: int, rank: int, world_size: int, weights: np.ndarray | None = None) -> None:
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
-        self.epoch = 0
-        self.per_rank = -(-n // world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        total = self.per_rank * self.world_size
-        if self.weights is not None:
-            order = torch.multinomial(self.weights, total, replacement=True, generator=generator)
-        else:
-            order = torch.randperm(self.n, generator=generator)
-            order = torch.cat([order, order[: total - self.n]])  # pad so every rank gets as many
-        return iter(order[self.rank : total : self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-
-class _BatchDataset(Dataset):
-    """Serves whole batches from uint8 arrays: one fancy-index per batch instead of N item calls."""
-
-    def __init__(self, samples: SampleSet, adapter: TaskAdapter) -> None:
-        self.images = samples.images
-        self.targets = adapter.target_tensor(np.asarray(samples.targets))
-        self.extras = None if samples.extras is None else torch.as_tensor(samples.extras, dtype=torch.float32)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
-        index = np.sort(np.asarray(index))
-        batch = {
-            "image": torch.from_numpy(np.ascontiguousarray(self.images[index])).unsqueeze(1),
-            "target": self.targets[index],
-        }
-        if self.extras is not None:
-            batch["extras"] = self.extras[index]
-        return batch
-
-
-def make_loader(
-    samples: SampleSet,
-    adapter: TaskAdapter,
-    batch_size: int,
-    runtime: Runtime,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    sample_weights: np.ndarray | None = None,
-) -> DataLoader:
-    """A loader over in-memory arrays; `sample_weights` draws with replacement (oversampling)."""
-    generator = torch.Generator().manual_seed(seed)
-    rank, world_size = world()
-    if world_size > 1 and (shuffle or sample_weights is not None):
-        base = ShardSampler(len(samples), seed, rank, world_size, sample_weights)
-    elif sample_weights is not None:
-        base = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double), len(samples), replacement=True, generator=generator
-        )
-    elif shuffle:
-        base = RandomSampler(range(len(samples)), generator=generator)
-    else:
-        base = SequentialSampler(range(len(samples)))
-    return DataLoader(
-        _BatchDataset(samples, adapter),
-        sampler=BatchSampler(base, batch_size, drop_last=False),
-        batch_size=None,
-        num_workers=runtime.num_workers,
-        pin_memory=runtime.pin_memory,
-        persistent_workers=runtime.num_workers > 0,
-    )
 
 
 @dataclass
@@ -216,6 +47,8 @@ class FitState:
     # The training sampler's generator: its state after an epoch is that epoch's place in the
     # shuffle sequence, saved with `last.pt` so a resumed run draws the same orders.
     sampler_generator: torch.Generator | None = None
+    # The fit's callbacks, in the order given: the checkpointer tells them when an epoch is on disk.
+    callbacks: tuple[Callback, ...] = ()
 
     def loop_state(self) -> dict[str, Any]:
         """The resumable scalars and the sampler's state (model and optimizer are saved beside them)."""
@@ -263,6 +96,14 @@ class Callback:
 
     def on_fit_abort(self, state: FitState, error: BaseException) -> None:
         """The fit ends by an exception (a stop request, a lost claim, a failure); must not raise."""
+
+    def on_checkpoint_saved(self, epoch: int, history: list[dict[str, float]], improved: bool) -> None:
+        """`last.pt` of `epoch` is on disk (`improved`: so is a new `best.pt`).
+
+        Called by the checkpointer on its writer thread, off the training path: a tracker that logs
+        here never records an epoch a resume would repeat, and its uploads never stall training.
+        An exception surfaces on the training thread at the next epoch end.
+        """
 
 
 class EarlyStopping(Callback):
@@ -397,13 +238,14 @@ def fit(
         # and its checkpoints stay what the caller built.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = FitState(model, make_optimizer(model, optimizer, lr, weight_decay), max_epochs)
+    state.callbacks = tuple(callbacks)
     shard = getattr(getattr(train_loader, "sampler", None), "sampler", None)
     state.sampler_generator = getattr(shard, "generator", None)
     if resume is not None:
         model.load_state_dict(resume["model"])
         state.optimizer.load_state_dict(resume["optimizer"])
         state.load_loop_state(resume["loop"])
-        _restore_rng(resume.get("rng"))
+        restore_rng(resume.get("rng"))
     trained = model
     if world_size > 1:
         # Gradients are averaged across ranks; rank 0 validates and takes every decision (best
@@ -444,7 +286,7 @@ def fit(
                 metrics.update({f"val_{k}": v for k, v in adapter.metrics(val_targets, val_pred).items()})
                 metrics["epoch_time_s"] = time.perf_counter() - started
             if world_size > 1:
-                metrics = _from_rank0(metrics)
+                metrics = from_rank0(metrics)
             if metrics is None:  # only if rank 0 broadcast nothing, which it never does
                 raise RuntimeError(f"no validation metrics at epoch {state.epoch}")
             val_loss = metrics["val_loss"]
@@ -469,15 +311,6 @@ def fit(
     return state
 
 
-def _from_rank0(value: Any) -> Any:
-    """`value` as rank 0 has it, on every rank (a picklable object)."""
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _epoch_end_once(state: FitState, callbacks: Sequence[Callback], metrics: dict[str, float], rank: int) -> None:
     """Epoch-end callbacks in a DDP job: rank 0's stop decision (or its error) is every rank's."""
     error: BaseException | None = None
@@ -489,7 +322,7 @@ def _epoch_end_once(state: FitState, callbacks: Sequence[Callback], metrics: dic
                 error = exc
                 break
             raise
-    decision = _from_rank0(
+    decision = from_rank0(
         (state.should_stop, state.stop_reason, None if error is None else f"{type(error).__name__}: {error}")
     )
     if error is not None:
@@ -499,35 +332,3 @@ def _epoch_end_once(state: FitState, callbacks: Sequence[Callback], metrics: dic
         raise RuntimeError(f"rank 0 stopped the fit: {failure}")
 
 
-def broadcast_resume(payload: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Rank 0's `last.pt` payload (or None) on every rank of a DDP job; the payload itself otherwise.
-
-    Rank 0 alone talks to the tracking server, so it decides whether (and from what) to resume.
-    """
-    if world()[1] <= 1:
-        return payload
-    return _from_rank0(payload)
-
-
-def rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        # Tensors and plain scalars only, so `torch.load(weights_only=True)` accepts the file.
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any] | None) -> None:
-    if not state:
-        return
-    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

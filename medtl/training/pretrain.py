@@ -1,8 +1,9 @@
-"""The pretraining recipe: the fine-tuning loop on the pseudo-labelled archive.
+"""The pretraining recipe: the shared loop on the pseudo-labelled archive.
 
 Classification over the cluster labels (cross-entropy, AdamW, class-balanced oversampling) for
 classifier architectures; image reconstruction (MSE) for the vanilla U-Net. All layers trainable,
-random initialisation, no input normalisation — the domain arm's starting point.
+random initialisation, no input normalisation — the domain arm's starting point. A sibling of
+fine-tuning over `Recipe` (training/recipe.py).
 """
 
 from __future__ import annotations
@@ -16,24 +17,33 @@ import numpy as np
 from medtl.training.archs import arch_for_task
 from medtl.training.data.pretrain import load_pretrain, oversampling_weights
 from medtl.training.factory import build_network, image_size_for
-from medtl.training.finetune import FinetuneJob
-from medtl.training.loop import resolve_runtime, seed_everything
-from medtl.training.spec import Normalization, Objective, PretrainSpec, TaskInfo, TaskType
-from medtl.training.tasks import ReconstructionAdapter, make_adapter
+from medtl.training.recipe import Recipe
+from medtl.training.runtime import resolve_runtime, seed_everything
+from medtl.training.spec import (
+    Normalization,
+    Objective,
+    Optimizer,
+    PretrainSpec,
+    TaskInfo,
+    TaskType,
+)
+from medtl.training.tasks import ReconstructionAdapter, TaskAdapter, make_adapter
+
+WEIGHT_DECAY = 1e-3  # AdamW, as the paper pretrained
 
 
-class PretrainJob(FinetuneJob):
-    """One pretraining run, prepared and then run; the loop, checkpoints and test are FinetuneJob's."""
-
-    spec: PretrainSpec  # type: ignore[assignment]
+class PretrainJob(Recipe[PretrainSpec]):
+    """One pretraining run, prepared and then run; the loop, checkpoints and test are `Recipe`'s."""
 
     @classmethod
-    def prepare(  # type: ignore[override]
+    def prepare(
         cls, spec: PretrainSpec, workdir: Path, *, device: str = "auto", num_workers: int | None = None
     ) -> PretrainJob:
+        """Load the archive's splits and build a randomly initialised network (seeded), ready to fit."""
         seed_everything(spec.seed)
-        image_size = image_size_for(spec)  # type: ignore[arg-type]
+        image_size = image_size_for(spec)
         splits = load_pretrain(Path(spec.data), modality=spec.modality, image_size=image_size, seed=0)
+        adapter: TaskAdapter
         if spec.objective is Objective.RECONSTRUCTION:
             info = TaskInfo(TaskType.SEGMENTATION, description="pretraining: image reconstruction")
             adapter = ReconstructionAdapter(info)
@@ -51,13 +61,21 @@ class PretrainJob(FinetuneJob):
         arch = arch_for_task(spec.arch, info.type)
         model = build_network(arch, info, Normalization.NONE)
         model.transfer_report = {"source": "random", "init": "random", "arch": spec.arch.value, "loaded": 0}
-        return cls(spec, workdir, splits, model, adapter, resolve_runtime(device, num_workers))  # type: ignore[arg-type]
+        return cls(spec, workdir, splits, model, adapter, resolve_runtime(device, num_workers))
+
+    @property
+    def optimizer(self) -> str:
+        return Optimizer.ADAMW.value
+
+    @property
+    def weight_decay(self) -> float:
+        return WEIGHT_DECAY
 
     def params(self) -> dict[str, str]:
         return {
             **self.spec.to_params(),
-            "optimizer": "adamw",
-            "weight_decay": "0.001",
+            "optimizer": self.optimizer,
+            "weight_decay": str(self.weight_decay),
             "normalization": "none",
             "input_channels": "3",
             "resolved_image_size": str(self.image_size),

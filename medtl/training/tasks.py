@@ -1,13 +1,19 @@
-"""Task adapters: what differs between task types — loss, target dtype, outputs, metrics, monitor.
+"""Task adapters: what differs between task types — loss, target dtype, outputs, metrics, predictions table.
 
-Every arm of every task is trained by the same loop; only the adapter changes. Regression targets are
-standardised with the training split's mean and std (stored in the checkpoint) so one learning-rate grid
-fits targets in months as well as in [0, 1]; predictions are reported in the original unit.
+Every arm of every task is trained by the same loop; only the adapter changes. One adapter class per
+task type, found through `ADAPTERS` (keyed by `TaskType`); pretraining's image reconstruction has its
+own. Regression targets are standardised with the training split's mean and std (stored in the
+checkpoint) so one learning-rate grid fits targets in months as well as in [0, 1]; predictions are
+reported in the original unit.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +25,7 @@ from medtl.training.spec import PRIMARY_METRIC, TaskInfo, TaskType
 
 @dataclass(frozen=True)
 class TaskAdapter:
-    """Loss, outputs and metrics of one task type (and, for regression, the target scaling)."""
+    """Loss, outputs, metrics and prediction rows of one task type (and, for regression, the target scaling)."""
 
     info: TaskInfo
     target_mean: float = 0.0
@@ -42,53 +48,138 @@ class TaskAdapter:
         return PRIMARY_METRIC[self.type][1]
 
     def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
-        targets = np.array(targets)  # a private, writable copy (the source may be a read-only memory map)
-        if self.type is TaskType.MULTICLASS:
-            return torch.as_tensor(targets, dtype=torch.long)
-        if self.type is TaskType.REGRESSION:
-            return torch.as_tensor((targets - self.target_mean) / self.target_std, dtype=torch.float32)
-        return torch.as_tensor(targets, dtype=torch.float32)
+        # A private, writable copy (the source may be a read-only memory map).
+        return torch.as_tensor(np.array(targets), dtype=torch.float32)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        outputs = outputs.float()
-        if self.type is TaskType.MULTICLASS:
-            return F.cross_entropy(outputs, targets)
-        if self.type is TaskType.BINARY:
-            return F.binary_cross_entropy_with_logits(outputs.squeeze(1), targets)
-        if self.type is TaskType.REGRESSION:
-            # L1 on standardised targets: the study's primary metric is MAE.
-            return F.l1_loss(outputs.squeeze(1), targets)
-        logits = outputs.squeeze(1)
+        raise NotImplementedError
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        """Model outputs → probabilities (classification, segmentation) or values (regression)."""
+        return torch.sigmoid(outputs.detach().float().cpu().squeeze(1)).numpy()
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """All metrics of the task type, from original-unit targets and `postprocess` output."""
+        raise NotImplementedError
+
+    def prediction_rows(
+        self, ids: tuple[str, ...], targets: np.ndarray, predictions: np.ndarray
+    ) -> tuple[list[str], list[list[Any]]]:
+        """Header and one row a sample for the predictions CSV."""
+        raise NotImplementedError
+
+    def write_predictions(self, path: Path, ids: tuple[str, ...], targets: np.ndarray, predictions: np.ndarray) -> None:
+        """One row a test sample (see `prediction_rows`), written atomically."""
+        header, rows = self.prediction_rows(ids, targets, predictions)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class BinaryAdapter(TaskAdapter):
+    """One logit; BCE; the positive class's probability."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float().squeeze(1), targets)
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        return M.classification_metrics(targets, predictions, self.type)
+
+    def prediction_rows(self, ids, targets, predictions):
+        header = ["id", "target", "prediction", "prob_positive"]
+        return header, [[i, int(t), int(p >= 0.5), float(p)] for i, t, p in zip(ids, targets, predictions)]
+
+
+@dataclass(frozen=True)
+class MulticlassAdapter(TaskAdapter):
+    """One logit a class; cross-entropy; softmax probabilities."""
+
+    def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.array(targets), dtype=torch.long)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets)
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        return torch.softmax(outputs.detach().float().cpu(), dim=1).numpy()
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        return M.classification_metrics(targets, predictions, self.type)
+
+    def prediction_rows(self, ids, targets, predictions):
+        header = ["id", "target", "prediction", *[f"prob_{c}" for c in self.info.classes]]
+        return header, [[i, int(t), int(p.argmax()), *map(float, p)] for i, t, p in zip(ids, targets, predictions)]
+
+
+@dataclass(frozen=True)
+class RegressionAdapter(TaskAdapter):
+    """One value; L1 on standardised targets (the study's primary metric is MAE); original-unit outputs."""
+
+    def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((np.array(targets) - self.target_mean) / self.target_std, dtype=torch.float32)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(outputs.float().squeeze(1), targets)
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        return outputs.detach().float().cpu().squeeze(1).numpy() * self.target_std + self.target_mean
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        return M.regression_metrics(targets, predictions)
+
+    def prediction_rows(self, ids, targets, predictions):
+        return ["id", "target", "prediction"], [[i, float(t), float(p)] for i, t, p in zip(ids, targets, predictions)]
+
+
+@dataclass(frozen=True)
+class SegmentationAdapter(TaskAdapter):
+    """A logit a pixel; BCE plus soft Dice; per-pixel probabilities."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = outputs.float().squeeze(1)
         bce = F.binary_cross_entropy_with_logits(logits, targets)
         probs = torch.sigmoid(logits)
         inter = (probs * targets).sum(dim=(1, 2))
         soft_dice = (2 * inter + 1) / (probs.sum(dim=(1, 2)) + targets.sum(dim=(1, 2)) + 1)
         return bce + (1 - soft_dice).mean()
 
-    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
-        """Model outputs → probabilities (classification, segmentation) or values (regression)."""
-        outputs = outputs.detach().float().cpu()
-        if self.type is TaskType.MULTICLASS:
-            return torch.softmax(outputs, dim=1).numpy()
-        if self.type is TaskType.REGRESSION:
-            return outputs.squeeze(1).numpy() * self.target_std + self.target_mean
-        return torch.sigmoid(outputs.squeeze(1)).numpy()
-
     def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-        """All metrics of the task type, from original-unit targets and `postprocess` output."""
-        if self.type in (TaskType.BINARY, TaskType.MULTICLASS):
-            return M.classification_metrics(targets, predictions, self.type)
-        if self.type is TaskType.REGRESSION:
-            return M.regression_metrics(targets, predictions)
         return M.segmentation_metrics(targets, predictions)
+
+    def prediction_rows(self, ids, targets, predictions):
+        dice = M.per_sample_dice(targets, predictions)
+        header = ["id", "target_pixels", "predicted_pixels", "dice"]
+        rows = [
+            [i, int((t > 0).sum()), int((p >= 0.5).sum()), float(d)]
+            for i, t, p, d in zip(ids, targets, predictions, dice)
+        ]
+        return header, rows
+
+
+ADAPTERS: dict[TaskType, type[TaskAdapter]] = {
+    TaskType.BINARY: BinaryAdapter,
+    TaskType.MULTICLASS: MulticlassAdapter,
+    TaskType.REGRESSION: RegressionAdapter,
+    TaskType.SEGMENTATION: SegmentationAdapter,
+}
+
+
+def adapter_for(info: TaskInfo, target_mean: float = 0.0, target_std: float = 1.0) -> TaskAdapter:
+    """The adapter of a task type with a known target scaling (e.g. read from a checkpoint)."""
+    return ADAPTERS[info.type](info, target_mean, target_std)
 
 
 def make_adapter(info: TaskInfo, train_targets: np.ndarray | None = None) -> TaskAdapter:
     """The adapter of a task, fitted to the training targets where the task type needs it."""
     if info.type is TaskType.REGRESSION and train_targets is not None and len(train_targets):
         std = float(np.std(train_targets)) or 1.0
-        return TaskAdapter(info, float(np.mean(train_targets)), std)
-    return TaskAdapter(info)
+        return adapter_for(info, float(np.mean(train_targets)), std)
+    return adapter_for(info)
 
 
 @dataclass(frozen=True)
@@ -112,9 +203,10 @@ class ReconstructionAdapter(TaskAdapter):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(torch.sigmoid(outputs.float().squeeze(1)), targets)
 
-    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(outputs.detach().float().cpu().squeeze(1)).numpy()
-
     def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         mse = float(np.mean((predictions - np.asarray(targets, np.float32) / 255.0) ** 2))
         return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
+
+    def prediction_rows(self, ids, targets, predictions):
+        errors = ((predictions - np.asarray(targets, np.float32) / 255.0) ** 2).reshape(len(ids), -1).mean(1)
+        return ["id", "mse"], [[i, float(e)] for i, e in zip(ids, errors)]

@@ -11,7 +11,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import medtl.training.loaders as loaders
 import medtl.training.loop as loop
+import medtl.training.runtime as rt
 from medtl.errors import UserError
 from medtl.mlops import signals
 from medtl.mlops.runner import ClaimLost, run_spec, work_root
@@ -49,12 +51,12 @@ class _SignalAt(loop.Callback):
 
 
 def _tiny_fit(folder, callbacks):
-    loop.seed_everything(0)
+    rt.seed_everything(0)
     splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 64, "val": 16, "test": 16})
     adapter = make_adapter(TASKS[Task.DEMO_BINARY])
-    runtime = loop.resolve_runtime("cpu")
-    train = loop.make_loader(splits.train, adapter, 8, runtime, shuffle=True)
-    val = loop.make_loader(splits.val, adapter, 8, runtime, shuffle=False)
+    runtime = rt.resolve_runtime("cpu")
+    train = loaders.make_loader(splits.train, adapter, 8, runtime, shuffle=True)
+    val = loaders.make_loader(splits.val, adapter, 8, runtime, shuffle=False)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1))
     ckpt = Checkpointer(folder, meta={})
     loop.fit(model, adapter, train, val, np.asarray(splits.val.targets), lr=0.01, max_epochs=5, runtime=runtime,

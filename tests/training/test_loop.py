@@ -8,18 +8,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from medtl.training.checkpoint import Checkpointer, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.finetune import FinetuneJob
-from medtl.training.loop import (
-    EarlyStopping,
-    FitState,
-    fit,
-    make_loader,
-    resolve_runtime,
-    seed_everything,
-)
-from medtl.training.spec import TASKS, RunSpec, Task
-from medtl.training.tasks import make_adapter
+from medtl.training.loaders import make_loader
+from medtl.training.loop import Callback, EarlyStopping, FitState, fit
+from medtl.training.runtime import resolve_runtime, seed_everything
+from medtl.training.spec import TASKS, RunSpec, Task, TaskType
+from medtl.training.tasks import ADAPTERS, make_adapter
 
 
 def test_learns_demo_binary_well_above_chance(tmp_path):
@@ -156,3 +152,67 @@ def test_fraction_touches_only_the_training_split():
     assert set(part.train.ids) <= set(full.train.ids)
     assert abs(part.train.targets.mean() - 0.5) < 0.05  # stratified
     assert part.digest != full.digest
+
+
+class _SavedRecorder(Callback):
+    """Records each on_checkpoint_saved call and whether last.pt of that epoch was on disk by then."""
+
+    def __init__(self, last_path):
+        self.last_path = last_path
+        self.calls: list[tuple[int, int, bool, bool]] = []
+
+    def on_checkpoint_saved(self, epoch, history, improved):
+        on_disk = self.last_path.exists() and load_checkpoint(self.last_path)["loop"]["epoch"] == epoch
+        self.calls.append((epoch, len(history), improved, on_disk))
+
+
+def test_checkpoint_saved_hook_reaches_every_callback_once_per_epoch_after_last_pt(tmp_path):
+    seed_everything(0)
+    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 32, "val": 16, "test": 8})
+    adapter = make_adapter(TASKS[Task.DEMO_BINARY])
+    runtime = resolve_runtime("cpu")
+    train = make_loader(splits.train, adapter, 16, runtime, shuffle=True)
+    val = make_loader(splits.val, adapter, 16, runtime, shuffle=False)
+    ckpt = Checkpointer(tmp_path / "checkpoints", meta={})
+    first, second = _SavedRecorder(ckpt.last_path), _SavedRecorder(ckpt.last_path)
+    state = fit(
+        _Tiny(), adapter, train, val, np.asarray(splits.val.targets), lr=0.01, max_epochs=3, runtime=runtime,
+        callbacks=[first, ckpt, EarlyStopping(10), second],
+    )
+    assert state.epoch == 3
+    best, improved = math.inf, []
+    for entry in state.history:
+        improved.append(entry["val_loss"] < best)
+        best = min(best, entry["val_loss"])
+    expected = [(e, e, improved[e - 1], True) for e in (1, 2, 3)]
+    assert first.calls == expected and second.calls == expected
+
+
+def test_every_task_type_has_its_adapter_and_predictions_table(tmp_path):
+    assert set(ADAPTERS) == set(TaskType)
+    for task in (Task.DEMO_BINARY, Task.DEMO_MULTICLASS, Task.DEMO_REGRESSION, Task.DEMO_SEGMENTATION):
+        info = TASKS[task]
+        splits = load_synthetic(task, image_size=16, sizes={"train": 8, "val": 4, "test": 4})
+        adapter = make_adapter(info, np.asarray(splits.train.targets))
+        assert type(adapter) is ADAPTERS[info.type]
+        outputs = torch.zeros(4, info.num_outputs, *((16, 16) if info.type is TaskType.SEGMENTATION else ()))
+        predictions = adapter.postprocess(outputs)
+        targets = np.asarray(splits.test.targets)
+        assert set(adapter.metrics(targets, predictions)) >= {adapter.primary}
+        path = tmp_path / f"{task.value}.csv"
+        adapter.write_predictions(path, splits.test.ids, targets, predictions)
+        lines = path.read_text().splitlines()
+        assert len(lines) == 5 and lines[0].startswith("id,")
+
+
+def test_recipe_result_names_every_artifact(tmp_path):
+    spec = RunSpec(task="demo-binary", arch="resnet18", lr=1e-3, max_epochs=1, patience=5, image_size=32, batch_size=16)
+    job = FinetuneJob.prepare(spec, tmp_path)
+    job.fit()
+    result = job.test()
+    assert result.best_checkpoint == tmp_path / "checkpoints" / "best.pt" and result.best_checkpoint.exists()
+    assert result.last_checkpoint == tmp_path / "checkpoints" / "last.pt" and result.last_checkpoint.exists()
+    assert result.transfer_report == tmp_path / "transfer_report.json" and result.transfer_report.exists()
+    assert result.predictions_path is not None and result.predictions_path.exists()
+    assert set(result.artifacts()) == {"predictions", "best_checkpoint", "last_checkpoint", "transfer_report"}
+    assert "auc" in result.metrics

@@ -12,14 +12,9 @@ import torch.nn as nn
 
 from medtl.training.checkpoint import Checkpointer, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
-from medtl.training.loop import (
-    Callback,
-    EarlyStopping,
-    fit,
-    make_loader,
-    resolve_runtime,
-    seed_everything,
-)
+from medtl.training.loaders import make_loader
+from medtl.training.loop import Callback, EarlyStopping, fit
+from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, Task
 from medtl.training.tasks import make_adapter
 
@@ -87,7 +82,7 @@ class _SaysStop(Callback):
 def _ddp_worker(rank: int, folder: str) -> None:
     import torch.distributed as dist
 
-    from medtl.training.loop import broadcast_resume
+    from medtl.training.runtime import broadcast_resume
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
