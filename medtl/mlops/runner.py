@@ -18,7 +18,9 @@ from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneJob
-from medtl.training.loop import Callback, FitState, broadcast_resume
+from medtl.training.loop import Callback, FitState
+from medtl.training.recipe import Recipe
+from medtl.training.runtime import broadcast_resume
 from medtl.training.spec import Init, PretrainSpec, RunSpec
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,7 @@ def resolve_init(spec: RunSpec, uri: str, workdir: Path, pin: str | None = None)
 
 
 def run_job(
-    job: FinetuneJob,
+    job: Recipe,
     *,
     experiment: str,
     name: str,
@@ -164,7 +166,7 @@ def run_job(
     stop signals and `owns_claim`. Tracking calls retry connection errors with back-off
     (`tracking.retrying`); epochs are buffered while the store is away.
     """
-    from medtl.training.loop import world
+    from medtl.training.runtime import world
 
     if world()[0] != 0:
         # Other ranks of a torchrun job train; rank 0 logs, checkpoints, tests, and decides the resume.
@@ -329,7 +331,7 @@ class _Totals(Callback):
 def _execute(
     client: MlflowClient,
     run_id: str,
-    job: FinetuneJob,
+    job: Recipe,
     uri: str,
     resume: dict | None,
     logged: int,
@@ -346,7 +348,7 @@ def _execute(
     logger = T.EpochLogger(client, run_id, job.checkpoint_dir, logged, T.upload_every_default(uri), owns_claim)
     try:
         state = job.fit(
-            callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck()], resume=resume, on_saved=logger
+            callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck(), logger], resume=resume
         )
     except ClaimLost:
         logger.close(timeout_s=5.0, drop=True)
@@ -374,21 +376,22 @@ def _execute(
         raise ClaimLost(run_id, "before the test")
     T.retrying(lambda: client.set_tag(run_id, S.STOP_REASON_TAG, state.stop_reason), "tagging the stop reason")
     result = job.test()
-    if result is not None:
-        final.update({f"test_{k}": v for k, v in result.metrics.items()})
-        T.retrying(lambda: client.log_artifact(run_id, str(result.predictions_path), "predictions"), "uploading predictions")
+    final.update({f"test_{k}": v for k, v in result.metrics.items()})
+    predictions = result.predictions_path
+    if predictions is not None:
+        T.retrying(lambda: client.log_artifact(run_id, str(predictions), "predictions"), "uploading predictions")
     final["duration_s"] = totals.so_far(0.0, 0.0)["duration_s"]
     T.log_metrics(client, run_id, final)
-    for path in (job.checkpointer.best_path, job.checkpointer.last_path):
-        if path.exists():
+    for path in (result.best_checkpoint, result.last_checkpoint):
+        if path is not None:
             T.retrying(lambda path=path: client.log_artifact(run_id, str(path), "checkpoints"), f"uploading {path.name}")
-    transfer = job.workdir / "transfer_report.json"
-    if transfer.exists():
+    transfer = result.transfer_report
+    if transfer is not None:
         T.retrying(lambda: client.log_artifact(run_id, str(transfer)), "uploading the transfer report")
     return final
 
 
-def _log_dataset(client: MlflowClient, run_id: str, job: FinetuneJob) -> None:
+def _log_dataset(client: MlflowClient, run_id: str, job: Recipe) -> None:
     """Record the data as an MLflow dataset input: name, source and a digest of split membership."""
     try:
         from mlflow.data.code_dataset_source import CodeDatasetSource
