@@ -37,8 +37,8 @@ def run_pretrain(
     from medtl.mlops import tracking as T
     from medtl.mlops.registry import log_registered_version
     from medtl.mlops.runner import run_job, work_root
-    from medtl.training.loop import world
     from medtl.training.pretrain import PretrainJob
+    from medtl.training.runtime import world
 
     uri = T.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / f"pretrain-{spec.run_key}"
