@@ -14,13 +14,11 @@ below 120 so the epoch and the run's closing fit in the lead time.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import signal
 import threading
 import time
 
-from medtl.errors import UserError
+from medtl.knobs import env_seconds
 from medtl.training.loop import Callback, FitState
 
 log = logging.getLogger(__name__)
@@ -61,14 +59,7 @@ def stop_grace_s(value: str | None = None) -> float:
     Raises:
         UserError: the value is not a non-negative number of seconds.
     """
-    raw = os.environ.get(GRACE_ENV, "0") if value is None else value
-    try:
-        grace = float(raw)
-    except ValueError:
-        grace = math.nan
-    if not math.isfinite(grace) or grace < 0:
-        raise UserError(f"{GRACE_ENV} must be a number of seconds >= 0, got {raw!r}")
-    return grace
+    return env_seconds(GRACE_ENV, 0.0, value=value)
 
 
 def install_stop_handlers(grace_s: float | None = None) -> None:

@@ -41,6 +41,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
+from medtl.knobs import env_number
 from medtl.mlops import tracking as T
 from medtl.mlops.runner import ClaimLost, run_spec
 from medtl.mlops.study import Study, StudyError, load_study, study_attrs, study_from_attrs
@@ -82,23 +83,10 @@ def knobs() -> Knobs:
     """
     default = Knobs()
 
-    def number(name: str, fallback: float, kind: type) -> Any:
-        raw = os.environ.get(name, "").strip()
-        if not raw:
-            return fallback
-        try:
-            value = kind(raw)
-        except ValueError:
-            unit = "a whole number" if kind is int else "a number"
-            raise UserError(f"{name} must be {unit}, got {raw!r}") from None
-        if kind is float and not math.isfinite(value):
-            raise UserError(f"{name} must be a finite number, got {raw!r}")
-        return value
-
-    heartbeat = number(HEARTBEAT_ENV, default.heartbeat_s, int)
-    grace = number(GRACE_ENV, default.grace_s, float)
-    retries = number(RETRIES_ENV, default.max_retries, int)
-    patience = number(PATIENCE_ENV, default.infra_patience_s, float)
+    heartbeat = int(env_number(HEARTBEAT_ENV, default.heartbeat_s, whole=True))
+    grace = env_number(GRACE_ENV, default.grace_s)
+    retries = int(env_number(RETRIES_ENV, default.max_retries, whole=True))
+    patience = env_number(PATIENCE_ENV, default.infra_patience_s)
     if heartbeat < 1:
         raise UserError(f"{HEARTBEAT_ENV} must be at least 1 second, got {heartbeat}")
     if grace <= heartbeat:

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,8 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from medtl.knobs import env_seconds
+from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training.loop import Callback, FitState
 
@@ -102,16 +103,7 @@ def retry_budget_s() -> float:
     Raises:
         UserError: the value is not a non-negative number.
     """
-    raw = os.environ.get(RETRY_ENV, "300")
-    try:
-        budget = float(raw)
-    except ValueError:
-        budget = math.nan
-    if not math.isfinite(budget) or budget < 0:
-        from medtl.errors import UserError
-
-        raise UserError(f"{RETRY_ENV} must be a number of seconds >= 0, got {raw!r}")
-    return budget
+    return env_seconds(RETRY_ENV, 300.0)
 
 
 def retrying(call: Callable[[], _T], what: str, budget_s: float | None = None, max_wait_s: float = 30.0) -> _T:
@@ -189,24 +181,6 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
         retrying(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk), "logging metrics")
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The medtl source's git commit: `$MEDTL_GIT_COMMIT` (set in the image), the checkout's, or `unknown`.
-
-    Read once per process: the code a long-running worker executes is the code it started with.
-    """
-    if os.environ.get("MEDTL_GIT_COMMIT"):
-        return os.environ["MEDTL_GIT_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def source_tags(commit: str | None = None) -> dict[str, str]:
     """MLflow's own source tags (the UI's Source, commit and user fields) for a run started here."""
     # The program and its subcommand (`medtl worker`), never a path argument: folders can name people.
@@ -280,16 +254,7 @@ def system_metrics_interval_s() -> float:
     Raises:
         UserError: the value is not a non-negative number.
     """
-    raw = os.environ.get(SYSTEM_METRICS_ENV, "10")
-    try:
-        interval = float(raw)
-    except ValueError:
-        interval = math.nan
-    if not math.isfinite(interval) or interval < 0:
-        from medtl.errors import UserError
-
-        raise UserError(f"{SYSTEM_METRICS_ENV} must be a number of seconds >= 0 (0: off), got {raw!r}")
-    return interval
+    return env_seconds(SYSTEM_METRICS_ENV, 10.0)
 
 
 class SystemMetrics:
