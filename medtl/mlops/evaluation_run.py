@@ -45,25 +45,6 @@ class Evaluation:
         return lines
 
 
-def evaluate_study(
-    study: str,
-    *,
-    tracking_uri: str | None = None,
-    mode: str = "paper",
-    out: str | Path | None = None,
-    log: bool = True,
-    per_lr: bool = False,
-    exclude_diverged: bool = False,
-    allow_mixed_pretrained: bool = False,
-    ui_url: str | None = None,
-) -> Path:
-    """Collect, compare and render a study's report; the path of report.html (see `evaluate`)."""
-    return evaluate(
-        study, tracking_uri=tracking_uri, mode=mode, out=out, log=log, per_lr=per_lr,
-        exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained, ui_url=ui_url,
-    ).report
-
-
 def evaluate(
     study: str,
     *,

@@ -278,9 +278,9 @@ def test_import_round_trips_to_the_arms(demo, packet, tmp_path, capsys):
     assert model["task"] == "demo-binary" and model["arms"] == list(ARMS) and model["raters"] == ["r1", "r2"]
     assert collect_ratings(demo["uri"], "no-such-study").empty
     # The evaluation report gains the reader-study section (the paper's Figure 9).
-    from medtl.mlops.evaluation_run import evaluate_study
+    from medtl.mlops.evaluation_run import evaluate
 
-    html = evaluate_study("xai", tracking_uri=demo["uri"], out=tmp_path / "report", log=False)
+    html = evaluate("xai", tracking_uri=demo["uri"], out=tmp_path / "report", log=False).report
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Reader study: blinded Grad-CAM ratings" in markdown and "reader_ratings.png" in markdown
     assert (tmp_path / "report" / "plots" / "reader_ratings.png").stat().st_size > 1000
