@@ -7,11 +7,14 @@ imports a command module.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from typing import TYPE_CHECKING
 
 from medtl.training import schema as S
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from medtl.mlops.registry import Registered
@@ -101,9 +104,22 @@ def init_distributed(device: str) -> str:
     return "cpu"
 
 
-def close_distributed() -> None:
-    """Tear down the process group `init_distributed` joined, if any."""
+def close_distributed(wait: bool = True) -> None:
+    """Tear down the process group `init_distributed` joined, if any.
+
+    Args:
+        wait: first wait at a barrier for every rank (the success path): rank 0 still logs and
+            registers after the fit, and a rank that tears gloo down while a peer is busy can abort
+            (`terminate called without an active exception`), which makes torchrun kill rank 0 mid-write.
+            False on an error path, where a peer may never reach the barrier.
+    """
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        try:
+            dist.barrier()
+        except Exception as exc:  # a peer already gone: tear down anyway
+            log.warning("ranks did not meet before shutdown: %s", exc)
+    dist.destroy_process_group()

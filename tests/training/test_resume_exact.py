@@ -124,6 +124,8 @@ def _ddp_worker(rank: int, folder: str) -> None:
         }
         with open(f"{folder}/rank{rank}.json", "w") as fh:
             json.dump(result, fh)
+        # Both ranks meet before tearing gloo down: a rank leaving while its peer still works can abort.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

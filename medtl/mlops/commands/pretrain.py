@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     device = init_distributed(args.device)
     try:
         outcome, registered = run_pretrain(spec, tracking_uri=args.tracking_uri, device=device)
-    finally:
-        close_distributed()
+    except BaseException:
+        close_distributed(wait=False)
+        raise
+    close_distributed()
     if registered is not None:
         status = "now champion" if registered.champion else "champion unchanged (the current one validates better)"
         print(f"pretrain run {outcome.run_id} FINISHED; registered {registered.name} version {registered.version}: {status}")
