@@ -34,7 +34,7 @@ DEMO := .medtl/demo
 DEMO_SET := $(DEMO)/pretrain-set
 DEMO_PATIENTS ?= 60
 
-STUDY_NAME_OF = $$($(PY) -c "from medtl.mlops.study import load_study; print(load_study('$(STUDY)').name)")
+STUDY_NAME_OF = $$($(PY) -c "from medtl.mlops.sweeps.study import load_study; print(load_study('$(STUDY)').name)")
 
 sweep: install $(DEMO_SET)/.labelled ## the whole study in miniature: archive → ingest → pseudo-labels → pretrain → grid → promote → report
 	$(MEDTL) sweep --study $(STUDY)

@@ -210,7 +210,7 @@ def _count(lab: Lab, study_path: Path, study: str) -> dict:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from medtl.mlops.study import load_study
+    from medtl.mlops.sweeps.study import load_study
 
     client = MlflowClient(lab.uri)
     keys = {spec.run_key for spec in load_study(study_path).specs}

@@ -15,7 +15,7 @@ _RUN = """
 import json, resource, sys, time, tracemalloc
 from pathlib import Path
 import pandas, pyarrow.parquet, pydicom, PIL.Image, tqdm  # imports outside the timed region
-from medtl.training.data.ingest import ingest
+from medtl.training.archive.ingest import ingest
 src, out, workers, trace = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 if trace:
     tracemalloc.start()
@@ -40,7 +40,7 @@ def main() -> dict:
     `tracemalloc_peak_mib` the Python-level allocation peak of a separate one-worker run (the
     files are converted in that process), which should not grow with the archive.
     """
-    from medtl.training.data.demo_archive import write_demo_archive
+    from medtl.training.archive.demo_archive import write_demo_archive
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

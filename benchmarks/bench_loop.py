@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.tracking import (
+from medtl.mlops.tracking.client import (
     EmissionsCallback,
     EpochLogger,
     SystemMetrics,

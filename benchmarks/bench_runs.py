@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops import tracking as T
+from medtl.mlops.tracking import client as T
 
 
 class _Refusing:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medtl.mlops.study import load_study
+from medtl.mlops.sweeps.study import load_study
 from medtl.training.spec import Init, RunSpec
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

@@ -1,7 +1,7 @@
 """Collect a study's reader-study ratings from the tracking store (what `evaluate` and `serve` render).
 
 The ratings of the blinded Grad-CAM reader study are artifacts `reader/ratings-<rater>.csv` of the
-study's gradcam runs (written by `medtl reader-import`, see `medtl.mlops.reader_study`). Finding the
+study's gradcam runs (written by `medtl reader-import`, see `medtl.mlops.explain.reader_study`). Finding the
 gradcam runs goes through the evaluation reader (one SELECT on SQL stores), so a study without a
 gradcam run costs no MLflow import; only reading the artifacts uses MLflow's client.
 """

@@ -55,7 +55,7 @@ def load_predictor(path: str | Path) -> Predictor:
 def read_image(path: Path, size: int) -> np.ndarray:
     """A PNG/JPEG/TIFF (8 or 16 bit) or a single-frame DICOM as a uint8 square of `size`."""
     if path.suffix.lower() in {".dcm", ".dicom"} or _is_dicom(path):
-        from medtl.training.data.dicom import SkipFile, iter_frames, read_dataset
+        from medtl.training.archive.dicom import SkipFile, iter_frames, read_dataset
 
         try:
             frames = list(iter_frames(read_dataset(path), size))

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medtl.training.archive.pretrain_set import load_pretrain, oversampling_weights
 from medtl.training.archs import arch_for_task
-from medtl.training.data.pretrain import load_pretrain, oversampling_weights
 from medtl.training.factory import build_network, image_size_for
 from medtl.training.recipe import Recipe
 from medtl.training.runtime import resolve_runtime, seed_everything

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.mlops.cli import main
-from medtl.mlops.gradcam_run import choose_runs
+from medtl.mlops.explain.gradcam import choose_runs
 from medtl.training.spec import Arch, Task
 
 SIZE = 64  # resnet18's layer4 is 2x2 here; at 32 px it would be 1x1 and every heatmap flat
@@ -25,12 +25,12 @@ ARMS = ("random", "imagenet", "domain")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A store with one finished demo-binary resnet18 run per arm (1 epoch, 64 px) and a gradcam run."""
-    from medtl.mlops.pretraining import run_pretrain as pretrain
-    from medtl.mlops.runner import run_spec
+    from medtl.mlops.tracking.pretraining import run_pretrain as pretrain
+    from medtl.mlops.tracking.runner import run_spec
+    from medtl.training.archive.demo_archive import write_demo_archive
+    from medtl.training.archive.ingest import ingest
+    from medtl.training.archive.pseudolabel import pseudolabel
     from medtl.training.archs import get_arch
-    from medtl.training.data.demo_archive import write_demo_archive
-    from medtl.training.data.ingest import ingest
-    from medtl.training.data.pseudolabel import pseudolabel
     from medtl.training.init import imagenet_cache_path
     from medtl.training.spec import PretrainSpec, RunSpec
 
@@ -278,7 +278,7 @@ def test_import_round_trips_to_the_arms(demo, packet, tmp_path, capsys):
     assert model["task"] == "demo-binary" and model["arms"] == list(ARMS) and model["raters"] == ["r1", "r2"]
     assert collect_ratings(demo["uri"], "no-such-study").empty
     # The evaluation report gains the reader-study section (the paper's Figure 9).
-    from medtl.mlops.evaluation_run import evaluate
+    from medtl.mlops.tracking.evaluation_run import evaluate
 
     html = evaluate("xai", tracking_uri=demo["uri"], out=tmp_path / "report", log=False).report
     markdown = (tmp_path / "report" / "report.md").read_text()

@@ -7,7 +7,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.cli import main
-from medtl.mlops.promote import candidates, version_tags
+from medtl.mlops.tracking.promote import candidates, version_tags
 from medtl.training.spec import RunSpec
 
 

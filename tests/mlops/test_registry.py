@@ -12,18 +12,24 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.cli import main
-from medtl.mlops.pretraining import run_pretrain as pretrain
-from medtl.mlops.promote import promote
-from medtl.mlops.registry import CHAMPION, METRIC_TAG, PREVIOUS, RUN_TAG, move_champion_if_better
-from medtl.mlops.runner import run_spec
+from medtl.mlops.tracking.pretraining import run_pretrain as pretrain
+from medtl.mlops.tracking.promote import promote
+from medtl.mlops.tracking.registry import (
+    CHAMPION,
+    METRIC_TAG,
+    PREVIOUS,
+    RUN_TAG,
+    move_champion_if_better,
+)
+from medtl.mlops.tracking.runner import run_spec
 from medtl.training.spec import PretrainSpec, RunSpec
 
 
 @pytest.fixture(scope="module")
 def archive_set(tmp_path_factory) -> Path:
-    from medtl.training.data.demo_archive import write_demo_archive
-    from medtl.training.data.ingest import ingest
-    from medtl.training.data.pseudolabel import pseudolabel
+    from medtl.training.archive.demo_archive import write_demo_archive
+    from medtl.training.archive.ingest import ingest
+    from medtl.training.archive.pseudolabel import pseudolabel
 
     root = tmp_path_factory.mktemp("archive")
     write_demo_archive(root / "archive")

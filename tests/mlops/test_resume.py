@@ -8,7 +8,7 @@ import textwrap
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.runner import run_spec
+from medtl.mlops.tracking.runner import run_spec
 from medtl.training.spec import RunSpec
 
 SPEC = dict(task="demo-binary", arch="mobilenet_v3_small", max_epochs=5, patience=5, image_size=32, seed=1)
@@ -17,7 +17,7 @@ KILL_AT_EPOCH_3 = textwrap.dedent(
     """
     import os, signal, sys
     import medtl.training.loop as loop
-    from medtl.mlops.runner import run_spec
+    from medtl.mlops.tracking.runner import run_spec
     from medtl.training.spec import RunSpec
 
     original = loop.EarlyStopping.on_epoch_end
@@ -59,7 +59,7 @@ def test_killed_run_resumes_in_the_same_run_without_repeated_steps(tmp_path, tra
 def test_attempt_without_checkpoint_is_marked_killed_and_restarted(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri)
     spec = RunSpec(**{**SPEC, "max_epochs": 1})
-    from medtl.mlops import tracking as T
+    from medtl.mlops.tracking import client as T
 
     experiment_id = T.get_or_create_experiment(client, "medtl/resume", tracking_uri)
     ghost = client.create_run(experiment_id, tags={T.RUN_KEY_TAG: spec.run_key, T.STAGE_TAG: "finetune"})

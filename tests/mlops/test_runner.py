@@ -7,7 +7,7 @@ import csv
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.runner import run_spec
+from medtl.mlops.tracking.runner import run_spec
 from medtl.training.finetune import FinetuneJob
 from medtl.training.spec import RunSpec
 

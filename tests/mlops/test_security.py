@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.evaluation.collect import mask_uri
 from medtl.mlops.cli import main
-from medtl.mlops.tracking import FAILURE_TAG, end_run, log_params, mask_url, set_tags
+from medtl.mlops.tracking.client import FAILURE_TAG, end_run, log_params, mask_url, set_tags
 from medtl.training.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint
 from medtl.training.init import read_weights
 

@@ -16,7 +16,7 @@ import medtl.training.loop as loop
 import medtl.training.runtime as rt
 from medtl.errors import UserError
 from medtl.mlops import signals
-from medtl.mlops.runner import ClaimLost, run_spec, work_root
+from medtl.mlops.tracking.runner import ClaimLost, run_spec, work_root
 from medtl.training.checkpoint import Checkpointer, atomic_save, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.finetune import FinetuneJob

@@ -14,9 +14,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.runner import run_spec
 from medtl.mlops.stack import sweep_command, without_password
-from medtl.mlops.study import load_study
+from medtl.mlops.sweeps.study import load_study
+from medtl.mlops.tracking.runner import run_spec
 from medtl.training.spec import RunSpec
 
 pytestmark = pytest.mark.integration

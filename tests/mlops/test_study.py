@@ -7,9 +7,9 @@ import json
 import optuna
 import pytest
 
-from medtl.mlops import plan
-from medtl.mlops.study import StudyError, load_study
-from medtl.mlops.sweep import enqueue_missing, open_optuna_study, open_storage
+from medtl.mlops.sweeps import plan
+from medtl.mlops.sweeps.study import StudyError, load_study
+from medtl.mlops.sweeps.sweep import enqueue_missing, open_optuna_study, open_storage
 
 BASE = """
 name: s
@@ -193,7 +193,7 @@ def test_plan_of_the_paper_grid_uses_the_shipped_cpu_table(request, tmp_path, mo
 
 
 def test_study_archs_reads_only_the_arch_axis(tmp_path):
-    from medtl.mlops.study import StudyError, study_archs
+    from medtl.mlops.sweeps.study import StudyError, study_archs
 
     path = tmp_path / "archs.yaml"
     path.write_text(

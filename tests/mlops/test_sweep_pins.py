@@ -11,10 +11,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops import runner
-from medtl.mlops import sweep as S
-from medtl.mlops.registry import CHAMPION
-from medtl.mlops.runner import RunOutcome
+from medtl.mlops.sweeps import sweep as S
+from medtl.mlops.tracking import runner
+from medtl.mlops.tracking.registry import CHAMPION
+from medtl.mlops.tracking.runner import RunOutcome
 from medtl.training.spec import RunSpec
 
 STUDY = """
@@ -76,7 +76,7 @@ def test_the_runner_loads_the_pinned_version_not_the_alias(tmp_path, monkeypatch
         loaded.append(uri)
         raise RuntimeError("stop here: only the URI matters")
 
-    monkeypatch.setattr("medtl.mlops.registry.resolve_weights", fake_resolve)
+    monkeypatch.setattr("medtl.mlops.tracking.registry.resolve_weights", fake_resolve)
     spec = RunSpec(task="demo-binary", arch="resnet18", init="domain")
     for pin in (f"models:/{NAME}/1", None):
         with contextlib.suppress(RuntimeError):

@@ -13,11 +13,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from medtl.mlops import sweep as S
 from medtl.mlops.cli import main
-from medtl.mlops.runner import RunOutcome
 from medtl.mlops.signals import StopRequested, clear_stop_request
-from medtl.mlops.study import load_study
+from medtl.mlops.sweeps import sweep as S
+from medtl.mlops.sweeps.study import load_study
+from medtl.mlops.tracking.runner import RunOutcome
 
 STUDY = """
 name: queue

@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops import tracking as T
+from medtl.mlops.tracking import client as T
 
 
 class _Flaky:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from medtl.mlops import sweep as S
 from medtl.mlops.cli import main
-from medtl.mlops.runner import RunOutcome
 from medtl.mlops.signals import clear_stop_request
-from medtl.mlops.study import load_study, study_attrs, study_from_attrs
+from medtl.mlops.sweeps import sweep as S
+from medtl.mlops.sweeps.study import load_study, study_attrs, study_from_attrs
+from medtl.mlops.tracking.runner import RunOutcome
 
 STUDY = """
 name: byname

@@ -9,8 +9,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medtl.training.data import dicom
-from medtl.training.data.demo_archive import planted_identifiers, write_demo_archive
+from medtl.training.archive import dicom
+from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
 
 
 def make_ds(pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Dataset:

@@ -17,8 +17,8 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from medtl.errors import UserError
-from medtl.training.data.demo_archive import planted_identifiers, write_demo_archive
-from medtl.training.data.ingest import KEY_ENV, DeidKeyError, ingest, keyed, load_key, path_key
+from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
+from medtl.training.archive.ingest import KEY_ENV, DeidKeyError, ingest, keyed, load_key, path_key
 
 KEY = b"test-key-0123456789abcdef"
 
@@ -154,7 +154,7 @@ def test_two_workers_write_the_same_as_one(archive, reference, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    import medtl.training.data.ingest as m
+    import medtl.training.archive.ingest as m
     real = m.process_source
     def slow(path, rel):
         time.sleep(0.15)
@@ -290,7 +290,7 @@ def _copy_some(archive: Path, dest: Path, n: int) -> list[str]:
 
 
 def test_a_file_that_crashes_or_hangs_its_decoder_is_skipped(archive, tmp_path, monkeypatch):
-    import medtl.training.data.ingest as module
+    import medtl.training.archive.ingest as module
 
     names = _copy_some(archive, tmp_path / "src", 5)
     real = module.process_source
@@ -323,7 +323,7 @@ RUN_DEATH_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import medtl.training.data.ingest as m
+    import medtl.training.archive.ingest as m
     real = m.process_source
     def deadly(path, rel):
         if rel == sys.argv[4]:  # takes the whole run down with it (the supervisor included)

@@ -11,16 +11,16 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import homogeneity_score
 
-from medtl.training.data.base import DataError
-from medtl.training.data.demo_archive import write_demo_archive
-from medtl.training.data.ingest import ingest
-from medtl.training.data.pretrain import load_pretrain, oversampling_weights, split_patients
-from medtl.training.data.pseudolabel import (
+from medtl.training.archive.demo_archive import write_demo_archive
+from medtl.training.archive.ingest import ingest
+from medtl.training.archive.pretrain_set import load_pretrain, oversampling_weights, split_patients
+from medtl.training.archive.pseudolabel import (
     image_features,
     normalised_entropy,
     pseudolabel,
     summarise,
 )
+from medtl.training.data.base import DataError
 
 KEY = b"pseudolabel-test-key-0123"
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from medtl.errors import UserError
-    from medtl.training.data.demo_archive import planted_identifiers, write_demo_archive
+    from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
 
     out = Path(args.out)
     if args.planted_out is not None and args.planted_out.resolve().is_relative_to(out.resolve()):

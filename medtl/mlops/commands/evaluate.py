@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medtl.mlops.evaluation_run import evaluate
+    from medtl.mlops.tracking.evaluation_run import evaluate
 
     result = evaluate(
         args.study,

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medtl.mlops.gradcam_run import gradcam_study
+    from medtl.mlops.explain.gradcam import gradcam_study
 
     outcome = gradcam_study(
         args.study, args.task, args.arch, n=args.n, seed=args.seed, explain=args.explain,

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
     )
-    from medtl.mlops.pretraining import close_distributed, init_distributed, run_pretrain
     from medtl.mlops.signals import install_stop_handlers
+    from medtl.mlops.tracking.pretraining import close_distributed, init_distributed, run_pretrain
 
     install_stop_handlers()  # SIGTERM like Ctrl-C: the run ends KILLED, resumable from last.pt
     device = init_distributed(args.device)

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
     from medtl.evaluation.collect import list_studies
-    from medtl.mlops.promote import promote
+    from medtl.mlops.tracking.promote import promote
     from medtl.training.schema import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)

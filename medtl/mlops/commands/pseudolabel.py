@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from mlflow.entities import Metric
 
     from medtl.errors import UserError
-    from medtl.training.data.pseudolabel import MOSAICS, SUMMARY, load_manifest, pseudolabel
+    from medtl.training.archive.pseudolabel import MOSAICS, SUMMARY, load_manifest, pseudolabel
 
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--clusters must be between 2 and the number of images ({images}), got {args.clusters}")
     result = pseudolabel(folder, clusters=args.clusters, seed=args.seed, max_entropy=args.max_entropy,
                          reports=args.reports)
-    from medtl.mlops import tracking as T
+    from medtl.mlops.tracking import client as T
 
     uri = S.resolve_tracking_uri(args.tracking_uri)
     mlflow.set_tracking_uri(uri)

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medtl.mlops.reader_study import import_ratings
+    from medtl.mlops.explain.reader_study import import_ratings
 
     done = import_ratings(args.sheet, args.gradcam_run, rater=args.rater, tracking_uri=args.tracking_uri)
     action = "replaced" if done.replaced else "imported"

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medtl.mlops.reader_study import write_packet
+    from medtl.mlops.explain.reader_study import write_packet
 
     packet = write_packet(args.gradcam_run, args.out, seed=args.seed, tracking_uri=args.tracking_uri)
     print(f"{packet.out}: {packet.images} images, labels {', '.join(packet.labels)}; send it with rating_sheet.csv")

@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         optimizer=args.optimizer,
     )
-    from medtl.mlops.runner import run_spec
     from medtl.mlops.signals import install_stop_handlers
-    from medtl.mlops.tracking import mask_url, resolve_tracking_uri
+    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
+    from medtl.mlops.tracking.runner import run_spec
 
     install_stop_handlers()  # SIGTERM like Ctrl-C: the run ends KILLED, resumable from last.pt
 

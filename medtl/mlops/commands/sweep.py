@@ -32,19 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
-    from medtl.mlops.study import load_study
+    from medtl.mlops.sweeps.study import load_study
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     load_study(args.study, tracking_uri=args.tracking_uri)  # refuse a bad study file before importing the heavy libraries
     if args.plan:
-        from medtl.mlops.plan import print_plan
+        from medtl.mlops.sweeps.plan import print_plan
 
         print_plan(args.study, tracking_uri=args.tracking_uri)
         return 0
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweep import knobs, sweep
-    from medtl.mlops.tracking import mask_url, resolve_tracking_uri
+    from medtl.mlops.sweeps.sweep import knobs, sweep
+    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 
     knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2, nothing written
     try:

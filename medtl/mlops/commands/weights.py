@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def _targets(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """(torchvision name, ArchSpec of that backbone) per distinct weights file, in order."""
-    from medtl.mlops.study import study_archs
+    from medtl.mlops.sweeps.study import study_archs
     from medtl.training.archs import ARCHS, get_arch
 
     names = list(args.archs or [])

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweep import InfrastructureDown, knobs, work
-    from medtl.mlops.tracking import mask_url, resolve_tracking_uri
+    from medtl.mlops.sweeps.sweep import InfrastructureDown, knobs, work
+    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 
     if args.max_trials is not None and args.max_trials < 1:
         raise UserError(f"--max-trials must be at least 1, got {args.max_trials}")

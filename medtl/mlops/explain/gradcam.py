@@ -21,8 +21,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
-from medtl.mlops import tracking as T
-from medtl.mlops.registry import RUN_TAG, champion
+from medtl.mlops.tracking import client as T
+from medtl.mlops.tracking.registry import RUN_TAG, champion
 from medtl.training import schema as S
 from medtl.training.schema import MAIN_ARMS, arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Arch, RunSpec, Task, TaskType, parse_enum
@@ -57,7 +57,7 @@ def sample_name(number: int, total: int) -> str:
 
 def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dict[str, ArmChoice]:
     """The run to explain for each arm of (task, arch) in `study`; UserError when fewer than two arms have one."""
-    from medtl.mlops.promote import study_experiment, validation_rank
+    from medtl.mlops.tracking.promote import study_experiment, validation_rank
 
     experiment = study_experiment(client, study)
     runs = client.search_runs(

@@ -42,9 +42,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
 from medtl.knobs import env_number
-from medtl.mlops import tracking as T
-from medtl.mlops.runner import ClaimLost, run_spec
-from medtl.mlops.study import Study, StudyError, load_study, study_attrs, study_from_attrs
+from medtl.mlops.sweeps.study import Study, StudyError, load_study, study_attrs, study_from_attrs
+from medtl.mlops.tracking import client as T
+from medtl.mlops.tracking.runner import ClaimLost, run_spec
 from medtl.training import schema as SC
 from medtl.training.spec import Init, RunSpec
 
@@ -207,7 +207,7 @@ def open_optuna_study(
     """Create the study once (or load it); the trial value is the best validation loss (minimised).
 
     With `publish`, the study's name and grid are written to the Optuna study's user attributes
-    (`medtl.mlops.study.study_attrs`), so a worker given only the name rebuilds it (`join_queue`).
+    (`medtl.mlops.sweeps.study.study_attrs`), so a worker given only the name rebuilds it (`join_queue`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna_study = optuna.create_study(
@@ -979,8 +979,8 @@ def sweep(
         done = finished_run_keys(client, study.name)
     except Exception as exc:
         raise UserError(T.mask_url(f"cannot reach the tracking store {uri}: {str(exc).splitlines()[0][:200]}")) from None
-    from medtl.mlops import prerequisites
-    from medtl.mlops.pretraining import run_pretrain
+    from medtl.mlops.sweeps import prerequisites
+    from medtl.mlops.tracking.pretraining import run_pretrain
 
     pending = [spec for spec in study.specs if spec.run_key not in done]
     readiness = prerequisites.check(

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.errors import UserError
-from medtl.training.data import dicom
+from medtl.training.archive import dicom
 
 KEY_ENV = "MEDTL_DEID_KEY"
 MIN_KEY_BYTES = 16

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.registry import champion
-from medtl.mlops.study import Study
+from medtl.mlops.sweeps.study import Study
+from medtl.mlops.tracking.registry import champion
 from medtl.training.spec import Arch, Init, Modality, PretrainSpec, RunSpec
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops import tracking as T
 from medtl.mlops.signals import StopCheck, StopRequested
+from medtl.mlops.tracking import client as T
 from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneJob
@@ -128,7 +128,7 @@ def resolve_init(spec: RunSpec, uri: str, workdir: Path, pin: str | None = None)
     """
     if spec.init is not Init.DOMAIN or not spec.init_source.startswith("models:/"):
         return None, {}
-    from medtl.mlops.registry import RegistryError, resolve_weights
+    from medtl.mlops.tracking.registry import RegistryError, resolve_weights
 
     try:
         resolved = resolve_weights(pin or spec.init_source, uri, workdir / "init")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops import tracking as T
-from medtl.mlops.study import load_study
-from medtl.mlops.sweep import finished_runs
+from medtl.mlops.sweeps.study import load_study
+from medtl.mlops.sweeps.sweep import finished_runs
+from medtl.mlops.tracking import client as T
 from medtl.training.spec import RunSpec, Task
 
-THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
+THROUGHPUT = Path(__file__).resolve().parents[3] / "benchmarks" / "throughput.json"
 # Training / validation images per epoch at fraction 1, from the datasets' documentation.
 NOMINAL_SIZES: dict[Task, tuple[int, int]] = {
     Task.RSNA_BONEAGE: (12611, 1425),

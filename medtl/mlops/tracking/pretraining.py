@@ -1,6 +1,6 @@
 """PretrainSpec → a tracked pretraining run (stage `pretrain`) whose best checkpoint is registered.
 
-The sibling of `medtl.mlops.runner.run_spec`: `medtl pretrain` and a sweep that must first pretrain
+The sibling of `medtl.mlops.tracking.runner.run_spec`: `medtl pretrain` and a sweep that must first pretrain
 a domain arm's weights both call `run_pretrain`; neither the sweep nor any other orchestration
 imports a command module.
 """
@@ -17,8 +17,8 @@ from medtl.training import schema as S
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from medtl.mlops.registry import Registered
-    from medtl.mlops.runner import RunOutcome
+    from medtl.mlops.tracking.registry import Registered
+    from medtl.mlops.tracking.runner import RunOutcome
     from medtl.training.spec import PretrainSpec
 
 
@@ -37,9 +37,9 @@ def run_pretrain(
     """
     from mlflow.tracking import MlflowClient
 
-    from medtl.mlops import tracking as T
-    from medtl.mlops.registry import log_registered_version
-    from medtl.mlops.runner import run_job, work_root
+    from medtl.mlops.tracking import client as T
+    from medtl.mlops.tracking.registry import log_registered_version
+    from medtl.mlops.tracking.runner import run_job, work_root
     from medtl.training.pretrain import PretrainJob
     from medtl.training.runtime import world
 

@@ -23,7 +23,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
-from medtl.mlops import tracking as T
+from medtl.mlops.tracking import client as T
 
 log = logging.getLogger(__name__)
 

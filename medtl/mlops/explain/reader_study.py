@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.evaluation.reader_ratings import KEY_PATH, RATINGS_COLUMNS, read_key
-from medtl.mlops.gradcam_run import EXPLAINS_PREFIX, sample_name
+from medtl.mlops.explain.gradcam import EXPLAINS_PREFIX, sample_name
 from medtl.training import schema as S
 
 SHEET = "rating_sheet.csv"

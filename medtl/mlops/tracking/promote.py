@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.evaluation.collect import list_studies
 from medtl.evaluation.selection import validation_rank_key
-from medtl.mlops.registry import (
+from medtl.mlops.tracking.registry import (
     CHAMPION,
     RUN_TAG,
     champion,
