@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medtl.mlops.cli import main
-from medtl.training.archive.ingest import KEY_ENV
+from medtl.training.archive.deid import KEY_ENV
 
 
 @pytest.fixture()

@@ -17,8 +17,9 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from medtl.errors import UserError
+from medtl.training.archive.deid import KEY_ENV, DeidKeyError, keyed, load_key, path_key
 from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
-from medtl.training.archive.ingest import KEY_ENV, DeidKeyError, ingest, keyed, load_key, path_key
+from medtl.training.archive.ingest import ingest
 
 KEY = b"test-key-0123456789abcdef"
 
@@ -154,12 +155,13 @@ def test_two_workers_write_the_same_as_one(archive, reference, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
+    import medtl.training.archive.convert as c
     import medtl.training.archive.ingest as m
-    real = m.process_source
+    real = c.process_source
     def slow(path, rel):
         time.sleep(0.15)
         return real(path, rel)
-    m.process_source = slow
+    c.process_source = slow
     from pathlib import Path
     m.ingest(Path(sys.argv[1]), Path(sys.argv[2]), key=sys.argv[3].encode(), progress=False)
     """
@@ -290,10 +292,10 @@ def _copy_some(archive: Path, dest: Path, n: int) -> list[str]:
 
 
 def test_a_file_that_crashes_or_hangs_its_decoder_is_skipped(archive, tmp_path, monkeypatch):
-    import medtl.training.archive.ingest as module
+    from medtl.training.archive import convert, workers
 
     names = _copy_some(archive, tmp_path / "src", 5)
-    real = module.process_source
+    real = convert.process_source
 
     def faulty(path: str, rel: str) -> dict:  # runs in the forked worker processes
         if rel == names[1]:
@@ -307,14 +309,14 @@ def test_a_file_that_crashes_or_hangs_its_decoder_is_skipped(archive, tmp_path, 
             os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
         return real(path, rel)
 
-    monkeypatch.setattr(module, "process_source", faulty)
+    monkeypatch.setattr(convert, "process_source", faulty)
     summary = ingest(tmp_path / "src", tmp_path / "out", key=KEY, workers=2, progress=False, decode_timeout=2)
     assert (summary.converted, summary.skipped, summary.decoder_failures) == (2, 3, 3)
     reasons = _reasons(tmp_path / "out", tmp_path / "src")
     assert reasons[names[1]] == "decoder crashed (worker exit code -11)"
     assert reasons[names[3]] == "decoder timed out after 2 s"
     assert "most likely out of memory" in reasons[names[4]]
-    assert not list((tmp_path / "out" / module.IN_PROGRESS).iterdir())
+    assert not list((tmp_path / "out" / workers.IN_PROGRESS).iterdir())
     again = ingest(tmp_path / "src", tmp_path / "out", key=KEY, progress=False, decode_timeout=2)
     assert (again.already_done, again.skipped) == (5, 0)  # passed over, not decoded again
 
@@ -323,14 +325,15 @@ RUN_DEATH_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
+    import medtl.training.archive.convert as c
     import medtl.training.archive.ingest as m
-    real = m.process_source
+    real = c.process_source
     def deadly(path, rel):
         if rel == sys.argv[4]:  # takes the whole run down with it (the supervisor included)
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, rel)
-    m.process_source = deadly
+    c.process_source = deadly
     m.ingest(Path(sys.argv[1]), Path(sys.argv[2]), key=sys.argv[3].encode(), progress=False)
     """
 )

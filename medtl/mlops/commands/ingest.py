@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
-    from medtl.training.archive.ingest import check_allowed, check_source_map, ingest, load_key
+    from medtl.training.archive.deid import load_key
+    from medtl.training.archive.ingest import check_allowed, check_source_map, ingest
 
     src, out = Path(args.src), Path(args.out)
     if not src.exists():

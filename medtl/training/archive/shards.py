@@ -1,0 +1,162 @@
+"""Ingest's output folder: atomic writes, one shard record per source, and their compaction.
+
+Crash safety. Every file is written to a temporary name, fsynced and moved into place with
+`os.replace`. Each source file, once handled, leaves one shard record (`DIR/.shards/<key>.json`)
+written after its PNGs; the manifest and the skipped list are compacted from all shards at the end
+of a run. A run killed midway therefore loses nothing already recorded, and a rerun recovers from
+the shards and skips every source whose content hash already has one; a shard that cannot be read
+is treated as missing and rebuilt. Nothing in DIR names a source path: `skipped.csv` and the shards
+hold a keyed hash of it (`source_key`), and the readable mapping goes only to a file the user names
+outside DIR (`write_source_map`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medtl.errors import UserError
+from medtl.training.archive.deid import DeidKeyError, keyed
+
+STATE_FILE = ".medtl-ingest.json"
+SHARDS = ".shards"
+MANIFEST = "manifest.parquet"
+SKIPPED = "skipped.csv"
+SKIPPED_COLUMNS = ("source_key", "reason")
+LEADING_COLUMNS = ("image_path", "modality", "body_part", "patient_key", "study_key", "series_key", "frame")
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to a temporary file, fsync it, and rename it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames inside `folder` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_state(out: Path, key: bytes, size: int) -> None:
+    """Refuse to mix keys or image sizes in one output folder; record them on first use."""
+    state = {"key_check": keyed(key, "key-check", "medtl"), "image_size": size, "version": 1}
+    path = out / STATE_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("key_check") != state["key_check"]:
+            raise DeidKeyError(f"{out} was written under a different de-identification key; use that key or a new folder")
+        if old.get("image_size") != size:
+            raise UserError(f"{out} holds {old.get('image_size')}-pixel images, not {size}; use a new folder")
+        return
+    atomic_write(path, json.dumps(state).encode())
+
+
+def shard_path(out: Path, name: str) -> Path:
+    """Where the shard record called `name` (a keyed hash) lives under `out`."""
+    return out / SHARDS / name[:2] / f"{name}.json"
+
+
+def read_shard(path: Path) -> dict[str, Any] | None:
+    """A shard's record, or None when it is missing or unreadable (it is then rebuilt)."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not {"path_keys", "rows", "skipped"} <= record.keys():
+            raise ValueError("incomplete record")
+        return record
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("shard %s is unreadable: rebuilding it", path.name)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_shard(path: Path, record: dict[str, Any]) -> None:
+    """Write one shard record atomically."""
+    atomic_write(path, json.dumps(record, allow_nan=True).encode())
+
+
+def clean_temporaries(out: Path) -> None:
+    """Remove temporaries a killed run left (ours only: `.<name>.<pid>.tmp`)."""
+    leftovers = [*out.glob(".*.tmp")]
+    for folder in (out / "images", out / SHARDS):
+        if folder.is_dir():
+            leftovers += folder.rglob(".*.tmp")
+    for tmp in leftovers:
+        tmp.unlink(missing_ok=True)
+
+
+def compact(out: Path) -> tuple[int, int]:
+    """Rebuild `manifest.parquet` and `skipped.csv` from the shards, atomically.
+
+    Removes PNGs that no shard references (left by a run killed between image and shard).
+    Returns (manifest rows, skipped rows). Without any image, no manifest is written.
+    """
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for shard in sorted((out / SHARDS).rglob("*.json")):
+        record = read_shard(shard)  # an unreadable one is removed: its source converts on the next run
+        if record is None:
+            continue
+        rows.extend(record["rows"])
+        skipped.extend({"source_key": s.get("source_key", ""), "reason": s["reason"]} for s in record["skipped"])
+    skipped.sort(key=lambda s: (s["source_key"], s["reason"]))
+    buffer = pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False).encode()
+    atomic_write(out / SKIPPED, buffer)
+    referenced = {r["image_path"] for r in rows}
+    for png in (out / "images").rglob("*.png") if (out / "images").is_dir() else ():
+        if png.relative_to(out).as_posix() not in referenced:
+            png.unlink()
+    if not rows:
+        return 0, len(skipped)
+    frame = pd.DataFrame(rows).sort_values(["patient_key", "study_key", "series_key", "image_path"])
+    frame = frame[list(LEADING_COLUMNS) + [c for c in frame.columns if c not in LEADING_COLUMNS]]
+    buffer = io.BytesIO()
+    frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    atomic_write(out / MANIFEST, buffer.getvalue())
+    _fsync_dir(out)
+    return len(frame), len(skipped)
+
+
+def write_source_map(path: Path, mapping: dict[str, str]) -> None:
+    """Merge `mapping` (source key -> path relative to SRC) into the CSV at `path`, mode 0600."""
+    import csv
+
+    path = Path(path)
+    merged: dict[str, str] = {}
+    if path.is_file():
+        with path.open(newline="") as handle:
+            merged = {r["source_key"]: r["source"] for r in csv.DictReader(handle) if "source_key" in r}
+    merged.update(mapping)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["source_key", "source"])
+    writer.writerows(sorted(merged.items(), key=lambda kv: kv[1]))
+    atomic_write(path, buffer.getvalue().encode(), mode=0o600)
