@@ -178,7 +178,7 @@ def _write_splits(out: Path, task, splits) -> int:
 
 
 def _write_source_map(path: Path, splits) -> None:
-    from medtl.training.data.generic import sample_id_map
+    from medtl.training.data.sample_ids import sample_id_map
 
     mapping = sample_id_map()
     ids = [i for part in (splits.train, splits.val, splits.test) for i in part.ids]
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         args.data_parser.print_help()
         return 2
     if args.action == "deidentify":
-        from medtl.training.data.generic import write_deid_marker
+        from medtl.training.data.sample_ids import write_deid_marker
 
         marker = write_deid_marker(Path(args.path))
         print(f"wrote {marker}: sample ids of {args.path} are now keyed hashes under $MEDTL_DEID_KEY")

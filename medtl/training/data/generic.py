@@ -5,21 +5,13 @@ the aspect ratio (bilinear, antialiased when shrinking; nearest neighbour for ma
 is zero-padded, centred. 8-bit files keep their values; deeper files (16-bit PNG, 32-bit) are read
 at full depth and min-max scaled over the image to 0-255 before resizing.
 
-De-identified sample ids. Sample ids are file paths relative to the dataset (they reach
-`predictions/test.csv` in MLflow), and hospital exports name files after patients. A dataset
-whose root holds `.medtl-deid-ids` (written by `medtl data deidentify PATH`) gets keyed ids
-instead: HMAC-SHA256 of the plain id under `$MEDTL_DEID_KEY`, 32 hex characters, the same on
-every machine that has the key; a loader refuses to run without it (never falls back to paths).
-The marker travels with the data, so every worker of a sweep behaves alike. The readable mapping
-is written only on request (`medtl data splits ... --source-map CSV`). See docs/privacy.md.
+Datasets marked for de-identified sample ids get keyed ids (see `sample_ids`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
-import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,15 +23,11 @@ from PIL import Image
 
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, SampleSet, Splits
+from medtl.training.data.sample_ids import deid_key, keyed_paths, keyed_sample_ids
 from medtl.training.data.splits import SPLIT_NAMES, group_split, split_labels
 from medtl.training.spec import TaskType
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DEID_MARKER = ".medtl-deid-ids"
-DEID_KEY_ENV = "MEDTL_DEID_KEY"
-MIN_KEY_BYTES = 16
-# Plain id of every keyed id handed out by `assemble` in this process (for `--source-map`, never logged).
-_ID_MAP: dict[str, str] = {}
 _DEEP_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -102,61 +90,6 @@ class Record:
     mask_path: Path | None = None
 
 
-def _keyed(key: bytes, kind: str, value: str) -> str:
-    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _env_key() -> bytes:
-    key = os.environ.get(DEID_KEY_ENV, "").encode()
-    if len(key) < MIN_KEY_BYTES:
-        raise DataError(
-            f"de-identified sample ids need a key: set {DEID_KEY_ENV} (at least {MIN_KEY_BYTES} bytes, "
-            f"e.g. export {DEID_KEY_ENV}=$(openssl rand -hex 32)) on every machine that reads the data"
-        )
-    return key
-
-
-def write_deid_marker(root: Path) -> Path:
-    """Mark the dataset at `root` for de-identified sample ids under the key in `$MEDTL_DEID_KEY`.
-
-    Raises:
-        DataError: no usable key, or `root` is not a folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a dataset folder")
-    marker = root / DEID_MARKER
-    record = {"version": 1, "key_check": _keyed(_env_key(), "key-check", "medtl")}
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, marker)
-    return marker
-
-
-def deid_key(root: Path) -> bytes | None:
-    """The key for de-identified sample ids when `root` is marked for them, else None.
-
-    Raises:
-        DataError: the dataset is marked but `$MEDTL_DEID_KEY` is missing or is not the marker's key.
-    """
-    marker = Path(root) / DEID_MARKER
-    if not marker.is_file():
-        return None
-    key = _env_key()
-    try:
-        expected = json.loads(marker.read_text()).get("key_check")
-    except (OSError, ValueError, AttributeError):
-        raise DataError(f"{marker} is unreadable; write it again with `medtl data deidentify {root}`") from None
-    if expected != _keyed(key, "key-check", "medtl"):
-        raise DataError(f"{root} was marked for de-identified ids under a different key than ${DEID_KEY_ENV}")
-    return key
-
-
-def sample_id_map() -> dict[str, str]:
-    """Keyed sample id -> plain id for every de-identified sample loaded in this process."""
-    return dict(_ID_MAP)
-
-
 def _decode(record: Record, size: int) -> tuple[np.ndarray, np.ndarray | None] | None:
     try:
         image = read_gray(record.path)
@@ -212,8 +145,7 @@ def assemble(
     """
     key = deid_key(root)
     if key is not None:
-        keyed_ids = [_keyed(key, "sample", r.id) for r in records]
-        _ID_MAP.update(zip(keyed_ids, (r.id for r in records), strict=True))
+        keyed_ids = keyed_sample_ids(key, [r.id for r in records])
         records = [dataclasses.replace(r, id=k) for r, k in zip(records, keyed_ids, strict=True)]
     ordered = sorted(records, key=lambda r: SPLIT_NAMES.index(r.split))  # stable within a split
     listing = hashlib.sha256()
@@ -278,7 +210,7 @@ def assemble(
         source_digest=digest,
         extra_names=extra_names,
         notes={**(notes or {}), **skipped_note(
-            entry.meta["failed"] if key is None else [_keyed(key, "path", f) for f in entry.meta["failed"]]
+            entry.meta["failed"] if key is None else keyed_paths(key, entry.meta["failed"])
         )},
     )
 

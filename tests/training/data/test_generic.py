@@ -98,7 +98,8 @@ def test_image_mask_pairs(tmp_path):
 
 
 def test_deidentified_sample_ids_carry_no_file_name(tmp_path, monkeypatch):
-    from medtl.training.data.generic import DEID_KEY_ENV, sample_id_map, write_deid_marker
+    from medtl.training.archive.deid import KEY_ENV
+    from medtl.training.data.sample_ids import sample_id_map, write_deid_marker
 
     monkeypatch.setenv("MEDTL_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
@@ -107,10 +108,10 @@ def test_deidentified_sample_ids_carry_no_file_name(tmp_path, monkeypatch):
             _png(root / name / f"KOWALCZYK_MARGARETHE_{i}.png", 50 + 100 * c)
     plain = load_class_folders(root, image_size=16)
     assert any("KOWALCZYK" in i for i in plain.test.ids)
-    monkeypatch.delenv(DEID_KEY_ENV, raising=False)
-    with pytest.raises(DataError, match=DEID_KEY_ENV):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(DataError, match=KEY_ENV):
         write_deid_marker(root)
-    monkeypatch.setenv(DEID_KEY_ENV, "a" * 32)
+    monkeypatch.setenv(KEY_ENV, "a" * 32)
     write_deid_marker(root)
     keyed = load_class_folders(root, image_size=16)
     ids = [i for part in (keyed.train, keyed.val, keyed.test) for i in part.ids]
@@ -119,9 +120,9 @@ def test_deidentified_sample_ids_carry_no_file_name(tmp_path, monkeypatch):
     np.testing.assert_array_equal(keyed.test.targets, plain.test.targets)
     assert [sample_id_map()[i] for i in keyed.test.ids] == list(plain.test.ids)
     assert load_class_folders(root, image_size=16).test.ids == keyed.test.ids  # stable: same key, same ids
-    monkeypatch.setenv(DEID_KEY_ENV, "b" * 32)
+    monkeypatch.setenv(KEY_ENV, "b" * 32)
     with pytest.raises(DataError, match="different key"):
         load_class_folders(root, image_size=16)
-    monkeypatch.delenv(DEID_KEY_ENV)
-    with pytest.raises(DataError, match=DEID_KEY_ENV):  # never falls back to file names
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(DataError, match=KEY_ENV):  # never falls back to file names
         load_class_folders(root, image_size=16)
