@@ -11,8 +11,8 @@ from pathlib import Path
 
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
-from medtl.training.data.generic import Record, assemble, assign_splits, list_images
-from medtl.training.data.splits import balanced_undersample, env_flag
+from medtl.training.data.generic import Record, assemble, balanced_splits, list_images
+from medtl.training.data.splits import env_flag
 from medtl.training.spec import TASKS, Task
 
 BALANCE = True
@@ -70,10 +70,7 @@ def load(
         ]
     digest = cache.source_digest(root, [r.path for r in records])  # before undersampling
     do_balance = balance if balance is not None else env_flag(BALANCE_ENV, BALANCE)
-    if do_balance:
-        keep = balanced_undersample([r.target for r in records], seed=seed)
-        records = [records[i] for i in keep]
-    records = assign_splits(records, [r.target for r in records], seed, grouped=False)
+    records = balanced_splits(records, seed, balance=do_balance, grouped=False)
     return assemble(
         records,
         kind="covid19",

@@ -24,7 +24,7 @@ from PIL import Image
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, SampleSet, Splits
 from medtl.training.data.sample_ids import deid_key, keyed_paths, keyed_sample_ids
-from medtl.training.data.splits import SPLIT_NAMES, group_split, split_labels
+from medtl.training.data.splits import SPLIT_NAMES, balanced_undersample, group_split, split_labels
 from medtl.training.spec import TaskType
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -241,6 +241,18 @@ def assign_splits(
     groups = [str(r.group) for r in records] if grouped else None
     names = split_labels(len(records), group_split(labels, groups, seed=seed))
     return [dataclasses.replace(r, split=s) for r, s in zip(records, names, strict=True)]
+
+
+def balanced_splits(records: list[Record], seed: int, *, balance: bool, grouped: bool) -> list[Record]:
+    """`assign_splits` stratified by target, after (with `balance`) undersampling every class to the rarest's size.
+
+    The undersampling is seeded by `seed` (`splits.balanced_undersample`), as the study did for
+    GRAZPEDWRI-DX and the COVID-19 database.
+    """
+    if balance:
+        keep = balanced_undersample([r.target for r in records], seed=seed)
+        records = [records[i] for i in keep]
+    return assign_splits(records, [r.target for r in records], seed, grouped=grouped)
 
 
 def _classes_of(values: Sequence[str], classes: Sequence[str] | None) -> tuple[str, ...]:

@@ -14,8 +14,8 @@ import numpy as np
 
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
-from medtl.training.data.generic import Record, assemble, assign_splits, index_images
-from medtl.training.data.splits import balanced_undersample, env_flag
+from medtl.training.data.generic import Record, assemble, balanced_splits, index_images
+from medtl.training.data.splits import env_flag
 from medtl.training.spec import TASKS, Task
 
 BALANCE = True
@@ -111,7 +111,6 @@ def load(
     )
     labels = read_flags(frame["osteopenia"].tolist())
     do_balance = balance if balance is not None else env_flag(BALANCE_ENV, BALANCE)
-    keep = balanced_undersample(labels, seed=seed) if do_balance else np.arange(len(frame))
     index = index_images(csv.parent, (".png",))
     if not index:
         raise DataError(f"no PNG images under {csv.parent}; {_layout(root)}")
@@ -129,8 +128,7 @@ def load(
             )
         )
     digest = cache.source_digest(root, [csv, *(r.path for r in every)])  # the whole download
-    records = [every[i] for i in keep]
-    records = assign_splits(records, [r.target for r in records], seed, grouped=True)
+    records = balanced_splits(every, seed, balance=do_balance, grouped=True)
     return assemble(
         records,
         kind="grazpedwri",

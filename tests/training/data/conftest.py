@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from medtl.training.data import grazpedwri
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path_factory, monkeypatch) -> Path:
@@ -66,27 +68,6 @@ def make_rsna(root: Path, n_train: int = 12, n_val: int = 6, n_test: int = 6) ->
     return root
 
 
-GRAZ_COLUMNS = [
-    "filestem",
-    "patient_id",
-    "study_number",
-    "timehash",
-    "gender",
-    "age",
-    "laterality",
-    "projection",
-    "initial_exam",
-    "ao_classification",
-    "cast",
-    "diagnosis_uncertain",
-    "osteopenia",
-    "fracture_visible",
-    "metal",
-    "pixel_spacing",
-    "device_manufacturer",
-]
-
-
 def make_grazpedwri(root: Path, n_patients: int = 24, osteopenic_every: int = 4) -> Path:
     """GRAZPEDWRI-DX layout: dataset.csv (17 columns, flags 1 or empty) + 16-bit PNGs in images/."""
     rng = np.random.default_rng(2)
@@ -121,7 +102,7 @@ def make_grazpedwri(root: Path, n_patients: int = 24, osteopenic_every: int = 4)
                     "device_manufacturer": "Siemens",
                 }
             )
-    pd.DataFrame(rows, columns=GRAZ_COLUMNS).to_csv(root / "dataset.csv", index=False)
+    pd.DataFrame(rows, columns=list(grazpedwri.COLUMNS)).to_csv(root / "dataset.csv", index=False)
     return root
 
 
