@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
-from itertools import combinations
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from medtl.errors import UserError
-from medtl.evaluation.stats_exact import (
-    DEFAULT_RESAMPLES,
-    MAX_EXACT_SPLITS,
-    bonferroni,
-    has_ties,
-    holm,
-    join_notes,
-    kruskal_min_p,
-    mwu_pair,
-    permutation_pair,
-    scipy_fields,
-    too_few,
-    ttest_pair,
-    undefined,
+from medtl.evaluation.stats_exact import DEFAULT_RESAMPLES, MAX_EXACT_SPLITS
+from medtl.evaluation.stats_families import (
+    Arm,
+    Cell,
+    paper_family,
+    permutation_family,
+    ttest_family,
+)
+from medtl.evaluation.stats_records import (  # noqa: F401 - re-exported
+    LR_COLUMNS,
+    RECORD_KEYS,
+    ArmCount,
+    Comparison,
+    ComparisonSet,
+    LrChoice,
 )
 from medtl.training.schema import arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Task, parse_enum
@@ -44,140 +41,6 @@ REQUIRED_COLUMNS = ("task", "arch", "group", "lr", "seed", "status", "diverged")
 
 class StatsError(UserError, ValueError):
     """The runs table cannot be analysed as asked; the message names what is wrong and the options."""
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One test result; `to_record()` gives the comparisons.json entry.
-
-    Omnibus tests (levene, kruskal) have group_b and n_b None and n_a the total number of runs.
-    `statistic` is U of group_a (mannwhitneyu), H (kruskal), W (levene), t (ttest) or
-    mean_a - mean_b (permutation). Effect sizes and `hl_shift` are positive when group_a's values
-    are larger. `min_attainable_p` is the smallest raw p the test can give at these sizes.
-    Undefined tests carry p values None and say why in `note`.
-    """
-
-    task: str
-    arch: str
-    metric: str
-    test: str
-    group_a: str | None = None
-    group_b: str | None = None
-    n_a: int = 0
-    n_b: int | None = None
-    statistic: float | None = None
-    p_raw: float | None = None
-    p_adjusted: float | None = None
-    correction: str = "none"
-    method: str = ""
-    ties: bool = False
-    n_comparisons: int = 1
-    min_attainable_p: float | None = None
-    omnibus_significant: bool | None = None
-    effect_size: float | None = None
-    effect_size_name: str | None = None
-    hl_shift: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    ci_level: float | None = None
-    lr_a: float | None = None
-    lr_b: float | None = None
-    note: str | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """Plain JSON-safe dict with exactly RECORD_KEYS (None for NaN or infinite numbers)."""
-        return {key: _json_safe(getattr(self, key)) for key in RECORD_KEYS}
-
-
-@dataclass(frozen=True)
-class LrChoice:
-    """The learning rate an arm is compared at: the best mean validation primary metric."""
-
-    task: str
-    arch: str
-    group: str
-    lr: float | None
-    metric: str
-    mean_val: float | None
-    n_runs: int
-
-
-@dataclass(frozen=True)
-class ArmCount:
-    """How many runs of one arm at one learning rate finished, failed or diverged."""
-
-    task: str
-    arch: str
-    group: str
-    lr: float
-    n_runs: int
-    n_finished: int
-    n_failed: int
-    n_diverged: int
-
-
-@dataclass(frozen=True)
-class ComparisonSet:
-    """Every comparison of one analysis, with the learning-rate choices and run counts behind it."""
-
-    mode: str
-    per_lr: bool
-    alpha: float
-    records: tuple[Comparison, ...]
-    selection: tuple[LrChoice, ...]
-    counts: tuple[ArmCount, ...]
-    exclude_diverged: bool = False
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """The records as plain JSON-safe dicts (the comparisons.json content)."""
-        return [r.to_record() for r in self.records]
-
-    def to_frame(self) -> pd.DataFrame:
-        """The records as a DataFrame with RECORD_KEYS as columns."""
-        return pd.DataFrame(self.to_records(), columns=list(RECORD_KEYS))
-
-    def selection_frame(self) -> pd.DataFrame:
-        """The selected learning rates, one row per (task, arch, group)."""
-        return pd.DataFrame(
-            [dataclasses.asdict(c) for c in self.selection], columns=list(_LR_COLUMNS)
-        )
-
-    def counts_frame(self) -> pd.DataFrame:
-        """Run counts per (task, arch, group, lr)."""
-        cols = [f.name for f in dataclasses.fields(ArmCount)]
-        return pd.DataFrame([dataclasses.asdict(c) for c in self.counts], columns=cols)
-
-
-RECORD_KEYS = tuple(f.name for f in dataclasses.fields(Comparison))
-_LR_COLUMNS = tuple(f.name for f in dataclasses.fields(LrChoice))
-
-
-@dataclass(frozen=True)
-class _Arm:
-    name: str
-    lr: float | None
-    values: np.ndarray
-    n_failed: int = 0
-    n_diverged: int = 0
-    n_nan: int = 0
-    note: str | None = None
-    n_diverged_counted: int = 0
-
-    @property
-    def n(self) -> int:
-        return int(self.values.size)
-
-
-@dataclass(frozen=True)
-class _Cell:
-    task: str
-    arch: str
-    metric: str
-    lr: float | None = None
-
-    def record(self, test: str, **values: Any) -> Comparison:
-        lrs = {"lr_a": self.lr, "lr_b": self.lr} if self.lr is not None else {}
-        return Comparison(self.task, self.arch, self.metric, test, **{**lrs, **values})
 
 
 def primary_metric(task: Task | str) -> tuple[str, bool]:
@@ -219,7 +82,7 @@ def select_learning_rates(df: pd.DataFrame, by: str = "val", *, exclude_diverged
             f"learning rates are selected on validation only: by must be 'val', got {by!r}"
         )
     choices = _select(_normalise(df, exclude_diverged))
-    return pd.DataFrame([dataclasses.asdict(c) for c in choices], columns=list(_LR_COLUMNS))
+    return pd.DataFrame([dataclasses.asdict(c) for c in choices], columns=list(LR_COLUMNS))
 
 
 def compare(
@@ -283,140 +146,27 @@ def compare(
         lrs = sorted(x for x in cell["lr"].unique() if math.isfinite(x))
         for lr in lrs if per_lr else [None]:
             for column in columns:
-                ctx = _Cell(str(task), str(arch), column, None if lr is None else float(lr))
+                ctx = Cell(str(task), str(arch), column, None if lr is None else float(lr))
                 arms = [_arm_at(cell, g, column, lr, chosen[(task, arch, g)]) for g in main]
                 if mode == "paper":
-                    records += _paper_family(ctx, arms, alpha)
+                    records += paper_family(ctx, arms, alpha)
                 else:
-                    records += _permutation_family(ctx, arms, perm)
+                    records += permutation_family(ctx, arms, perm)
                 if mode == "recommended" and variants:
                     fam = [
                         _arm_at(cell, g, column, lr, chosen.get((task, arch, g)))
                         for g in [MULTI_MODALITY, *variants]
                     ]
-                    records += _permutation_family(ctx, fam, perm, reference_only=True)
+                    records += permutation_family(ctx, fam, perm, reference_only=True)
         if mode == "paper" and variants:
             # Student's t per learning rate where a single-modality arm was trained (the paper's Figure 5).
             variant_lrs = sorted(x for x in cell.loc[cell["group"].isin(variants), "lr"].unique() if math.isfinite(x))
             for lr in variant_lrs:
                 for column in columns:
-                    ctx = _Cell(str(task), str(arch), column, float(lr))
+                    ctx = Cell(str(task), str(arch), column, float(lr))
                     fam = [_arm_at(cell, g, column, lr, None) for g in [MULTI_MODALITY, *variants]]
-                    records += _ttest_family(ctx, fam)
+                    records += ttest_family(ctx, fam)
     return ComparisonSet(mode, per_lr, alpha, tuple(records), tuple(selection), _counts(data), exclude_diverged)
-
-
-# ---------------------------------------------------------------- families
-
-
-def _paper_family(ctx: _Cell, arms: list[_Arm], alpha: float) -> list[Comparison]:
-    ready = [a for a in arms if a.n >= 2]
-    notes = [too_few(a.name, a.n) + ": left out" for a in arms if a.n < 2] + _exclusions(arms)
-    values = [a.values for a in ready]
-    pooled = np.concatenate(values) if values else np.empty(0)
-    ties = has_ties(pooled)
-    total = int(pooled.size)
-    if len(arms) == 1:
-        reason = f"only one arm '{arms[0].name}': nothing to compare"
-    elif len(ready) < 2:
-        reason = "fewer than 2 arms with at least 2 runs: test undefined"
-    elif np.ptp(pooled) == 0:
-        reason = "all values identical: test undefined"
-    else:
-        reason = None
-    common = {"n_a": total, "ties": ties}
-    if reason is None and all(np.ptp(v) == 0 for v in values):
-        levene = undefined("every arm constant: variance test undefined")
-    elif reason is None:
-        levene = scipy_fields(stats.levene(*values))
-    else:
-        levene = undefined(reason)
-    if reason is None:
-        kruskal = scipy_fields(stats.kruskal(*values))
-        kruskal["min_attainable_p"] = kruskal_min_p([v.size for v in values])
-        h = kruskal["statistic"]
-        if h is not None and total > 1:
-            kruskal.update(effect_size=h / (total - 1), effect_size_name="epsilon_squared")
-    else:
-        kruskal = undefined(reason)
-    p_kw = kruskal.get("p_raw")
-    significant = None if p_kw is None else bool(p_kw < alpha)
-    out = []
-    for test, result, method in (
-        ("levene", levene, "Levene (center=median)"),
-        ("kruskal", kruskal, "asymptotic chi-square (tie corrected)"),
-    ):
-        result.setdefault("min_attainable_p", 0.0 if result.get("p_raw") is not None else None)
-        note = join_notes([result.pop("note", None), *notes])
-        out.append(
-            ctx.record(
-                test,
-                **common,
-                **result,
-                p_adjusted=result.get("p_raw"),
-                method=method,
-                omnibus_significant=significant,
-                note=note,
-            )
-        )
-    pairs = list(combinations(arms, 2))
-    return out + _pairwise(ctx, "mannwhitneyu", pairs, mwu_pair, "bonferroni", significant)
-
-
-def _permutation_family(
-    ctx: _Cell, arms: list[_Arm], perm: dict[str, int], reference_only: bool = False
-) -> list[Comparison]:
-    if reference_only:
-        pairs = [(arms[0], other) for other in arms[1:]]
-    else:
-        pairs = list(combinations(arms, 2))
-    if not pairs and arms:
-        return [
-            ctx.record(
-                "permutation",
-                group_a=arms[0].name,
-                n_a=arms[0].n,
-                note=f"only one arm '{arms[0].name}': nothing to compare",
-            )
-        ]
-    return _pairwise(ctx, "permutation", pairs, partial(permutation_pair, **perm), "holm")
-
-
-def _ttest_family(ctx: _Cell, arms: list[_Arm]) -> list[Comparison]:
-    pairs = [(arms[0], other) for other in arms[1:]]
-    return _pairwise(ctx, "ttest", pairs, ttest_pair, "none")
-
-
-def _pairwise(
-    ctx: _Cell,
-    test: str,
-    pairs: list[tuple[_Arm, _Arm]],
-    run: Callable[..., dict[str, Any]],
-    correction: str,
-    significant: bool | None = None,
-) -> list[Comparison]:
-    results = [run(a.name, a.values, b.name, b.values) for a, b in pairs]
-    raw = [r.get("p_raw") for r in results]
-    adjusted = {"bonferroni": bonferroni, "holm": holm, "none": list}[correction](raw)
-    return [
-        ctx.record(
-            test,
-            **_merge(_pair_base(ctx, a, b), result),
-            p_adjusted=p_adj,
-            correction=correction,
-            n_comparisons=len(pairs),
-            omnibus_significant=significant,
-        )
-        for (a, b), result, p_adj in zip(pairs, results, adjusted, strict=True)
-    ]
-
-
-def _pair_base(ctx: _Cell, a: _Arm, b: _Arm) -> dict[str, Any]:
-    base: dict[str, Any] = {"group_a": a.name, "group_b": b.name, "n_a": a.n, "n_b": b.n}
-    if ctx.lr is None:
-        base.update(lr_a=a.lr, lr_b=b.lr)
-    base["note"] = join_notes(_exclusions([a, b]))
-    return base
 
 
 # ---------------------------------------------------------------- data preparation
@@ -467,26 +217,27 @@ def _select(data: pd.DataFrame) -> list[LrChoice]:
 
 def _arm_at(
     cell: pd.DataFrame, group: str, column: str, lr: float | None, chosen: float | None
-) -> _Arm:
-    rows = cell[cell["group"] == group]
+) -> Arm:
+    in_arm = cell["group"].to_numpy() == group
     at = lr if lr is not None else chosen
     if lr is None and chosen is None:
-        arm = _arm(rows, group, None, column)
+        arm = _arm(cell, in_arm, group, None, column)
         note = (
             f"arm '{group}': no learning rate selectable (no usable run with a validation metric)"
         )
         return dataclasses.replace(arm, values=np.empty(0), n_nan=0, note=note)
-    return _arm(rows[rows["lr"] == at], group, float(at), column)
+    return _arm(cell, in_arm & (cell["lr"].to_numpy(float) == at), group, float(at), column)
 
 
-def _arm(rows: pd.DataFrame, name: str, lr: float | None, column: str) -> _Arm:
-    finished = rows["status"] == FINISHED
-    usable = rows["_usable"].to_numpy(bool)
-    diverged = (finished & rows["diverged"]).to_numpy(bool)
-    every = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+def _arm(cell: pd.DataFrame, rows: np.ndarray, name: str, lr: float | None, column: str) -> Arm:
+    """The arm made of `cell`'s rows where `rows` is true (masks on arrays: no frame is copied)."""
+    finished = cell["status"].to_numpy()[rows] == FINISHED
+    usable = cell["_usable"].to_numpy(bool)[rows]
+    diverged = finished & cell["diverged"].to_numpy(bool)[rows]
+    every = pd.to_numeric(cell[column], errors="coerce").to_numpy(float)[rows]
     finite = np.isfinite(every)
     counted = usable & finite
-    return _Arm(
+    return Arm(
         name,
         lr,
         every[counted],
@@ -498,54 +249,19 @@ def _arm(rows: pd.DataFrame, name: str, lr: float | None, column: str) -> _Arm:
 
 
 def _counts(data: pd.DataFrame) -> tuple[ArmCount, ...]:
-    out = []
-    for (task, arch, group, lr), rows in data.groupby(["task", "arch", "group", "lr"], sort=True):
-        finished = rows["status"] == FINISHED
-        out.append(
-            ArmCount(
-                task,
-                arch,
-                group,
-                float(lr),
-                len(rows),
-                int(finished.sum()),
-                int((~finished).sum()),
-                int((finished & rows["diverged"]).sum()),
-            )
-        )
-    return tuple(out)
-
-
-# ---------------------------------------------------------------- small helpers
+    finished = data["status"] == FINISHED
+    flags = pd.DataFrame({"finished": finished, "diverged": finished & data["diverged"]})
+    keys = [data[k] for k in ("task", "arch", "group", "lr")]
+    sums = flags.groupby(keys, sort=True).agg(n_runs=("finished", "size"), n_finished=("finished", "sum"),
+                                              n_diverged=("diverged", "sum"))
+    return tuple(
+        ArmCount(task, arch, group, float(lr), int(n), int(n_finished), int(n - n_finished), int(n_diverged))
+        for (task, arch, group, lr), n, n_finished, n_diverged in sums.itertuples(name=None)
+    )
 
 
 def _ordered(groups: Sequence[str]) -> list[str]:
     return arm_order(groups, last_prefix=VARIANT_PREFIX)
-
-
-def _merge(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    return {**base, **result, "note": join_notes([result.get("note"), base.get("note")])}
-
-
-def _exclusions(arms: Sequence[_Arm]) -> list[str]:
-    notes = []
-    for arm in arms:
-        if arm.note:
-            notes.append(arm.note)
-        parts = [
-            f"{n} {what}"
-            for n, what in (
-                (arm.n_failed, "failed"),
-                (arm.n_diverged, "diverged"),
-                (arm.n_nan, "NaN-metric"),
-            )
-            if n
-        ]
-        if parts:
-            notes.append(f"arm '{arm.name}': {', '.join(parts)} run(s) excluded")
-        if arm.n_diverged_counted:
-            notes.append(f"arm '{arm.name}': {arm.n_diverged_counted} diverged run(s) counted at their best checkpoint")
-    return notes
 
 
 def _as_bool(value: Any) -> bool:
@@ -554,11 +270,3 @@ def _as_bool(value: Any) -> bool:
     if value is None or pd.isna(value):
         return False
     return bool(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

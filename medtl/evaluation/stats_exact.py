@@ -1,4 +1,8 @@
-"""Per-pair tests on arrays (Mann–Whitney, t, exact permutation), Hodges–Lehmann CI, effect sizes."""
+"""Per-pair tests on arrays (Mann–Whitney, t, exact permutation), Hodges–Lehmann CI, effect sizes.
+
+The pair tests (`mwu_pair`, `ttest_pair`, `permutation_pair`) take `(name_a, a, name_b, b)`: each
+arm's label (used in notes) and its values; they return comparison-record fields.
+"""
 
 from __future__ import annotations
 
@@ -227,12 +231,6 @@ def mwu_pair(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> dict[str
     Never batched: scipy's method="auto" picks exact or asymptotic from the ties of all samples in
     a call, so a batched call would change the method of tie-free pairs.
 
-    Args:
-        name_a: label of the first arm (used in notes).
-        a: its values.
-        name_b: label of the second arm.
-        b: its values.
-
     Returns:
         statistic (U of a), p_raw, method actually used, min_attainable_p, ties and effect sizes;
         p_raw is None with a note when the test is undefined.
@@ -259,12 +257,6 @@ def mwu_pair(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> dict[str
 
 def ttest_pair(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> dict[str, Any]:
     """Student's t-test (equal variances) of one pair with Cohen's d, as record fields.
-
-    Args:
-        name_a: label of the first arm (used in notes).
-        a: its values.
-        name_b: label of the second arm.
-        b: its values.
 
     Returns:
         statistic, p_raw, method, min_attainable_p, ties, effect_size (Cohen's d, pooled SD);
@@ -300,10 +292,6 @@ def permutation_pair(
     """Permutation test of one pair of arms with its effect sizes, as comparison-record fields.
 
     Args:
-        name_a: label of the first arm (used in notes).
-        a: its values.
-        name_b: label of the second arm.
-        b: its values.
         **options: `seed`, `max_exact`, `n_resamples` passed to `permutation_test`.
 
     Returns:
