@@ -1,0 +1,145 @@
+"""The report's answer: one verdict line per (task, arch) cell, best arm and whether it is significant."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from medtl.evaluation.analysis import Analysis, at_chosen, chosen_lrs
+from medtl.evaluation.report_tables import num
+from medtl.evaluation.stats import primary_metric
+from medtl.training.schema import arm_order
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one (task, arch, fraction) cell: best arm on the primary metric and on epochs.
+
+    `means` and `epochs` map each arm to its mean at its selected learning rate; `p_metric` and
+    `p_epochs` map each other arm to the adjusted p of its pairwise test against the best arm.
+    """
+
+    task: str
+    arch: str
+    data_fraction: float
+    metric: str
+    higher_is_better: bool
+    best: str | None
+    means: dict[str, float]
+    p_metric: dict[str, float | None]
+    fastest: str | None
+    epochs: dict[str, float]
+    p_epochs: dict[str, float | None]
+    alpha: float
+    test: str
+
+    @property
+    def significant(self) -> bool:
+        """Whether the best arm beats every other arm after correction."""
+        ps = list(self.p_metric.values())
+        return bool(ps) and all(p is not None and p < self.alpha for p in ps)
+
+    @property
+    def text(self) -> str:
+        """One line: which arm is best on the metric and on epochs, and whether it is significant."""
+        where = f"{self.task} / {self.arch}" + ("" if self.data_fraction == 1.0 else f" ({self.data_fraction:.0%} data)")
+        if self.best is None:
+            return f"{where}: no arm has a usable {self.metric} yet."
+        tests = "Mann-Whitney U, Bonferroni" if self.test == "mannwhitneyu" else "permutation, Holm"
+        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} ({_means_text(self.means, self.best)})"
+                f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: "
+                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest)})"
+                f"{_sig_text(self.p_epochs, self.alpha)} [{tests}].")
+
+
+def _lead(means: dict[str, float], best: str | None, word: str = "best") -> str:
+    """`domain is best`, or `tied: random, domain` when several arms share the best mean."""
+    if best is None:
+        return "no arm"
+    tied = [a for a, m in means.items() if m == means[best]]
+    return f"tied: {', '.join(tied)}" if len(tied) > 1 else (f"{best} is best" if word == "best" else best)
+
+
+def _means_text(means: dict[str, float], first: str | None) -> str:
+    order = [first, *[a for a in means if a != first]]
+    return ", ".join(f"{a} {num(means[a], 3)}" for a in order if a in means)
+
+
+def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
+    if not ps:
+        return ", no other arm to compare"
+    untested = [a for a, p in ps.items() if p is None]
+    ps = {a: p for a, p in ps.items() if p is not None}
+    if not ps:
+        return f", untested vs {', '.join(untested)} (test undefined)"
+    sig = {a: p for a, p in ps.items() if p < alpha}
+    rest = {a: p for a, p in ps.items() if a not in sig}
+    listed = lambda arms: ", ".join(f"{a} {num(p, 2)}" for a, p in arms.items())  # noqa: E731
+    if untested:
+        rest = {**rest, **{a: None for a in untested}}
+    if not rest:
+        return f", significant vs every other arm (p adj. {listed(sig)})"
+    if not sig:
+        return f", not significant (p adj. {listed(rest)})"
+    return f", significant vs {', '.join(sig)} (p adj. {listed(sig)}), not vs {', '.join(rest)} (p adj. {listed(rest)})"
+
+
+def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
+    """One Verdict per (task, arch, fraction) of the analysis, main arms at their selected lr.
+
+    Arm means come from the summary (what the tables show); the p values are the analysis's
+    pairwise tests (Mann–Whitney U with Bonferroni in paper mode, permutation with Holm in
+    recommended mode) of the best arm against each other main arm.
+    """
+    chosen = chosen_lrs(analysis)
+    rows = at_chosen(summary, chosen) if not summary.empty else summary
+    records = analysis.records()
+    pair_test = "mannwhitneyu" if analysis.mode == "paper" else "permutation"
+    out = []
+    for fraction, cs in analysis.sets:
+        for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
+            metric, higher = primary_metric(task)
+            cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
+                        & rows["group"].isin(["random", "imagenet", "domain"])]
+            means = _arm_means(cell, f"test_{metric}")
+            epochs = _arm_means(cell, "epochs_to_convergence")
+            best = _pick(means, higher)
+            fastest = _pick(epochs, False)
+            recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
+                    and r["test"] == pair_test]
+            lrs = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
+            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if analysis.per_lr else {}
+            out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
+                               _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
+                               fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),
+                               cs.alpha, pair_test))
+    return out
+
+
+def _arm_means(cell: pd.DataFrame, metric: str) -> dict[str, float]:
+    values = cell[(cell["metric"] == metric) & (cell["n"] > 0)]
+    means = {str(g): float(m) for g, m in zip(values["group"], values["mean"], strict=True) if math.isfinite(m)}
+    return {a: means[a] for a in arm_order(list(means))}
+
+
+def _pick(means: dict[str, float], higher: bool) -> str | None:
+    if not means:
+        return None
+    return (max if higher else min)(means, key=lambda a: means[a])
+
+
+def _pvalues(
+    records: list[dict[str, Any]], metric: str, best: str | None, means: dict[str, float], lr: float | None
+) -> dict[str, float | None]:
+    """Adjusted p of best vs each other arm; `lr` (per-lr analyses) picks the best arm's selected lr."""
+    out: dict[str, float | None] = {}
+    for arm in means:
+        if arm == best:
+            continue
+        hit = [r for r in records if r["metric"] == metric and {r["group_a"], r["group_b"]} == {best, arm}
+               and (lr is None or r["lr_a"] == lr)]
+        out[arm] = hit[0]["p_adjusted"] if hit else None
+    return out
