@@ -7,7 +7,7 @@ import multiprocessing as mp
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -56,6 +56,22 @@ def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
     return stats.rename(columns={"count": "n"})
 
 
+def _mean_bands(
+    ax, stats: pd.DataFrame, arms: Sequence[str], alpha: float, label: Callable[[str, pd.DataFrame], str]  # noqa: ANN001
+) -> Iterator[pd.DataFrame]:
+    """Per arm with rows in `stats` (curve_stats): its mean line and ±1 std band; yields the arm's rows."""
+    for arm in arms:
+        s = stats[stats["group"] == arm].sort_values("step")
+        if s.empty:
+            continue
+        colour = _colour(arms, arm)
+        step, mean = s["step"].to_numpy(), s["mean"].to_numpy(float)
+        std = s["std"].fillna(0.0).to_numpy(float)
+        ax.plot(step, mean, marker="o", ms=3, color=colour, label=label(arm, s))
+        ax.fill_between(step, mean - std, mean + std, color=colour, alpha=alpha)
+        yield s
+
+
 def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: str) -> bytes:
     """Validation curves per arm over the first epochs: mean line, ±1 std band, runs per epoch.
 
@@ -69,14 +85,7 @@ def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: st
     stats = curve_stats(curves)
     if stats.empty:
         ax.text(0.5, 0.5, "no per-epoch history", ha="center", va="center", transform=ax.transAxes)
-    for arm in arms:
-        s = stats[stats["group"] == arm].sort_values("step")
-        if s.empty:
-            continue
-        colour = _colour(arms, arm)
-        std = s["std"].fillna(0.0)
-        ax.plot(s["step"], s["mean"], marker="o", ms=3, color=colour, label=arm)
-        ax.fill_between(s["step"], s["mean"] - std, s["mean"] + std, color=colour, alpha=0.2)
+    for s in _mean_bands(ax, stats, arms, 0.2, lambda arm, _: arm):
         counts = ",".join(str(int(n)) for n in s["n"])
         ax.plot([], [], " ", label=f"  n/epoch: {counts}")
     ax.set_xlabel("epoch")
@@ -103,14 +112,8 @@ def fractions_png(
     fig, axes = _figure(3.2 * max(1, len(fractions)), 3.2, ncols=max(1, len(fractions)))
     for ax, fraction in zip(axes, fractions, strict=False):
         stats = curve_stats(curves[curves["data_fraction"] == fraction])
-        for arm in arms:
-            s = stats[stats["group"] == arm].sort_values("step")
-            if s.empty:
-                continue
-            colour = _colour(arms, arm)
-            std = s["std"].fillna(0.0)
-            ax.plot(s["step"], s["mean"], marker="o", ms=3, color=colour, label=f"{arm} (n≤{s['n'].max()})")
-            ax.fill_between(s["step"], s["mean"] - std, s["mean"] + std, color=colour, alpha=0.15)
+        for _ in _mean_bands(ax, stats, arms, 0.15, lambda arm, s: f"{arm} (n≤{s['n'].max()})"):
+            pass
         ax.set_title(f"{fraction:.0%} of training data", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -225,8 +228,8 @@ def study_figures(
         runs: `collect(...).runs`.
         histories: `collect(...).histories` (only `val_<primary>` up to CURVE_EPOCHS is drawn).
         chosen: the selected learning rates (task, arch, group, data_fraction, lr).
-        workers: drawing processes (default: half the CPUs, at most 4, when there are 4+ CPUs,
-            8+ figures and this is the main thread of a platform that can fork; else 1, which
+        workers: drawing processes (default: half the CPUs, at least 2 and at most 4, when there
+            are 2+ CPUs, 8+ figures and this is the main thread of a platform that can fork; else 1, which
             draws in this process).
     """
     ok = usable_runs(runs)
@@ -268,9 +271,10 @@ def _draw_all(jobs: list[tuple[str, Callable[..., bytes], tuple[object, ...]]], 
     if workers is None:
         safe = threading.current_thread() is threading.main_thread() and "fork" in mp.get_all_start_methods()
         cpus = os.cpu_count() or 1
-        workers = min(4, cpus // 2) if safe and cpus >= 4 and len(jobs) >= 8 else 1
+        workers = min(4, max(2, cpus // 2)) if safe and cpus >= 2 and len(jobs) >= 8 else 1
     if workers <= 1:
         return [_draw(job) for job in jobs]
+    import matplotlib.figure  # noqa: F401 - once here, inherited by the forked workers
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
         return list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
