@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from medtl.knobs import env_seconds
+from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training.loop import Callback, FitState
@@ -52,51 +53,6 @@ class TrackingUnavailable(Exception):
     """
 
 
-_CONNECTION_HINTS = (
-    "max retries exceeded",
-    "connection refused",
-    "connection reset",
-    "connection aborted",
-    "could not connect",
-    "failed to establish a new connection",
-    "server closed the connection",
-    "connection is closed",
-    "connection timed out",
-    "read timed out",
-    "name or service not known",
-    "temporary failure in name resolution",
-    "database is locked",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "terminating connection",
-    "remote end closed connection",
-    "502 bad gateway",
-    "503 service unavailable",
-    "504 gateway",
-)
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """Whether `exc` (or an error it wraps) means the server or database is unreachable, not wrong input."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            return True
-        module = type(error).__module__
-        name = type(error).__name__
-        if module.startswith(("requests", "urllib3")) and ("Connection" in name or "Timeout" in name):
-            return True
-        if module.startswith("sqlalchemy") and name in ("OperationalError", "InterfaceError", "DisconnectionError"):
-            return True
-        text = str(error).lower()
-        if any(hint in text for hint in _CONNECTION_HINTS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def retry_budget_s() -> float:
     """Seconds a tracking call keeps retrying connection errors: `$MEDTL_TRACKING_RETRY_S`, default 300.
 
@@ -107,30 +63,17 @@ def retry_budget_s() -> float:
 
 
 def retrying(call: Callable[[], _T], what: str, budget_s: float | None = None, max_wait_s: float = 30.0) -> _T:
-    """`call()`, retried on connection errors with exponential back-off (1 s, 2 s, ... `max_wait_s`).
-
-    Every retry is logged as a warning with the error. Other errors propagate at once.
+    """`call()`, retried on connection errors (`medtl.mlops.retry.retry`), waits capped at `max_wait_s`.
 
     Raises:
         TrackingUnavailable: connection errors for longer than `budget_s` (default `retry_budget_s()`).
     """
     budget = retry_budget_s() if budget_s is None else budget_s
-    deadline = time.monotonic() + budget
-    wait = 1.0
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            left = deadline - time.monotonic()
-            first = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            if left <= 0:
-                raise TrackingUnavailable(f"{what}: tracking store unreachable for {budget:.0f} s ({mask_url(first)})") from exc
-            pause = min(wait, max_wait_s, left)
-            log.warning("%s failed (%s); retrying in %.0f s", what, mask_url(first)[:300], pause)
-            time.sleep(pause)
-            wait *= 2
+
+    def unavailable(exc: BaseException) -> TrackingUnavailable:
+        return TrackingUnavailable(f"{what}: tracking store unreachable for {budget:.0f} s ({one_line(exc)})")
+
+    return retry(call, what, budget, cap_s=max_wait_s, give_up=unavailable)
 
 
 def artifact_root_for(uri: str) -> str | None:
@@ -372,7 +315,7 @@ class EpochLogger(Callback):
             return self._queued_up_to > self.logged_up_to or self._upload_last
 
     def _send_loop(self) -> None:
-        wait = 1.0
+        backoff = Backoff(cap_s=15.0)  # after a long outage the buffer goes out within 15 s
         while True:
             with self._cond:
                 while not self._closing and not (self._queued_up_to > self.logged_up_to or self._upload_last):
@@ -386,16 +329,17 @@ class EpochLogger(Callback):
                     self.claim_lost.set()
                     return
                 self._send(history, upload_last, upload_best)
-                wait = 1.0
+                backoff.reset()
             except Exception as exc:
                 if not is_connection_error(exc):
                     self.error = exc
                     log.warning("epoch logging for run %s stopped: %s", self.run_id, mask_url(str(exc))[:300])
                     return
                 self.last_outage = exc
+                wait = backoff.next()
                 log.warning(
                     "tracking store unreachable (%s); epochs up to %d kept locally, retrying in %.0f s",
-                    mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300],
+                    one_line(exc),
                     self._queued_up_to,
                     wait,
                 )
@@ -404,7 +348,6 @@ class EpochLogger(Callback):
                     while not (self._kick or self._abandoned) and time.monotonic() < retry_at:
                         self._cond.wait(timeout=retry_at - time.monotonic())
                     self._kick = False
-                wait = min(wait * 2, 15.0)  # after a long outage the buffer goes out within 15 s
 
     def _send(self, history: list[dict[str, float]], upload_last: bool, upload_best: bool) -> None:
         # Stable timestamps: a batch resent after a lost reply is deduplicated by the store.
