@@ -56,47 +56,19 @@ def test_check_table(brain, capsys):
     assert "train      24  glioma=6" in out and "test        8" in out
 
 
+def _splits_argv(brain, out):
+    return ["data", "splits", str(brain), "--task", "brain-tumor-mri", "--image-size", "16", "--out", str(out)]
+
+
 def test_splits_csv_and_fraction(brain, tmp_path):
     out = tmp_path / "splits.csv"
-    assert (
-        main(
-            [
-                "data",
-                "splits",
-                str(brain),
-                "--task",
-                "brain-tumor-mri",
-                "--image-size",
-                "16",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(_splits_argv(brain, out)) == 0
     rows = _rows(out)
     assert list(rows[0]) == ["sample_id", "split", "label"] and len(rows) == 40
     assert {r["label"] for r in rows} == set(CLASSES)
     assert all(r["sample_id"].split("/")[1] == r["label"] for r in rows)
     small = tmp_path / "half.csv"
-    assert (
-        main(
-            [
-                "data",
-                "splits",
-                str(brain),
-                "--task",
-                "brain-tumor-mri",
-                "--image-size",
-                "16",
-                "--out",
-                str(small),
-                "--fraction",
-                "0.5",
-            ]
-        )
-        == 0
-    )
+    assert main([*_splits_argv(brain, small), "--fraction", "0.5"]) == 0
     half = _rows(small)
     count = {s: sum(r["split"] == s for r in half) for s in ("train", "val", "test")}
     assert count == {"train": 12, "val": 8, "test": 8}
@@ -161,7 +133,7 @@ def test_deidentify_then_splits_with_a_source_map(brain, tmp_path, capsys, monke
     monkeypatch.setenv("MEDTL_DEID_KEY", "k" * 32)
     assert main(["data", "deidentify", str(brain)]) == 0
     out, mapping = tmp_path / "splits.csv", tmp_path / "private-map.csv"
-    args = ["data", "splits", str(brain), "--task", "brain-tumor-mri", "--image-size", "16", "--out", str(out)]
+    args = _splits_argv(brain, out)
     assert main([*args, "--source-map", str(out)]) == 2
     assert "same file" in capsys.readouterr().err
     assert main([*args, "--source-map", str(mapping)]) == 0

@@ -78,27 +78,29 @@ class _Tiny(nn.Module):
         return self.fc(self.conv(x).amax(dim=(2, 3)))
 
 
-def test_early_stopping_stops_a_real_fit(tmp_path):
-    from medtl.training.checkpoint import Checkpointer
-
+def _demo_binary_fit_inputs(n_train: int, n_val: int, n_test: int):
+    """(adapter, runtime, train loader, val loader, val targets) of a seeded demo-binary set on the CPU."""
     seed_everything(0)
-    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 64, "val": 32, "test": 16})
+    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": n_train, "val": n_val, "test": n_test})
     adapter = make_adapter(TASKS[Task.DEMO_BINARY])
     runtime = resolve_runtime("cpu")
     train = make_loader(splits.train, adapter, 16, runtime, shuffle=True)
     val = make_loader(splits.val, adapter, 16, runtime, shuffle=False)
+    return adapter, runtime, train, val, np.asarray(splits.val.targets)
+
+
+def test_early_stopping_stops_a_real_fit(tmp_path):
+    adapter, runtime, train, val, val_targets = _demo_binary_fit_inputs(64, 32, 16)
     ckpt = Checkpointer(tmp_path / "checkpoints", meta={})
     # lr 1.0 makes the validation loss bounce; patience 2 must end the fit well before 100 epochs.
     state = fit(
-        _Tiny(), adapter, train, val, np.asarray(splits.val.targets), lr=1.0, max_epochs=100, runtime=runtime,
+        _Tiny(), adapter, train, val, val_targets, lr=1.0, max_epochs=100, runtime=runtime,
         callbacks=[ckpt, EarlyStopping(2)],
     )
     assert state.epoch < 100
     assert state.epoch == state.best_epoch + 2
     assert state.stop_reason.startswith("no validation-loss improvement")
     assert ckpt.best_path.exists() and ckpt.last_path.exists()
-    from medtl.training.checkpoint import load_checkpoint
-
     assert load_checkpoint(ckpt.best_path)["meta"]["epoch"] == state.best_epoch
     assert load_checkpoint(ckpt.last_path)["loop"]["epoch"] == state.epoch
 
@@ -116,13 +118,8 @@ class _NaNAfterOne(nn.Module):
 
 
 def test_non_finite_loss_is_recorded_as_diverged():
-    seed_everything(0)
-    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 64, "val": 16, "test": 16})
-    adapter = make_adapter(TASKS[Task.DEMO_BINARY])
-    runtime = resolve_runtime("cpu")
-    train = make_loader(splits.train, adapter, 16, runtime, shuffle=True)
-    val = make_loader(splits.val, adapter, 16, runtime, shuffle=False)
-    state = fit(_NaNAfterOne(), adapter, train, val, np.asarray(splits.val.targets), lr=1e-3, max_epochs=10, runtime=runtime)
+    adapter, runtime, train, val, val_targets = _demo_binary_fit_inputs(64, 16, 16)
+    state = fit(_NaNAfterOne(), adapter, train, val, val_targets, lr=1e-3, max_epochs=10, runtime=runtime)
     assert state.diverged
     assert "not finite" in state.stop_reason
     assert state.epoch >= 1 and state.best_epoch >= 1  # the epochs before divergence count
@@ -167,16 +164,11 @@ class _SavedRecorder(Callback):
 
 
 def test_checkpoint_saved_hook_reaches_every_callback_once_per_epoch_after_last_pt(tmp_path):
-    seed_everything(0)
-    splits = load_synthetic(Task.DEMO_BINARY, image_size=16, sizes={"train": 32, "val": 16, "test": 8})
-    adapter = make_adapter(TASKS[Task.DEMO_BINARY])
-    runtime = resolve_runtime("cpu")
-    train = make_loader(splits.train, adapter, 16, runtime, shuffle=True)
-    val = make_loader(splits.val, adapter, 16, runtime, shuffle=False)
+    adapter, runtime, train, val, val_targets = _demo_binary_fit_inputs(32, 16, 8)
     ckpt = Checkpointer(tmp_path / "checkpoints", meta={})
     first, second = _SavedRecorder(ckpt.last_path), _SavedRecorder(ckpt.last_path)
     state = fit(
-        _Tiny(), adapter, train, val, np.asarray(splits.val.targets), lr=0.01, max_epochs=3, runtime=runtime,
+        _Tiny(), adapter, train, val, val_targets, lr=0.01, max_epochs=3, runtime=runtime,
         callbacks=[first, ckpt, EarlyStopping(10), second],
     )
     assert state.epoch == 3

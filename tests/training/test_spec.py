@@ -92,20 +92,16 @@ def test_invalid_values_are_refused_with_the_valid_choices(change, fragment):
     assert "\n" not in str(info.value)
 
 
-def test_spec_module_imports_no_torch_mlflow_or_optuna():
-    code = (
-        "import sys, medtl.training.spec;"
-        "bad = [m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules]; print(bad)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_training_package_imports_no_tracking_or_scheduler():
-    code = (
-        "import sys, medtl.training.finetune, medtl.training.data.synthetic;"
-        "bad = [m for m in ('mlflow', 'optuna', 'medtl.mlops') if m in sys.modules]; print(bad)"
-    )
+@pytest.mark.parametrize(
+    "modules, forbidden",
+    [
+        ("medtl.training.spec", ("torch", "mlflow", "optuna")),
+        ("medtl.training.finetune, medtl.training.data.synthetic", ("mlflow", "optuna", "medtl.mlops")),
+    ],
+    ids=["spec-no-torch-mlflow-optuna", "training-no-tracking-or-scheduler"],
+)
+def test_module_imports_none_of(modules, forbidden):
+    code = f"import sys, {modules}; print([m for m in {forbidden!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
