@@ -9,7 +9,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medtl.training.archive import dicom
+from medtl.training.archive import dicom, header
 from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
 
 
@@ -116,7 +116,7 @@ def test_window_in_shared_functional_groups_is_used():
      (("Knee left",), "lower_limb"), (("HAND",), "upper_limb"), (("", None), "unknown")],
 )
 def test_body_part_vocabulary(texts, expected):
-    assert dicom.normalise_body_part(*texts) == expected
+    assert header.normalise_body_part(*texts) == expected
 
 
 def test_read_dataset_reasons(tmp_path: Path):
@@ -138,10 +138,10 @@ def test_header_fields_hold_no_identifying_value(tmp_path: Path):
     planted = planted_identifiers(tmp_path / "a")
     assert len(planted) > 40
     for path in sorted((tmp_path / "a").rglob("*.dcm")):
-        fields = dicom.header_fields(dicom.read_dataset(path))
+        fields = header.header_fields(dicom.read_dataset(path))
         text = " ".join(str(v) for v in fields.values())
         assert not [p for p in planted if p in text]
-        assert fields["body_part"] in {*dicom.BODY_PARTS, dicom.UNKNOWN_BODY_PART}
+        assert fields["body_part"] in {*header.BODY_PARTS, header.UNKNOWN_BODY_PART}
     assert "patient" not in " ".join(fields)
 
 
@@ -175,22 +175,22 @@ def _header(**tags) -> Dataset:
     ],
 )
 def test_burned_in_text_policy(tags, allowed, reason):
-    found = dicom.burned_in_text(_header(**tags), frozenset(allowed))
+    found = header.burned_in_text(_header(**tags), frozenset(allowed))
     assert found == reason if reason is None else reason in found
     if found is not None:
         assert "burned-in text" in found
 
 
 def test_free_text_fields_pass_through_vocabularies_only():
-    assert dicom.normalise_manufacturer("GE MEDICAL SYSTEMS") == "ge"
-    assert dicom.normalise_manufacturer("TOSHIBA_MEC") == "canon"
-    assert dicom.normalise_manufacturer("Dr Kowalczyk's private clinic, ward 3") == "other"
-    assert dicom.normalise_manufacturer("") == "unknown"
-    assert dicom.normalise_photometric("MONOCHROME2 ") == "MONOCHROME2"
-    assert dicom.normalise_photometric("Kowalczyk") == "other"
+    assert header.normalise_manufacturer("GE MEDICAL SYSTEMS") == "ge"
+    assert header.normalise_manufacturer("TOSHIBA_MEC") == "canon"
+    assert header.normalise_manufacturer("Dr Kowalczyk's private clinic, ward 3") == "other"
+    assert header.normalise_manufacturer("") == "unknown"
+    assert header.normalise_photometric("MONOCHROME2 ") == "MONOCHROME2"
+    assert header.normalise_photometric("Kowalczyk") == "other"
     ds = make_ds(np.arange(64, dtype=np.uint16).reshape(8, 8), Manufacturer="Siemens Healthineers",
                  ManufacturerModelName="Room of Dr Kowalczyk", StationName="KOWALCZYK-PC")
-    fields = dicom.header_fields(ds)
+    fields = header.header_fields(ds)
     assert fields["manufacturer"] == "siemens" and "manufacturer_model" not in fields
     assert "kowalczyk" not in " ".join(map(str, fields.values())).lower()
 

@@ -1,7 +1,7 @@
 """One source file → de-identified PNGs and its shard record; runs inside an ingest worker process.
 
-Header values reach the manifest only through the allow-list of `dicom.header_fields`; images
-that may show burned-in text are refused (`dicom.burned_in_text`) unless their modality was
+Header values reach the manifest only through the allow-list of `header.header_fields`; images
+that may show burned-in text are refused (`header.burned_in_text`) unless their modality was
 allowed and the file says `BurnedInAnnotation = NO`. A source whose content was already recorded
 is not converted again; another path with the same content is recorded as a duplicate.
 """
@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medtl.training.archive import dicom
+from medtl.training.archive import dicom, header
 from medtl.training.archive.deid import keyed, path_key
 from medtl.training.archive.shards import atomic_write, read_shard, shard_path, write_shard
 
@@ -73,13 +73,13 @@ def _process(path: str, rel: str) -> dict[str, Any]:
     burned_in = False
     try:
         ds = dicom.read_dataset(Path(path), data)
-        reason = dicom.burned_in_text(ds, allowed)
+        reason = header.burned_in_text(ds, allowed)
         if reason is not None:
-            burned_in, refused = True, dicom.burned_in_code(ds)
+            burned_in, refused = True, header.burned_in_code(ds)
             raise dicom.SkipFile(reason)
         dicom.check_pixel_count(ds, _WORKER.get("max_pixels", MAX_PIXELS))
-        header = dicom.header_fields(ds)
-        patient, study, series = dicom.identity(ds)
+        fields = header.header_fields(ds)
+        patient, study, series = header.identity(ds)
         if not patient and not study:
             raise dicom.SkipFile(
                 "no patient or study identifier: the image could not be kept in the same split as "
@@ -99,7 +99,7 @@ def _process(path: str, rel: str) -> dict[str, Any]:
             name = keyed(key, "image", f"{digest}:{frame.index}")
             image_path = f"images/{name[:2]}/{name}.png"
             pngs.append((out / image_path, dicom.encode_png(frame.image)))
-            rows.append({"image_path": image_path, **keys, "frame": frame.index, **header,
+            rows.append({"image_path": image_path, **keys, "frame": frame.index, **fields,
                          "window_source": frame.window_source, "source_key": source_key})
         if not rows:
             reasons = sorted({s["reason"].split(": ", 1)[1] for s in skipped})

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtl.errors import UserError
-from medtl.training.archive import dicom, shards
+from medtl.training.archive import dicom, header, shards
 from medtl.training.archive.convert import MAX_PIXELS
 from medtl.training.archive.workers import DECODE_TIMEOUT_S, isolated_results
 
@@ -54,10 +54,10 @@ class IngestSummary:
 def check_allowed(codes: Iterator[str] | list[str] | tuple[str, ...] | None) -> frozenset[str]:
     """The `--allow-modality` codes, upper-cased; unknown codes raise a `UserError` listing the valid ones."""
     allowed = frozenset(str(c).strip().upper() for c in codes or ())
-    unknown = sorted(allowed - set(dicom.BURNED_IN_MODALITIES))
+    unknown = sorted(allowed - set(header.BURNED_IN_MODALITIES))
     if unknown:
         raise UserError(
-            f"unknown --allow-modality {', '.join(unknown)}; choose from {', '.join(sorted(dicom.BURNED_IN_MODALITIES))} "
+            f"unknown --allow-modality {', '.join(unknown)}; choose from {', '.join(sorted(header.BURNED_IN_MODALITIES))} "
             "(other modalities are converted without opting in)"
         )
     return allowed
@@ -148,7 +148,7 @@ def ingest(
         size: side of the square output images.
         retry_skipped: convert again sources recorded as skipped (e.g. after installing a decoder).
         progress: show a progress bar on stderr.
-        allow_modalities: codes of `dicom.BURNED_IN_MODALITIES` to convert when a file says
+        allow_modalities: codes of `header.BURNED_IN_MODALITIES` to convert when a file says
             `BurnedInAnnotation = NO` (refused otherwise: they commonly carry burned-in text).
         source_map: CSV file (outside `out`) that receives source key -> source path.
         decode_timeout: seconds one file may take before its worker is killed and it is skipped.
