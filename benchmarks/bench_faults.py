@@ -28,20 +28,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDY = """
-name: {name}
-defaults: {{max_epochs: 3, patience: 3, batch_size: 32, image_size: 32}}
-tasks:
-  demo-binary: {{archs: [mobilenet_v3_small]}}
-lrs: [1.0e-3, 1.0e-4]
-seeds: [0, 1]
-"""
 HEARTBEAT_S, GRACE_S = 1, 5
 ENV = {
     "MEDTL_HEARTBEAT_S": str(HEARTBEAT_S),
@@ -86,15 +77,10 @@ class Lab:
     def start_mlflow(self) -> None:
         with open(self.folder / "mlflow-server.log", "ab") as log:
             self.server = subprocess.Popen(self.command, env=self.server_env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("mlflow server did not start")
+        from medtl.mlops.stack import wait_healthy
+
+        if not wait_healthy(self.uri, 120, self.server):
+            raise RuntimeError("mlflow server did not start")
 
     def stop_mlflow(self) -> None:
         if self.server and self.server.poll() is None:
@@ -243,10 +229,12 @@ def _count(lab: Lab, study_path: Path, study: str) -> dict:
 
 
 def scenario(lab: Lab, name: str, fault: Fault, folder: Path) -> dict:
+    from medtl.mlops.sweeps.study import study_text
+
     study = f"faults-{name}"
     path = folder / name / "study.yaml"
     path.parent.mkdir(parents=True)
-    path.write_text(STUDY.format(name=study))
+    path.write_text(study_text(study, lrs=(1e-3, 1e-4), seeds=(0, 1), max_epochs=3, patience=3, batch_size=32, image_size=32))
     log = path.parent / "sweep.log"
     start = time.perf_counter()
     proc = _sweep(lab, path, log)

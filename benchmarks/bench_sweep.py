@@ -18,14 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDY = """
-name: bench
-defaults: {max_epochs: 1, patience: 1, batch_size: 32, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3, 1.0e-4]
-seeds: [0, 1, 2, 3]
-"""
 
 
 def _postgres(folder: Path):
@@ -43,9 +35,11 @@ def _postgres(folder: Path):
 def _one(storage: str | None, workers: int) -> dict:
     import optuna
 
+    from medtl.mlops.sweeps.study import study_text
+
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "bench.yaml"
-        study.write_text(STUDY)
+        study.write_text(study_text("bench", lrs=(1e-3, 1e-4), seeds=range(4), max_epochs=1, patience=1, batch_size=32, image_size=32))
         command = [str(Path(sys.executable).parent / "medtl"), "sweep", "--study", str(study), "--workers", str(workers)]
         url = storage or f"sqlite:///{Path(tmp) / 'optuna.db'}"
         command += ["--storage", url]

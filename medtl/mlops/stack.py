@@ -11,6 +11,9 @@ the password travels in the environment (`PGPASSWORD`, read by libpq) or a passw
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
@@ -95,8 +98,26 @@ def mlflow_server_launch(backend_store_uri: str, artifacts_destination: str, **o
     return Launch(mlflow_server_command(url, artifacts_destination, **options), {**MLFLOW_SERVER_ENV, **secret})
 
 
+def wait_healthy(uri: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    """Poll the MLflow server's `/health` until it answers 200; False after `timeout` s or once `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+
+
 def worker_command(study: str, storage: str, tracking_uri: str) -> list[str]:
-    """A sweep worker on any machine: pulls points from the shared Optuna queue."""
+    """A sweep worker on any machine: pulls points from the shared Optuna queue.
+
+    `study` is best the study's name: its grid travels in the queue, so the worker needs no study file.
+    """
     storage = _refuse_password(storage, "the Optuna storage URL")
     return ["medtl", "worker", "--study", study, "--storage", storage, "--tracking-uri", tracking_uri]
 

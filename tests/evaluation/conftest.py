@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,17 +180,10 @@ def mlflow_server(synthetic_store):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mlflow server did not start")  # a service that fails to start fails the test
-            time.sleep(0.3)
+        from medtl.mlops.stack import wait_healthy
+
+        if not wait_healthy(url, 60, proc):
+            pytest.fail("mlflow server did not start")  # a service that fails to start fails the test
         yield url
     finally:
         proc.terminate()

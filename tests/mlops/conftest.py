@@ -9,13 +9,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from medtl.mlops.stack import mlflow_server_launch
+from medtl.mlops.stack import mlflow_server_launch, wait_healthy
+from medtl.mlops.sweeps import queue as Q
+from medtl.mlops.sweeps import worker as W
+from medtl.mlops.sweeps.study import load_study, study_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,15 +43,8 @@ class MlflowServer:
         env = {**os.environ, **self.env}
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not start; see {self.log}")
+        if not wait_healthy(self.uri, timeout, self.proc):
+            raise RuntimeError(f"mlflow server did not start; see {self.log}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -69,3 +63,46 @@ def mlflow_server(postgres, tmp_path_factory) -> MlflowServer:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    """Writes a two-point study (demo-binary, mobilenet_v3_small, 32 px, one epoch) named as asked: its path."""
+
+    def write(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(study_text(name, seeds=(0, 1), max_epochs=1, patience=1, batch_size=16, image_size=32))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def enqueued(study_file, tmp_path, monkeypatch):
+    """Enqueues `study_file(name)` in a fresh SQLite Optuna storage, 1 s heartbeat and 2 s grace.
+
+    Returns a function of the study's name giving (study file, study, storage URL, Optuna study).
+    """
+    monkeypatch.setenv("MEDTL_HEARTBEAT_S", "1")
+    monkeypatch.setenv("MEDTL_GRACE_S", "2")
+
+    def enqueue(name: str):
+        path = study_file(name)
+        study = load_study(path)
+        url = f"sqlite:///{tmp_path / 'optuna.db'}"
+        optuna_study = Q.open_optuna_study(study, Q.open_storage(url))
+        assert Q.enqueue_missing(study.specs, optuna_study, set()) == len(study.specs)
+        return path, study, url, optuna_study
+
+    return enqueue
+
+
+@pytest.fixture
+def train_with(monkeypatch):
+    """Makes sweep workers train with a stand-in for `run_spec`; MLflow holds no finished point unless `finished` says."""
+
+    def use(runner, finished=lambda *args: set()) -> None:
+        monkeypatch.setattr(W, "run_spec", runner)
+        monkeypatch.setattr(W, "finished_run_keys_for", finished)
+
+    return use

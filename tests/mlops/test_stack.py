@@ -15,20 +15,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.stack import sweep_command, without_password
-from medtl.mlops.sweeps.study import load_study
+from medtl.mlops.sweeps.study import load_study, study_text
 from medtl.mlops.tracking.runner import run_spec
 from medtl.training.spec import RunSpec
 
 pytestmark = pytest.mark.integration
 
-STUDY = """
-name: stack
-defaults: {max_epochs: 3, patience: 3, batch_size: 32, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3, 1.0e-4]
-seeds: [0, 1, 2, 3, 4, 5]
-"""
+STUDY = study_text("stack", lrs=(1e-3, 1e-4), seeds=range(6), max_epochs=3, patience=3, batch_size=32, image_size=32)
 
 
 def _medtl() -> str:

@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from medtl.mlops.sweeps import plan
+from medtl.mlops.sweeps.queue import enqueue_missing, open_optuna_study, open_storage
 from medtl.mlops.sweeps.study import StudyError, load_study
-from medtl.mlops.sweeps.sweep import enqueue_missing, open_optuna_study, open_storage
 
 BASE = """
 name: s

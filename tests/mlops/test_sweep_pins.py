@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.sweeps import sweep as S
+from medtl.mlops.sweeps import worker as W
 from medtl.mlops.tracking import runner
 from medtl.mlops.tracking.registry import CHAMPION
 from medtl.mlops.tracking.runner import RunOutcome
@@ -49,7 +50,7 @@ def test_a_champion_moved_mid_sweep_leaves_every_domain_point_on_the_first_versi
         client.set_registered_model_alias(NAME, CHAMPION, "2")  # someone promotes mid-sweep
         return RunOutcome(f"run-{len(asked)}", "FINISHED", {"best_val_loss": 0.5})
 
-    monkeypatch.setattr(S, "run_spec", fake_run)
+    monkeypatch.setattr(W, "run_spec", fake_run)
     study = tmp_path / "pins.yaml"
     study.write_text(STUDY % "0, 1")
     first = S.sweep(study, tracking_uri=tracking_uri)

@@ -13,36 +13,23 @@ import pytest
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
+from medtl.mlops import retry
 from medtl.mlops.cli import main
+from medtl.mlops.retry import is_connection_error
 from medtl.mlops.signals import StopRequested, clear_stop_request
-from medtl.mlops.sweeps import sweep as S
+from medtl.mlops.sweeps import queue as Q
+from medtl.mlops.sweeps import worker as W
 from medtl.mlops.sweeps.study import load_study
 from medtl.mlops.tracking.runner import RunOutcome
-
-STUDY = """
-name: queue
-defaults: {max_epochs: 1, patience: 1, batch_size: 16, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3]
-seeds: [0, 1]
-"""
 
 OFFLINE = MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/create failed with exception ConnectionError")
 
 
 @pytest.fixture
-def queue(tmp_path, monkeypatch, tracking_uri):
-    """A two-point study enqueued in a fresh SQLite storage; 1 s heartbeat, 2 s grace."""
-    monkeypatch.setenv("MEDTL_HEARTBEAT_S", "1")
-    monkeypatch.setenv("MEDTL_GRACE_S", "2")
+def queue(enqueued, monkeypatch, tracking_uri):
+    """A two-point study enqueued in a fresh SQLite storage; 1 s heartbeat, 2 s grace, one retry."""
     monkeypatch.setenv("MEDTL_MAX_RETRIES", "1")
-    path = tmp_path / "queue.yaml"
-    path.write_text(STUDY)
-    study = load_study(path)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    optuna_study = S.open_optuna_study(study, S.open_storage(url))
-    assert S.enqueue_missing(study.specs, optuna_study, set()) == 2
+    path, _, url, optuna_study = enqueued("queue")
     yield path, url, optuna_study
     clear_stop_request()
 
@@ -52,14 +39,14 @@ def _states(optuna_study) -> list[str]:
 
 
 def _work(path, url, tracking_uri):
-    return S.work(str(path), url, tracking_uri, progress=False)
+    return W.work(str(path), url, tracking_uri, progress=False)
 
 
 def test_a_claim_writes_its_first_heartbeat_and_owner_in_the_same_transaction(queue):
     _, _, optuna_study = queue
-    trial_id = S.claim_next(optuna_study, "me")
-    assert S.trial_owner(optuna_study, trial_id) == (TrialState.RUNNING, "me")
-    rdb = S._rdb(optuna_study)
+    trial_id = Q.claim_next(optuna_study, "me")
+    assert Q.trial_owner(optuna_study, trial_id) == (TrialState.RUNNING, "me")
+    rdb = Q._rdb(optuna_study)
     time.sleep(3.5)  # past the 2 s grace (SQLite keeps whole seconds) with no further beat
     assert rdb._get_stale_trial_ids(optuna_study._study_id) == [trial_id]
 
@@ -73,30 +60,30 @@ def test_an_error_inside_the_claim_leaves_the_trial_waiting(queue, monkeypatch):
 
     monkeypatch.setattr(models, "TrialHeartbeatModel", broken)
     with pytest.raises(OSError):
-        S.claim_next(optuna_study, "me")
+        Q.claim_next(optuna_study, "me")
     assert _states(optuna_study) == ["WAITING", "WAITING"]
 
 
 def test_a_lost_claim_is_requeued_uncharged_and_the_loser_writes_nothing(queue):
     _, _, optuna_study = queue
-    trial_id = S.claim_next(optuna_study, "frozen-worker")
+    trial_id = Q.claim_next(optuna_study, "frozen-worker")
     time.sleep(3.5)  # the frozen worker misses its beats
-    S.fail_stale(optuna_study, S.knobs())  # what the next worker does before it claims
-    claim = S.Claim(optuna_study, trial_id, "frozen-worker", S.knobs())
+    Q.fail_stale(optuna_study, Q.knobs())  # what the next worker does before it claims
+    claim = Q.Claim(optuna_study, trial_id, "frozen-worker", Q.knobs())
     assert not claim.owns()
-    assert not S.finish(optuna_study, trial_id, "frozen-worker", TrialState.COMPLETE, 0.5)
-    assert not S.put_back(optuna_study, trial_id, "frozen-worker", "woke up")
+    assert not Q.finish(optuna_study, trial_id, "frozen-worker", TrialState.COMPLETE, 0.5)
+    assert not Q.put_back(optuna_study, trial_id, "frozen-worker", "woke up")
     trials = optuna_study.get_trials(deepcopy=False)
     assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING", "WAITING"]
     copy = next(t for t in trials if t.user_attrs.get("lost") == 1)
     old = next(t for t in trials if t._trial_id == trial_id)
     assert copy.user_attrs["run_key"] == old.user_attrs["run_key"] and copy.state is TrialState.WAITING
-    assert not S.charged_failures(trials)  # the point's retry budget is untouched
+    assert not Q.charged_failures(trials)  # the point's retry budget is untouched
     study = load_study(queue[0])
-    assert S.enqueue_missing(study.specs, optuna_study, set()) == 0  # and it is not enqueued twice
+    assert Q.enqueue_missing(study.specs, optuna_study, set()) == 0  # and it is not enqueued twice
 
 
-def test_infrastructure_faults_put_the_point_back_without_spending_its_budget(queue, monkeypatch, tracking_uri):
+def test_infrastructure_faults_put_the_point_back_without_spending_its_budget(queue, train_with, monkeypatch, tracking_uri):
     path, url, optuna_study = queue
     calls = []
 
@@ -113,9 +100,8 @@ def test_infrastructure_faults_put_the_point_back_without_spending_its_budget(qu
         assert kwargs["owns_claim"]() is True
         return RunOutcome(f"run-{spec.run_key}", "FINISHED", {"best_val_loss": 0.25})
 
-    monkeypatch.setattr(S, "finished_run_keys_for", flaky_check)
-    monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "MAX_BACKOFF_S", 0.2)
+    train_with(runner, finished=flaky_check)
+    monkeypatch.setattr(retry, "MAX_BACKOFF_S", 0.2)
     stats = _work(path, url, tracking_uri)
     trials = optuna_study.get_trials(deepcopy=False)
     assert (stats.done, stats.failed, stats.requeued) == (2, 0, 2)
@@ -125,23 +111,22 @@ def test_infrastructure_faults_put_the_point_back_without_spending_its_budget(qu
     assert all(t.values == [0.25] for t in trials)
 
 
-def test_a_point_that_fails_on_its_own_spends_its_budget_once(queue, monkeypatch, tracking_uri):
+def test_a_point_that_fails_on_its_own_spends_its_budget_once(queue, train_with, tracking_uri):
     path, url, optuna_study = queue
 
     def runner(spec, **kwargs):
         raise ValueError("loss is NaN at step 1")
 
-    monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "finished_run_keys_for", lambda *a: set())
+    train_with(runner)
     stats = _work(path, url, tracking_uri)
     trials = optuna_study.get_trials(deepcopy=False)
     assert stats.failed == 4  # 2 points × (1 try + MEDTL_MAX_RETRIES=1)
     assert [t.state.name for t in trials] == ["FAIL"] * 4
     assert all(t.user_attrs["fail_reason"] == "ValueError: loss is NaN at step 1" for t in trials)
-    assert sorted(S.charged_failures(trials).values()) == [2, 2]
+    assert sorted(Q.charged_failures(trials).values()) == [2, 2]
 
 
-def test_a_worker_that_lost_its_claim_mid_run_tells_optuna_nothing(queue, monkeypatch, tracking_uri):
+def test_a_worker_that_lost_its_claim_mid_run_tells_optuna_nothing(queue, train_with, tracking_uri):
     path, url, optuna_study = queue
     runs = []
 
@@ -150,12 +135,11 @@ def test_a_worker_that_lost_its_claim_mid_run_tells_optuna_nothing(queue, monkey
         if len(runs) == 1:  # another worker took the point over while this one was frozen
             trial = next(t for t in optuna_study.get_trials(deepcopy=False) if t.state is TrialState.RUNNING)
             optuna_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            S._requeue_lost(optuna_study, optuna_study._storage.get_trial(trial._trial_id))
+            Q._requeue_lost(optuna_study, optuna_study._storage.get_trial(trial._trial_id))
             raise RuntimeError("claim lost before logging epoch 2")
         return RunOutcome("r", "FINISHED", {"best_val_loss": 1.0})
 
-    monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "finished_run_keys_for", lambda *a: set())
+    train_with(runner)
     stats = _work(path, url, tracking_uri)
     assert (stats.lost, stats.done, stats.failed) == (1, 2, 0)
     trials = optuna_study.get_trials(deepcopy=False)
@@ -164,14 +148,13 @@ def test_a_worker_that_lost_its_claim_mid_run_tells_optuna_nothing(queue, monkey
     assert "fail_reason" not in failed.user_attrs  # the loser wrote nothing to the trial
 
 
-def test_a_stop_signal_puts_the_point_back_and_reaches_the_caller(queue, monkeypatch, tracking_uri):
+def test_a_stop_signal_puts_the_point_back_and_reaches_the_caller(queue, train_with, tracking_uri):
     path, url, optuna_study = queue
 
     def runner(spec, **kwargs):
         raise StopRequested("SIGTERM")
 
-    monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "finished_run_keys_for", lambda *a: set())
+    train_with(runner)
     with pytest.raises(StopRequested):
         _work(path, url, tracking_uri)
     trials = optuna_study.get_trials(deepcopy=False)
@@ -188,11 +171,10 @@ def test_a_stop_signal_puts_the_point_back_and_reaches_the_caller(queue, monkeyp
     ],
 )
 @pytest.mark.parametrize("command", ["sweep", "worker"])
-def test_bad_knobs_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, env, fragment, command):
+def test_bad_knobs_are_one_line_and_exit_2(tmp_path, study_file, monkeypatch, capsys, env, fragment, command):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    path = tmp_path / "queue.yaml"
-    path.write_text(STUDY)
+    path = study_file("queue")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert main([command, "--study", str(path), "--storage", storage]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -204,41 +186,41 @@ def test_connection_errors_are_recognised_through_their_causes():
     import sqlalchemy.exc
 
     locked = sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database is locked"))
-    assert S.is_infra_error(locked)
-    assert S.is_infra_error(OFFLINE)
-    assert S.is_infra_error(optuna.exceptions.StorageInternalError("commit failed"))
+    assert is_connection_error(locked)
+    assert is_connection_error(OFFLINE)
+    assert is_connection_error(optuna.exceptions.StorageInternalError("commit failed"))
     try:
         try:
             raise ConnectionResetError(104, "reset by peer")
         except ConnectionResetError:
             raise RuntimeError("upload failed")  # noqa: B904 - the implicit context is the point
     except RuntimeError as chained:
-        assert S.is_infra_error(chained)
-    assert not S.is_infra_error(ValueError("loss is NaN"))
-    assert not S.is_infra_error(MlflowException("Response body: 'RESOURCE_DOES_NOT_EXIST'"))
+        assert is_connection_error(chained)
+    assert not is_connection_error(ValueError("loss is NaN"))
+    assert not is_connection_error(MlflowException("Response body: 'RESOURCE_DOES_NOT_EXIST'"))
 
 
 def test_sqlite_storage_is_shared_through_wal_and_a_dead_local_workers_point_comes_back(queue):
     _, url, optuna_study = queue
-    with S._rdb(optuna_study).engine.connect() as connection:
+    with Q._rdb(optuna_study).engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     import socket
 
-    trial_id = S.claim_next(optuna_study, f"{socket.gethostname()}:4242:abcd")
-    other = S.claim_next(optuna_study, f"{socket.gethostname()}:4343:abcd")
-    assert S._reclaim(optuna_study, 4242) == 1  # what the sweep does when its worker 4242 exits non-zero
-    assert S.trial_owner(optuna_study, trial_id) == (TrialState.WAITING, None)
-    assert S.trial_owner(optuna_study, other)[0] is TrialState.RUNNING
+    trial_id = Q.claim_next(optuna_study, f"{socket.gethostname()}:4242:abcd")
+    other = Q.claim_next(optuna_study, f"{socket.gethostname()}:4343:abcd")
+    assert Q.reclaim(optuna_study, 4242) == 1  # what the sweep does when its worker 4242 exits non-zero
+    assert Q.trial_owner(optuna_study, trial_id) == (TrialState.WAITING, None)
+    assert Q.trial_owner(optuna_study, other)[0] is TrialState.RUNNING
 
 
 def test_a_trial_running_without_any_heartbeat_is_requeued_after_the_grace(queue):
     _, _, optuna_study = queue
     (old, _) = optuna_study.get_trials(deepcopy=False)
     optuna_study._storage.set_trial_state_values(old._trial_id, TrialState.RUNNING)  # an older medtl's claim
-    S.fail_stale(optuna_study, S.knobs())
-    assert S.trial_owner(optuna_study, old._trial_id)[0] is TrialState.RUNNING  # within the grace: left alone
+    Q.fail_stale(optuna_study, Q.knobs())
+    assert Q.trial_owner(optuna_study, old._trial_id)[0] is TrialState.RUNNING  # within the grace: left alone
     time.sleep(3.5)
-    S.fail_stale(optuna_study, S.knobs())
+    Q.fail_stale(optuna_study, Q.knobs())
     trials = optuna_study.get_trials(deepcopy=False)
     assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING", "WAITING"]
     assert [t.user_attrs["lost"] for t in trials if "lost" in t.user_attrs] == [1]

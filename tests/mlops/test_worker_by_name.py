@@ -7,31 +7,15 @@ import pytest
 
 from medtl.mlops.cli import main
 from medtl.mlops.signals import clear_stop_request
-from medtl.mlops.sweeps import sweep as S
-from medtl.mlops.sweeps.study import load_study, study_attrs, study_from_attrs
+from medtl.mlops.sweeps import queue as Q
+from medtl.mlops.sweeps.study import study_attrs, study_from_attrs
 from medtl.mlops.tracking.runner import RunOutcome
-
-STUDY = """
-name: byname
-defaults: {max_epochs: 1, patience: 1, batch_size: 16, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3]
-seeds: [0, 1]
-"""
 
 
 @pytest.fixture
-def published(tmp_path, monkeypatch):
+def published(enqueued, tmp_path, monkeypatch):
     """A two-point study enqueued by the sweep's own calls; the study file is deleted afterwards."""
-    monkeypatch.setenv("MEDTL_HEARTBEAT_S", "1")
-    monkeypatch.setenv("MEDTL_GRACE_S", "2")
-    path = tmp_path / "byname.yaml"
-    path.write_text(STUDY)
-    study = load_study(path)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    optuna_study = S.open_optuna_study(study, S.open_storage(url))
-    assert S.enqueue_missing(study.specs, optuna_study, set()) == 2
+    path, study, url, optuna_study = enqueued("byname")
     path.unlink()
     elsewhere = tmp_path / "worker-machine"
     elsewhere.mkdir()
@@ -48,7 +32,7 @@ def test_the_queue_carries_the_whole_study(published):
     assert study_attrs(again) == study_attrs(study)
 
 
-def test_a_worker_given_only_the_name_runs_the_queue(published, monkeypatch, capsys, tracking_uri):
+def test_a_worker_given_only_the_name_runs_the_queue(published, train_with, capsys, tracking_uri):
     study, url, optuna_study = published
     ran = []
 
@@ -56,8 +40,7 @@ def test_a_worker_given_only_the_name_runs_the_queue(published, monkeypatch, cap
         ran.append((kwargs["study"], spec.run_key))
         return RunOutcome(f"run-{spec.run_key}", "FINISHED", {"best_val_loss": 0.5})
 
-    monkeypatch.setattr(S, "run_spec", runner)
-    monkeypatch.setattr(S, "finished_run_keys_for", lambda *a: set())
+    train_with(runner)
     assert main(["worker", "--study", "byname", "--storage", url, "--tracking-uri", tracking_uri]) == 0
     assert sorted(ran) == sorted(("byname", s.run_key) for s in study.specs)
     assert sorted(t.state.name for t in optuna_study.get_trials(deepcopy=False)) == ["COMPLETE", "COMPLETE"]
@@ -73,7 +56,7 @@ def test_an_unknown_name_is_one_line_naming_the_known_sweeps(published, capsys, 
 
 def test_a_queue_from_an_older_medtl_asks_for_the_study_file(tmp_path, capsys, tracking_uri):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    optuna.create_study(study_name="medtl-old", storage=S.open_storage(url))  # no study attributes
+    optuna.create_study(study_name="medtl-old", storage=Q.open_storage(url))  # no study attributes
     assert main(["worker", "--study", "old", "--storage", url, "--tracking-uri", tracking_uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--study PATH" in err[0], err

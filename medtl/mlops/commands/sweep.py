@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         print_plan(args.study, tracking_uri=args.tracking_uri)
         return 0
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweeps.sweep import knobs, sweep
+    from medtl.mlops.sweeps.queue import knobs
+    from medtl.mlops.sweeps.sweep import sweep
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 
     knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2, nothing written

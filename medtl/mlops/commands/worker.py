@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweeps.sweep import InfrastructureDown, knobs, work
+    from medtl.mlops.sweeps.queue import knobs
+    from medtl.mlops.sweeps.worker import InfrastructureDown, work
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 
     if args.max_trials is not None and args.max_trials < 1:

@@ -174,18 +174,18 @@ def _duration(seconds: float) -> str:
 
 
 def _total_time(seconds: float, left: int, unknown: int) -> str:
-    if left == 0:
-        return "0 min (nothing left)"
-    if unknown == left:
-        return "time unknown"
-    partial = f" for {left - unknown} of {left} points, the rest unknown" if unknown else ""
-    return f"{_duration(seconds)}{partial}"
+    return _total(_duration(seconds), "0 min (nothing left)", "time unknown", left, unknown)
 
 
 def _total_co2(kg: float, left: int, unknown: int) -> str:
+    return _total(f"{kg * 1000:.2f} g CO2e", "0 g CO2e", "CO2e unknown", left, unknown)
+
+
+def _total(estimate: str, nothing: str, unknowable: str, left: int, unknown: int) -> str:
+    """`estimate` for the `left` points, said to cover only those known when `unknown` of them are not."""
     if left == 0:
-        return "0 g CO2e"
+        return nothing
     if unknown == left:
-        return "CO2e unknown"
+        return unknowable
     partial = f" for {left - unknown} of {left} points, the rest unknown" if unknown else ""
-    return f"{kg * 1000:.2f} g CO2e{partial}"
+    return f"{estimate}{partial}"

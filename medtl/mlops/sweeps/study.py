@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,23 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
         name=name, path=path, description=str(data.get("description", "")), specs=tuple(specs), pretrain=pretrain
     )
 
+
+
+def study_text(
+    name: str,
+    *,
+    seeds: Iterable[int],
+    lrs: Iterable[float] = (1e-3,),
+    task: str = "demo-binary",
+    archs: Iterable[str] = ("mobilenet_v3_small",),
+    **defaults: Any,
+) -> str:
+    """A study file's text for one task's grid, as `load_study` reads it: tests, benchmarks, a quick try.
+
+    `defaults` are the study's `defaults:` (max_epochs, patience, batch_size, image_size ...).
+    """
+    data = {"name": name, "defaults": defaults, "tasks": {task: {"archs": list(archs)}}, "lrs": list(lrs), "seeds": list(seeds)}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def study_attrs(study: Study) -> dict[str, Any]:

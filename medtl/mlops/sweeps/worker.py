@@ -1,0 +1,244 @@
+"""A sweep worker: claim a point from the queue, train it (`runner.run_spec`), report how it ended.
+
+Faults that are not the point's own — MLflow or the database unreachable, a stop signal — put the
+point back in the queue without spending its retry budget (`MEDTL_MAX_RETRIES` counts only the
+point's own failures); storage calls are retried with bounded, logged back-off (`medtl.mlops.retry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from medtl.errors import UserError
+from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
+from medtl.mlops.sweeps.queue import (
+    OWNER_ATTR,
+    PATIENCE_ENV,
+    PINS_ATTR,
+    Claim,
+    Knobs,
+    claim_next,
+    fail_stale,
+    finish,
+    join_queue,
+    knobs,
+    open_storage,
+    put_back,
+    queue_counts,
+    quietly,
+    retry_point,
+    worker_token,
+)
+from medtl.mlops.sweeps.study import Study
+from medtl.mlops.tracking import client as T
+from medtl.mlops.tracking.runner import ClaimLost, run_spec
+from medtl.training import schema as SC
+from medtl.training.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    requeued: int = 0  # put back for an infrastructure fault or a stop signal, uncharged
+    lost: int = 0  # claims taken over while this worker was frozen or cut off
+    seconds: float = 0.0
+
+
+class InfrastructureDown(RuntimeError):
+    """MLflow or the database stayed unreachable for longer than `MEDTL_INFRA_PATIENCE_S`."""
+
+
+def install_stop_handlers() -> None:
+    from medtl.mlops import signals
+
+    if threading.current_thread() is threading.main_thread():
+        signals.install_stop_handlers()
+
+
+def work(
+    study: str,
+    storage_url: str,
+    tracking_uri: str,
+    parent_run_id: str | None = None,
+    max_trials: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> WorkerStats:
+    """Take grid points from the queue until none is waiting or running (or `max_trials` were taken).
+
+    `study` is the study's name (its grid travels in the queue) or, as before, its study file.
+
+    SIGTERM and SIGINT put the current point back (uncharged) and raise `signals.StopRequested`.
+
+    Raises:
+        InfrastructureDown: MLflow or the database stayed unreachable past the patience.
+        medtl.mlops.signals.StopRequested: a stop signal arrived.
+    """
+    settings = knobs()
+    install_stop_handlers()
+    storage = open_storage(storage_url, settings)
+    queued, optuna_study = join_queue(study, storage, tracking_uri)
+    client = MlflowClient(tracking_uri)
+    owner = worker_token()
+    pins = dict(optuna_study.user_attrs.get(PINS_ATTR, {}))
+    stats = WorkerStats()
+    started = time.perf_counter()
+    infra_since: float | None = None  # start of the current run of infrastructure failures
+    backoff = Backoff()
+    while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
+        fail_stale(optuna_study, settings)
+        trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
+        if trial_id is None:
+            if _others_running(optuna_study, owner, settings):
+                time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
+                continue
+            break
+        with Claim(optuna_study, trial_id, owner, settings) as claim:
+            outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
+        if outcome == "infra":
+            stats.requeued += 1
+            infra_since = infra_since or time.monotonic()
+            if time.monotonic() - infra_since > settings.infra_patience_s:
+                raise InfrastructureDown(
+                    f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
+                    f"({PATIENCE_ENV}); the points are still queued"
+                )
+            wait = backoff.next()
+            log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)
+            time.sleep(wait)
+            continue
+        infra_since = None
+        backoff.reset()
+        if outcome == "lost":
+            stats.lost += 1
+        else:
+            setattr(stats, outcome, getattr(stats, outcome) + 1)
+        if progress and outcome in ("done", "failed"):
+            print_progress(optuna_study, started, stats)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _others_running(optuna_study: optuna.Study, owner: str, settings: Knobs) -> bool:
+    running = retry(
+        lambda: optuna_study._storage.get_all_trials(optuna_study._study_id, deepcopy=False, states=(TrialState.RUNNING,)),
+        "listing running points",
+        settings.infra_patience_s,
+    )
+    return any(t.system_attrs.get(OWNER_ATTR) != owner for t in running)
+
+
+def _run_claimed(
+    optuna_study: optuna.Study,
+    claim: Claim,
+    study: Study,
+    client: MlflowClient,
+    tracking_uri: str,
+    parent_run_id: str | None,
+    device: str,
+    pins: dict[str, str],
+    settings: Knobs,
+) -> str:
+    """Run one claimed trial; returns done, failed, skipped, infra (put back) or lost."""
+    from medtl.mlops.signals import StopRequested
+
+    patience = settings.infra_patience_s
+    trial_id, owner = claim.trial_id, claim.owner
+    try:
+        frozen = optuna_study._storage.get_trial(trial_id)
+        spec = RunSpec.from_params(frozen.user_attrs)
+        if spec.run_key in finished_run_keys_for(client, study.name, spec.run_key):
+            return "skipped" if finish(optuna_study, trial_id, owner, TrialState.PRUNED) else "lost"
+        tags = {SC.OPTUNA_STUDY_TAG: optuna_study.study_name, SC.OPTUNA_TRIAL_TAG: str(frozen.number)}
+        outcome = run_spec(
+            spec,
+            study=study.name,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            device=device,
+            init_pin=pins.get(spec.init_source),
+            owns_claim=claim.owns,
+        )
+    except StopRequested as stop:
+        why = f"worker stopped by {stop.signal_name}"
+        back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), 15)
+        where = "back in the queue" if back else "not put back now (it returns after the grace)"
+        log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
+        raise
+    except Exception as exc:
+        if isinstance(exc, ClaimLost) or not claim.owns():
+            log.warning("trial %d was taken over by another worker (%s); leaving it to that worker", trial_id, one_line(exc))
+            return "lost"
+        reason = one_line(exc)
+        if is_connection_error(exc):
+            back = retry(lambda: put_back(optuna_study, trial_id, owner, reason), "putting a point back", patience)
+            log.warning("trial %d: infrastructure fault, point back in the queue uncharged: %s", trial_id, reason)
+            return "infra" if back else "lost"
+        log.error("trial %d failed: %s", trial_id, reason)
+        failed = retry(
+            lambda: finish(optuna_study, trial_id, owner, TrialState.FAIL, attrs={"fail_reason": reason}),
+            "failing a trial",
+            patience,
+        )
+        if not failed:
+            return "lost"
+        if not isinstance(exc, UserError):
+            retry_point(optuna_study, optuna_study._storage.get_trial(trial_id), settings.max_retries)
+        return "failed"
+    value = outcome.metrics.get("best_val_loss", math.inf)
+    value = value if math.isfinite(value) else math.inf
+    attrs = {"mlflow_run_id": outcome.run_id}
+    if retry(lambda: finish(optuna_study, trial_id, owner, TrialState.COMPLETE, value, attrs), "completing a trial", patience):
+        return "done"
+    log.warning("trial %d was taken over before it could be completed; its run is FINISHED in MLflow", trial_id)
+    return "lost"
+
+
+def finished_run_keys_for(client: MlflowClient, study_name: str, run_key: str) -> set[str]:
+    """The one-key version of `finished_run_keys`: is this point already FINISHED in MLflow?"""
+    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
+    if experiment is None:
+        return set()
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{T.RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return {run_key} if runs else set()
+
+
+def print_progress(optuna_study: optuna.Study, started: float, stats: WorkerStats) -> None:
+    try:
+        counts = queue_counts(optuna_study)
+    except Exception as exc:  # progress is a courtesy; never fail a point over it
+        log.warning("no progress line: %s", one_line(exc))
+        return
+    left = counts.get("WAITING", 0)
+    finished = stats.done + stats.failed
+    elapsed = time.perf_counter() - started
+    eta = ""
+    if finished and left:
+        eta = f", ETA {_duration(elapsed / finished * left)}"
+    print(
+        f"[sweep] done {counts.get('COMPLETE', 0)} / running {counts.get('RUNNING', 0)} / "
+        f"failed {counts.get('FAIL', 0)} / left {left}{eta}",
+        flush=True,
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
