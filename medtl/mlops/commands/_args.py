@@ -15,8 +15,12 @@ def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SPEC_FLAGS = ("lr", "seed", "max_epochs", "patience", "batch_size", "image_size")
+"""The spec fields `add_spec_arguments` declares, by their names in the spec and in the parsed arguments."""
+
+
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training flags shared by `run` and `pretrain`."""
+    """The training flags shared by `run` and `pretrain` (the fields in `SPEC_FLAGS`, and `--device`)."""
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for python, numpy and torch (default 0)")
     parser.add_argument("--max-epochs", type=int, default=200, help="epoch cap (default 200, the study's)")
@@ -26,3 +30,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, default=0, help="input size in pixels (default: the architecture's, e.g. 224)"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+
+def spec_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed values of the shared training flags, as keyword arguments of a spec."""
+    return {name: getattr(args, name) for name in SPEC_FLAGS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medtl.mlops.commands._args import add_spec_arguments, add_tracking_uri
+from medtl.mlops.commands._args import add_spec_arguments, add_tracking_uri, spec_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,16 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from medtl.training.spec import PretrainSpec
 
     spec = PretrainSpec(
-        arch=args.arch,
-        data=args.data,
-        modality=args.modality,
-        objective=args.objective,
-        lr=args.lr,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
+        arch=args.arch, data=args.data, modality=args.modality, objective=args.objective, **spec_arguments(args)
     )
     from medtl.mlops.signals import install_stop_handlers
     from medtl.mlops.tracking.pretraining import close_distributed, init_distributed, run_pretrain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medtl.mlops.commands._args import add_spec_arguments, add_tracking_uri
+from medtl.mlops.commands._args import add_spec_arguments, add_tracking_uri, spec_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,16 +42,11 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         init_source=args.init_source,
         pretrain_modality=args.pretrain_modality,
-        lr=args.lr,
-        seed=args.seed,
         dataset=args.data,
         data_fraction=args.fraction,
-        max_epochs=args.max_epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
         normalization=args.normalization,
         optimizer=args.optimizer,
+        **spec_arguments(args),
     )
     from medtl.mlops.signals import install_stop_handlers
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
