@@ -14,14 +14,9 @@ from mlflow.tracking import MlflowClient
 from medtl.mlops.cli import main
 from medtl.mlops.tracking.pretraining import run_pretrain as pretrain
 from medtl.mlops.tracking.promote import promote
-from medtl.mlops.tracking.registry import (
-    CHAMPION,
-    METRIC_TAG,
-    PREVIOUS,
-    RUN_TAG,
-    move_champion_if_better,
-)
+from medtl.mlops.tracking.registry import CHAMPION, PREVIOUS, move_champion_if_better
 from medtl.mlops.tracking.runner import run_spec
+from medtl.training.schema import METRIC_TAG, RUN_TAG
 from medtl.training.spec import PretrainSpec, RunSpec
 
 

@@ -50,3 +50,13 @@ def test_schema_imports_neither_torch_nor_mlflow():
     code = "import sys, medtl.training.schema; print(any(m in sys.modules for m in ('torch', 'mlflow')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_every_tag_name_is_distinct_and_model_version_tags_live_here():
+    names = {k: v for k, v in vars(schema).items() if k.endswith("_TAG") and isinstance(v, str)}
+    assert len(set(names.values())) == len(names), "two tag constants name the same tag"
+    assert {"RUN_TAG", "METRIC_TAG", "METRIC_NAME_TAG", "HIGHER_TAG"} <= set(names)
+    assert all(v.startswith((schema.TAG_PREFIX, "mlflow.")) for v in names.values())
+    from medtl.mlops.tracking import promote, registry
+
+    assert registry.METRIC_TAG is schema.METRIC_TAG and promote.RUN_TAG is schema.RUN_TAG

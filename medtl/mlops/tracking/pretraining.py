@@ -77,7 +77,7 @@ def run_pretrain(
         metric_name=metric_name,
         metric=outcome.metrics.get(metric_name, float("nan")),
         higher_is_better=job.adapter.primary_higher_is_better,
-        tags={f"spec.{k}": v for k, v in spec.to_params().items()},
+        tags={f"{S.SPEC_TAG_PREFIX}{k}": v for k, v in spec.to_params().items()},
         description=f"{note} Best {metric_name} {outcome.metrics.get(metric_name, float('nan')):.4g}; run {outcome.run_id}.",
     )
     client.set_tag(outcome.run_id, S.MODEL_VERSION_TAG, f"{registered.name}/{registered.version}")

@@ -25,13 +25,12 @@ from medtl.evaluation.collect import list_studies
 from medtl.evaluation.selection import validation_rank_key
 from medtl.mlops.tracking.registry import (
     CHAMPION,
-    RUN_TAG,
     champion,
     log_registered_version,
     move_champion_if_better,
 )
 from medtl.training import schema as S
-from medtl.training.schema import FINGERPRINT_TAG
+from medtl.training.schema import FINGERPRINT_TAG, RUN_TAG
 from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec, protocol_fingerprint
 
 
@@ -142,8 +141,8 @@ def best_runs(client: MlflowClient, study: str, **options: object) -> dict[tuple
 def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, str]:  # noqa: ANN001
     """Tags of a registered fine-tuned version: the spec, the validation and test metrics, study and fingerprint."""
     return {
-        **{f"spec.{k}": v for k, v in spec.to_params().items()},
-        **{f"metric.{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
+        **{f"{S.SPEC_TAG_PREFIX}{k}": v for k, v in spec.to_params().items()},
+        **{f"{S.METRIC_TAG_PREFIX}{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
         S.STUDY_TAG: study,
         S.GROUP_TAG: spec.group,
         FINGERPRINT_TAG: fingerprint,

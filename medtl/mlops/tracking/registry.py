@@ -24,15 +24,12 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.mlops.tracking import client as T
+from medtl.training.schema import HIGHER_TAG, METRIC_NAME_TAG, METRIC_TAG, RUN_TAG
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
-METRIC_TAG = "medtl.metric"
-METRIC_NAME_TAG = "medtl.metric_name"
-HIGHER_TAG = "medtl.higher_is_better"
-RUN_TAG = "medtl.run_id"
 
 
 def pip_requirements() -> list[str]:
