@@ -22,6 +22,8 @@ from medtl.training.loop import Callback, FitState
 from medtl.training.runtime import rng_state
 
 FORMAT = "medtl-checkpoint/1"
+BEST_NAME = "best.pt"
+LAST_NAME = "last.pt"
 
 
 class CheckpointError(UserError):
@@ -92,11 +94,11 @@ class Checkpointer(Callback):
 
     @property
     def best_path(self) -> Path:
-        return self.directory / "best.pt"
+        return self.directory / BEST_NAME
 
     @property
     def last_path(self) -> Path:
-        return self.directory / "last.pt"
+        return self.directory / LAST_NAME
 
     def _wait(self) -> None:
         if self._thread is not None:

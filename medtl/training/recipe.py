@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchvision
 
-from medtl.training.checkpoint import Checkpointer, load_checkpoint
+from medtl.training.checkpoint import BEST_NAME, LAST_NAME, Checkpointer, load_checkpoint
 from medtl.training.data import Splits
 from medtl.training.factory import Network, image_size_for
 from medtl.training.loaders import make_loader
@@ -87,6 +87,16 @@ class Recipe(Generic[SpecT]):
     @property
     def checkpoint_dir(self) -> Path:
         return self.workdir / "checkpoints"
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        """Where `best.pt` is written (the model of the best validation loss)."""
+        return self.checkpoint_dir / BEST_NAME
+
+    @property
+    def last_checkpoint_path(self) -> Path:
+        """Where `last.pt` is written after every epoch, and where a resume looks for it."""
+        return self.checkpoint_dir / LAST_NAME
 
     @property
     def transfer_report_path(self) -> Path:
@@ -173,10 +183,10 @@ class Recipe(Generic[SpecT]):
 
     def test(self) -> RecipeResult:
         """Test metrics and per-sample predictions of the best checkpoint, with every artifact's path."""
-        best = self.checkpointer.best_path
+        best = self.best_checkpoint_path
         artifacts = {
             "best_checkpoint": _existing(best),
-            "last_checkpoint": _existing(self.checkpointer.last_path),
+            "last_checkpoint": _existing(self.last_checkpoint_path),
             "transfer_report": _existing(self.transfer_report_path),
         }
         if not best.exists():

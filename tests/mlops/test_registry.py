@@ -59,6 +59,7 @@ def test_pretraining_registers_a_champion(store):
     assert registered.name == "pretrained-resnet18" and registered.version == "1" and registered.champion
     version = client.get_model_version_by_alias("pretrained-resnet18", CHAMPION)
     assert str(version.version) == "1" and version.tags[RUN_TAG] == outcome.run_id
+    assert outcome.result is not None and outcome.result.best_checkpoint.name == "best.pt"
     assert version.description.startswith("Pretraining of resnet18") and outcome.run_id in version.description
     assert run.data.tags["mlflow.note.content"].startswith("Pretraining of resnet18")
     import mlflow

@@ -56,6 +56,34 @@ def test_killed_run_resumes_in_the_same_run_without_repeated_steps(tmp_path, tra
     assert len(client.search_runs([experiment.experiment_id])) == 1
 
 
+def test_a_run_killed_on_another_machine_resumes_from_its_uploaded_last_pt(tmp_path, tracking_uri):
+    """Mid-run uploads on: the work folder is gone (another machine), the artifact is enough."""
+    import os
+    import shutil
+
+    script = KILL_AT_EPOCH_3.format(spec=SPEC)
+    env = {**os.environ, "MEDTL_CHECKPOINT_UPLOAD_EVERY": "1"}
+    killed = subprocess.run([sys.executable, "-c", script, tracking_uri], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("medtl/resume")
+    (dead,) = client.search_runs([experiment.experiment_id])
+    uploaded = {a.path for a in client.list_artifacts(dead.info.run_id, "checkpoints")}
+    assert "checkpoints/last.pt" in uploaded
+    shutil.rmtree(tmp_path / ".medtl")  # this machine never saw the run
+
+    outcome = run_spec(RunSpec(**SPEC), study="resume", tracking_uri=tracking_uri)
+
+    run = client.get_run(outcome.run_id)
+    assert outcome.run_id == dead.info.run_id and run.info.status == "FINISHED"
+    assert 1 <= int(run.data.tags["medtl.resumed_from_epoch"]) <= 3
+    assert sorted(m.step for m in client.get_metric_history(outcome.run_id, "val_loss")) == [1, 2, 3, 4, 5]
+    # The fetched best.pt carried the best epoch over both attempts into the test.
+    val_loss = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "val_loss")}
+    assert val_loss[int(run.data.metrics["epochs_to_convergence"])] == min(val_loss.values())
+    assert "test_f1" in run.data.metrics
+
+
 def test_attempt_without_checkpoint_is_marked_killed_and_restarted(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri)
     spec = RunSpec(**{**SPEC, "max_epochs": 1})

@@ -89,6 +89,7 @@ def test_run_artifacts_are_complete(tracked):
     client = MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(outcome.run_id, "checkpoints")}
     assert names == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    assert not (folder / ".medtl" / "work" / spec.run_key).exists()  # the work folder is cleaned up
     local = client.download_artifacts(outcome.run_id, "predictions/test.csv", str(folder / "dl"))
     with open(local) as fh:
         rows = list(csv.DictReader(fh))
@@ -104,6 +105,11 @@ def test_run_artifacts_are_complete(tracked):
     assert payload["meta"]["epoch"] == int(client.get_run(outcome.run_id).data.metrics["epochs_to_convergence"])
     inputs = client.get_run(outcome.run_id).inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name == "demo-multiclass"
+    # The outcome carries the recipe's own result: its test metrics are the run's test_* metrics.
+    logged = client.get_run(outcome.run_id).data.metrics
+    assert outcome.result is not None and outcome.result.metrics
+    assert all(logged[f"test_{k}"] == pytest.approx(v) for k, v in outcome.result.metrics.items())
+    assert outcome.result.best_checkpoint is not None and outcome.result.best_checkpoint.name == "best.pt"
 
 
 def test_a_failing_run_ends_failed_with_its_reason(tracking_uri, monkeypatch):

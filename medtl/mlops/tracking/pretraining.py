@@ -37,6 +37,7 @@ def run_pretrain(
     """
     from mlflow.tracking import MlflowClient
 
+    from medtl.errors import UserError
     from medtl.mlops.tracking import client as T
     from medtl.mlops.tracking.registry import log_registered_version
     from medtl.mlops.tracking.runner import run_job, work_root
@@ -62,6 +63,9 @@ def run_pretrain(
     outcome = run_job(job, experiment=S.PRETRAIN_EXPERIMENT, name=name, tags=tags, tracking_uri=uri, description=note)
     if world()[0] != 0:
         return outcome, None
+    best = outcome.result.best_checkpoint if outcome.result is not None else None
+    if best is None:
+        raise UserError(f"pretraining run {outcome.run_id} saved no best checkpoint (no finite validation loss); nothing registered")
     metric_name = f"best_val_{job.adapter.primary}"
     client = MlflowClient(uri)
     experiment_id = client.get_run(outcome.run_id).info.experiment_id
@@ -71,7 +75,7 @@ def run_pretrain(
         experiment_id=experiment_id,
         name=spec.registered_name,
         network=job.model,
-        best_path=job.checkpointer.best_path,
+        best_path=best,
         image_size=job.image_size,
         run_id=outcome.run_id,
         metric_name=metric_name,

@@ -19,9 +19,9 @@ from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneJob
 from medtl.training.loop import Callback, FitState
-from medtl.training.recipe import Recipe
+from medtl.training.recipe import Recipe, RecipeResult
 from medtl.training.runtime import broadcast_resume
-from medtl.training.spec import Init, PretrainSpec, RunSpec
+from medtl.training.spec import Init, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,17 @@ class ClaimLost(Exception):
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """A tracked run's id, status and final metrics, and the recipe's own result (rank 0 only).
+
+    `result` holds the test metrics and the artifact paths in the job's work folder: `run_spec`
+    removes that folder once the run is tracked (the files are the run's artifacts by then), so
+    only a caller of `run_job` (`run_pretrain`, to register `best.pt`) may read the files.
+    """
+
     run_id: str
     status: str
     metrics: dict[str, float]
+    result: RecipeResult | None = None
 
 
 def run_name(spec: RunSpec) -> str:
@@ -175,7 +183,7 @@ def run_job(
     client = MlflowClient(tracking_uri)
     experiment_id = T.get_or_create_experiment(client, experiment, tracking_uri)
     previous = (
-        T.retrying(lambda: _interrupted_attempt(client, experiment_id, job.spec, job.workdir), "looking for an earlier attempt")
+        T.retrying(lambda: _interrupted_attempt(client, experiment_id, job), "looking for an earlier attempt")
         if resume
         else None
     )
@@ -205,7 +213,7 @@ def run_job(
         payload, logged = None, 0
     system = T.SystemMetrics(run_id, tracking_uri, resume=previous is not None)
     try:
-        metrics = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {}, owns_claim)
+        metrics, result = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {}, owns_claim)
         system.stop()
         if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
             raise ClaimLost(run_id, "before the run ended")
@@ -230,7 +238,7 @@ def run_job(
             log.warning("could not end run %s as %s: %s", run_id, status, end_error)
         raise
     T.retrying(lambda: T.end_run(client, run_id, "FINISHED"), "ending the run FINISHED")
-    return RunOutcome(run_id, "FINISHED", metrics)
+    return RunOutcome(run_id, "FINISHED", metrics, result)
 
 
 def _still_owned(owns_claim: Callable[[], bool]) -> bool:
@@ -242,30 +250,29 @@ def _still_owned(owns_claim: Callable[[], bool]) -> bool:
         return True
 
 
-def _interrupted_attempt(
-    client: MlflowClient, experiment_id: str, spec: RunSpec | PretrainSpec, workdir: Path
-) -> tuple[str, dict, int] | None:
+def _interrupted_attempt(client: MlflowClient, experiment_id: str, job: Recipe) -> tuple[str, dict, int] | None:
     """The newest dead or failed attempt at this point with a usable `last.pt`: (run id, payload, last logged step).
 
-    RUNNING (a dead worker), KILLED (stopped) and FAILED attempts all resume from their checkpoint;
-    a RUNNING attempt without one is marked KILLED, the others are left as they ended.
+    RUNNING (a dead worker), KILLED (stopped) and FAILED attempts all resume from their checkpoint:
+    the job's own `last.pt` on this machine, else the run's `checkpoints/last.pt` artifact (uploaded
+    mid-run to a remote store), fetched with its `best.pt` into the job's checkpoint paths.
+    A RUNNING attempt without one is marked KILLED, the others are left as they ended.
     """
+    spec = job.spec
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{T.RUN_KEY_TAG}` = '{spec.run_key}'",
         order_by=["attributes.start_time DESC"],
     )
+    local = job.last_checkpoint_path
     for run in (r for r in runs if r.info.status in ("RUNNING", "KILLED", "FAILED")):
         run_id = run.info.run_id
-        local = workdir / "checkpoints" / "last.pt"
         candidates = [local] if local.exists() else []
         if not candidates:
             try:
                 names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-                if "checkpoints/last.pt" in names:
-                    workdir.mkdir(parents=True, exist_ok=True)
-                    for name in sorted(names & {"checkpoints/last.pt", "checkpoints/best.pt"}):
-                        client.download_artifacts(run_id, name, str(workdir))  # → workdir/checkpoints/
+                if f"checkpoints/{local.name}" in names:
+                    _fetch_checkpoints(client, run_id, names, (job.last_checkpoint_path, job.best_checkpoint_path))
                     candidates.append(local)
             except Exception as exc:
                 if T.is_connection_error(exc):
@@ -283,6 +290,19 @@ def _interrupted_attempt(
         if run.info.status == "RUNNING":
             T.end_run(client, run_id, "KILLED", "worker died before a checkpoint was saved; point restarted")
     return None
+
+
+def _fetch_checkpoints(client: MlflowClient, run_id: str, names: set[str], paths: tuple[Path, ...]) -> None:
+    """Download the run's `checkpoints/<name>` artifacts that exist onto `paths` (matched by file name)."""
+    import tempfile
+
+    for path in paths:
+        if f"checkpoints/{path.name}" not in names:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            fetched = client.download_artifacts(run_id, f"checkpoints/{path.name}", tmp)
+            Path(fetched).replace(path)
 
 
 class _ClaimGuard(Callback):
@@ -337,7 +357,8 @@ def _execute(
     logged: int,
     extra_params: dict[str, str],
     owns_claim: Callable[[], bool] | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], RecipeResult]:
+    """Fit, test and log one run; its final metrics and the recipe's result."""
     if resume is None:
         T.log_params(client, run_id, {**job.params(), **extra_params})
         _log_dataset(client, run_id, job)
@@ -388,7 +409,7 @@ def _execute(
     transfer = result.transfer_report
     if transfer is not None:
         T.retrying(lambda: client.log_artifact(run_id, str(transfer)), "uploading the transfer report")
-    return final
+    return final, result
 
 
 def _log_dataset(client: MlflowClient, run_id: str, job: Recipe) -> None:
