@@ -6,11 +6,20 @@
 - Exact resume: a tiny CPU fit interrupted after epoch 2 and resumed from `last.pt`, against the same
   fit uninterrupted; the largest per-epoch metric difference (must be 0).
 - Fixed cost per run of MLflow system metrics (start + stop) and of the environment/source tags.
+- `--point` (not part of `make bench`): where a demo grid point's fixed time goes. Demo points
+  (resnet18, 32 px, 5 epochs, half of the 256 training images; random and domain arms) run one
+  after another in one process, as in a sweep worker; the wall time of each phase's function is
+  summed per point, and the fixed cost is the point's wall time minus its epochs' `epoch_time_s`.
+  Medians over the points after each arm's first.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
+import functools
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -128,6 +137,107 @@ def fixed_costs(client: MlflowClient, experiment: str, uri: str, runs: int = 6) 
     }
 
 
+def point_phases(folder: Path, reps: int = 4, arms: tuple[str, ...] = ("random", "domain")) -> dict:
+    """Seconds per phase of a demo grid point (median over warm points), per arm; see the module doc."""
+    import os
+    import shutil
+
+    from medtl.mlops.tracking import runner as R
+    from medtl.mlops.tracking.pretraining import run_pretrain
+    from medtl.training import checkpoint as C
+    from medtl.training import recipe as RC
+    from medtl.training.finetune import FinetuneJob
+    from medtl.training.spec import Arch, Init, PretrainSpec, RunSpec, Task
+
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                what = label
+                if name == "log_artifact":
+                    what = f"upload {Path(args[2] if len(args) > 2 else args[1]).name}"
+                spent[what] += time.perf_counter() - started
+
+        setattr(owner, name, wrapper)
+
+    phases = [
+        (FinetuneJob, "prepare", "prepare data and model"),
+        (R, "resolve_init", "resolve registered weights"),
+        (R, "_interrupted_attempt", "look for an earlier attempt"),
+        (MlflowClient, "create_run", "create the run"),
+        (T, "log_params", "params"),
+        (R, "_log_dataset", "dataset input"),
+        (T.SystemMetrics, "__init__", "system metrics start"),
+        (T.SystemMetrics, "stop", "system metrics stop"),
+        (T.EmissionsCallback, "on_fit_start", "codecarbon start"),
+        (T.EmissionsCallback, "on_fit_end", "codecarbon stop"),
+        (C.Checkpointer, "on_epoch_end", "checkpoint CPU copies (training thread)"),
+        (C.Checkpointer, "on_fit_end", "wait for the last checkpoint write"),
+        (T.EpochLogger, "close", "epoch logger close"),
+        (RC.Recipe, "test", "test pass and predictions"),
+        (MlflowClient, "log_artifact", ""),
+        (T, "log_metrics", "final metrics"),
+        (T, "end_run", "end the run"),
+        (shutil, "rmtree", "remove the work folder"),
+        (RC.Recipe, "fit", "fit"),
+    ]
+    # As found in each owner's own namespace (a classmethod stays one); None: inherited, delete to restore.
+    originals = [(owner, name, vars(owner).get(name)) for owner, name, _ in phases]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        for owner, name, label in phases:
+            timed(owner, name, label)
+        uri = f"sqlite:///{folder / 'points.db'}"
+        client = MlflowClient(uri)
+        if "domain" in arms:
+            from medtl.training.archive.demo_archive import write_demo_archive
+            from medtl.training.archive.ingest import ingest
+            from medtl.training.archive.pseudolabel import pseudolabel
+
+            write_demo_archive(folder / "archive")
+            ingest(folder / "archive", folder / "set", key=b"bench-key-0123456789abcdef", progress=False)
+            pseudolabel(folder / "set", clusters=6)
+            spec = PretrainSpec(arch=Arch.RESNET18, data=str(folder / "set"), max_epochs=1, batch_size=32, image_size=32)
+            run_pretrain(spec, tracking_uri=uri, device="cpu")
+        rows: dict[str, dict[str, list[float]]] = {arm: collections.defaultdict(list) for arm in arms}
+        for rep in range(reps):
+            for arm in arms:
+                spec = RunSpec(
+                    task=Task.DEMO_BINARY, arch=Arch.RESNET18, init=Init(arm), seed=rep, data_fraction=0.5,
+                    max_epochs=5, patience=3, batch_size=16, image_size=32,
+                )
+                spent.clear()
+                started = time.perf_counter()
+                outcome = R.run_spec(spec, study="bench-point", tracking_uri=uri, device="cpu")
+                wall = time.perf_counter() - started
+                epochs = sum(m.value for m in client.get_metric_history(outcome.run_id, "epoch_time_s"))
+                found = {**spent, "point": wall, "epochs": epochs, "fixed (point - epochs)": wall - epochs}
+                found["fit outside epochs"] = found.pop("fit") - epochs
+                if rep > 0 or reps == 1:
+                    for key, value in found.items():
+                        rows[arm][key].append(value)
+    finally:
+        os.chdir(cwd)
+        for owner, name, original in originals:
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+    return {
+        f"{arm}: {key}": round(statistics.median(values), 3)
+        for arm, found in rows.items()
+        for key, values in sorted(found.items(), key=lambda kv: -statistics.median(kv[1]))
+    }
+
+
 def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -142,4 +252,13 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--point", action="store_true", help="only the phases of a demo grid point")
+    parser.add_argument("--reps", type=int, default=4, help="points per arm with --point (the first is not counted)")
+    options = parser.parse_args()
+    if options.point:
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, value in point_phases(Path(tmp), options.reps).items():
+                print(f"{key:55s} {value:8.3f}")
+        sys.exit(0)
     print(main())

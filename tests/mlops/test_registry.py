@@ -167,6 +167,37 @@ def test_champion_moves_only_for_a_better_version(store, archive_set, monkeypatc
     assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == again.version
 
 
+def test_registered_weights_are_downloaded_once_per_version_and_follow_the_alias(store, archive_set, monkeypatch):
+    import mlflow
+
+    from medtl.mlops.tracking.registry import resolve_weights
+    from medtl.training.checkpoint import load_checkpoint
+
+    uri, _, _, folder = store
+    monkeypatch.chdir(folder)
+    client = MlflowClient(uri)
+    if len(client.search_model_versions("name = 'pretrained-resnet18'")) < 2:
+        spec = PretrainSpec(arch="resnet18", data=str(archive_set), max_epochs=1, image_size=32, batch_size=16, seed=7)
+        pretrain(spec, tracking_uri=uri)
+    monkeypatch.setattr("medtl.mlops.tracking.registry._WEIGHTS", {})  # forget earlier tests' copies
+    downloads = []
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda *a, **k: downloads.append(a) or real(*a, **k))
+    paths = {}
+    for number in ("1", "2"):
+        client.set_registered_model_alias("pretrained-resnet18", "cache-test", number)
+        first = resolve_weights("models:/pretrained-resnet18@cache-test", uri, folder / f"w{number}a")
+        again = resolve_weights("models:/pretrained-resnet18@cache-test", uri, folder / f"w{number}b")
+        assert first.version == again.version == number and first.path == again.path
+        paths[number] = first.path
+    assert len(downloads) == 2  # one per version, none for the second ask
+    assert paths["1"] != paths["2"]
+    for number, path in paths.items():
+        registered = Path(real(f"models:/pretrained-resnet18/{number}/extra_files/best.pt", dst_path=str(folder / f"ref{number}")))
+        assert path.read_bytes() == registered.read_bytes()
+        assert load_checkpoint(path)["meta"]["spec"]["seed"] == client.get_model_version("pretrained-resnet18", number).tags["spec.seed"]
+
+
 @pytest.mark.slow
 def test_ddp_pretraining_with_two_gloo_processes_logs_one_run_and_one_version(archive_set, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

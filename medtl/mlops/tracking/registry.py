@@ -165,8 +165,33 @@ def move_champion_if_better(
     return True, None if current is None else str(current.version)
 
 
+_WEIGHTS: dict[tuple[str, ...], Path] = {}
+"""This process's copies of registered `best.pt` files, by the version's identity (see `resolve_weights`)."""
+_weights_dir: Path | None = None
+
+
+def _cache_dir() -> Path:
+    """A folder of this process for cached weights, removed when the process exits."""
+    global _weights_dir
+    if _weights_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _weights_dir = Path(tempfile.mkdtemp(prefix="medtl-weights-"))
+        atexit.register(shutil.rmtree, _weights_dir, True)
+    return _weights_dir
+
+
 def resolve_weights(uri: str, tracking_uri: str, dest: Path) -> ResolvedWeights:
-    """`models:/name@alias` or `models:/name/version` → the version's `best.pt` on local disk."""
+    """`models:/name@alias` or `models:/name/version` → the version's `best.pt` on local disk.
+
+    The alias (or number) is looked up in the registry on every call, so a moved alias is followed
+    at once. The file is downloaded (into `dest`) only the first time this process asks for that
+    version, then kept in a per-process cache keyed by the version's identity (store, name, number,
+    source and creation time: a deleted and re-created model's version 1 is another entry): a sweep
+    worker's domain-arm points share one copy. Callers only read the returned file.
+    """
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
     if not match:
         raise RegistryError(f"not a model URI: {uri!r}; expected models:/<name>@<alias> or models:/<name>/<version>")
@@ -178,11 +203,28 @@ def resolve_weights(uri: str, tracking_uri: str, dest: Path) -> ResolvedWeights:
         known = sorted(m.name for m in client.search_registered_models(max_results=200))
         hint = f"; registered models: {', '.join(known)}" if known else "; no model is registered yet"
         raise RegistryError(f"model {uri} does not exist in {T.mask_url(tracking_uri)}{hint}") from None
+    key = (tracking_uri, name, str(version.version), str(version.source), str(version.creation_timestamp))
+    cached = _WEIGHTS.get(key)
+    if cached is None or not cached.is_file():
+        found = _download_best(tracking_uri, name, str(version.version), Path(dest))
+        if found is None:
+            raise RegistryError(f"model {uri} (version {version.version}) holds no extra_files/best.pt; not a medtl model")
+        cached = _cache_dir() / f"{len(_WEIGHTS)}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-v{version.version}.pt"
+        found.replace(cached)
+        _WEIGHTS[key] = cached
+    return ResolvedWeights(uri, name, str(version.version), cached)
+
+
+def _download_best(tracking_uri: str, name: str, number: str, dest: Path) -> Path | None:
+    """The version's `extra_files/best.pt` downloaded under `dest`: that file alone, else the whole model."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=str(dest)))
-    found = sorted(local.rglob("extra_files/best.pt"))
-    if not found:
-        raise RegistryError(f"model {uri} (version {version.version}) holds no extra_files/best.pt; not a medtl model")
-    return ResolvedWeights(uri, name, version.version, found[0])
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{number}/extra_files/best.pt", dst_path=str(dest)))
+    except Exception as exc:  # a model laid out otherwise: fetch it whole and look for the file
+        if T.is_connection_error(exc):
+            raise
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{number}", dst_path=str(dest)))
+    return next(iter(sorted(local.rglob("extra_files/best.pt"))), None)

@@ -358,7 +358,13 @@ def _execute(
     extra_params: dict[str, str],
     owns_claim: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, float], RecipeResult]:
-    """Fit, test and log one run; its final metrics and the recipe's result."""
+    """Fit, test and log one run; its final metrics and the recipe's result.
+
+    Uploaded at the end: predictions, `best.pt`, the transfer report. `last.pt` only serves a
+    resume, and a FINISHED run is never resumed, so it is not uploaded here; an interrupted or
+    failed run keeps it in the work folder on this machine, and mid-run uploads (`EpochLogger`'s
+    `upload_every`, on by default for a remote store) put it in the run's artifacts for another.
+    """
     if resume is None:
         T.log_params(client, run_id, {**job.params(), **extra_params})
         _log_dataset(client, run_id, job)
@@ -403,9 +409,9 @@ def _execute(
         T.retrying(lambda: client.log_artifact(run_id, str(predictions), "predictions"), "uploading predictions")
     final["duration_s"] = totals.so_far(0.0, 0.0)["duration_s"]
     T.log_metrics(client, run_id, final)
-    for path in (result.best_checkpoint, result.last_checkpoint):
-        if path is not None:
-            T.retrying(lambda path=path: client.log_artifact(run_id, str(path), "checkpoints"), f"uploading {path.name}")
+    best_checkpoint = result.best_checkpoint
+    if best_checkpoint is not None:
+        T.retrying(lambda: client.log_artifact(run_id, str(best_checkpoint), "checkpoints"), "uploading best.pt")
     transfer = result.transfer_report
     if transfer is not None:
         T.retrying(lambda: client.log_artifact(run_id, str(transfer)), "uploading the transfer report")
