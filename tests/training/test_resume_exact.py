@@ -64,6 +64,42 @@ def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
     assert stale_run[:2] == whole[:2] and stale_run[2:] != whole[2:]
 
 
+class _Weights(Callback):
+    """The model's and optimizer's state at each epoch's end, copied before the checkpointer runs."""
+
+    epoch_end_order = 50
+
+    def __init__(self):
+        self.model, self.optimizer, self.improved = {}, {}, []
+
+    def on_epoch_end(self, state, metrics):
+        self.model[state.epoch] = {k: v.clone() for k, v in state.model.state_dict().items()}
+        self.optimizer[state.epoch] = {
+            i: {k: v.clone() for k, v in entry.items()} for i, entry in state.optimizer.state_dict()["state"].items()
+        }
+        if state.improved:
+            self.improved.append(state.epoch)
+
+
+def test_reused_checkpoint_buffers_never_leak_a_later_epoch_into_a_file(tmp_path):
+    """The checkpointer copies each epoch into the previous epoch's buffers: best.pt must still hold
+    the best epoch's weights, and last.pt the last epoch's weights and optimizer state."""
+    seen = _Weights()
+    history, ckpt = _fit(tmp_path / "a", 6, lr=1.0, callbacks=[seen])  # lr 1.0: the best epoch is not the last
+    best, last = load_checkpoint(ckpt.best_path), load_checkpoint(ckpt.last_path)
+    best_epoch = seen.improved[-1]
+    assert best["meta"]["epoch"] == best_epoch and last["meta"]["epoch"] == len(history) == 6
+    for name, value in seen.model[best_epoch].items():
+        assert torch.equal(best["model"][name], value), name
+    for name, value in seen.model[6].items():
+        assert torch.equal(last["model"][name], value), name
+    for index, entry in seen.optimizer[6].items():
+        for key, value in entry.items():
+            assert torch.equal(last["optimizer"]["state"][index][key], value), (index, key)
+    if best_epoch != 6:  # the files differ where the epochs' weights differ
+        assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+
+
 def test_an_early_stop_holds_on_resume(tmp_path):
     # lr 1.0 makes the validation loss bounce, so patience 1 stops well before 40 epochs.
     stopped, ckpt = _fit(tmp_path / "a", 40, lr=1.0, callbacks=[EarlyStopping(1)])
