@@ -84,32 +84,8 @@ def test_splits_csv_and_fraction(brain, tmp_path):
         (["data", "check", "{tmp}", "--task", "brain-tumor-mri"], "Brain Tumor MRI layout"),
         (["data", "check", "{tmp}", "--task", "grazpedwri-osteopenia"], "no dataset.csv"),
         (["data", "check", "{brain}", "--task", "mnist"], "mnist"),
-        (
-            [
-                "data",
-                "splits",
-                "{brain}",
-                "--task",
-                "brain-tumor-mri",
-                "--out",
-                "{tmp}/no/dir/x.csv",
-            ],
-            "does not exist",
-        ),
-        (
-            [
-                "data",
-                "splits",
-                "{brain}",
-                "--task",
-                "brain-tumor-mri",
-                "--out",
-                "{tmp}/x.csv",
-                "--fraction",
-                "0",
-            ],
-            "--fraction",
-        ),
+        (["data", "splits", "{brain}", "--task", "brain-tumor-mri", "--out", "{tmp}/no/dir/x.csv"], "does not exist"),
+        (["data", "splits", "{brain}", "--task", "brain-tumor-mri", "--out", "{tmp}/x.csv", "--fraction", "0"], "--fraction"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(brain, tmp_path, capsys, argv, needle):
