@@ -66,6 +66,8 @@ OPTUNA_STUDY_TAG = "medtl.optuna_study"
 OPTUNA_TRIAL_TAG = "medtl.optuna_trial"
 SWEEP_ATTEMPTS_TAG = "medtl.sweep_attempts"
 INIT_PIN_TAG_PREFIX = "medtl.init_pin."
+ENV_TAG_PREFIX = "medtl.env."  # + medtl, python, torch, torchvision, cuda, cudnn, device_name, …
+EXPLAINS_TAG_PREFIX = "medtl.explains."  # + arm: on a Grad-CAM run, the run it explains for that arm
 # MLflow's own tags, filled so its UI shows parent, description and kind.
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"

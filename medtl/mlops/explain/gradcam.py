@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.mlops.tracking import client as T
-from medtl.mlops.tracking.registry import RUN_TAG, champion
+from medtl.mlops.tracking.registry import champion
 from medtl.training import schema as S
 from medtl.training.schema import MAIN_ARMS, arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Arch, RunSpec, Task, TaskType, parse_enum
@@ -30,7 +30,6 @@ from medtl.training.spec import PRIMARY_METRIC, TASKS, Arch, RunSpec, Task, Task
 log = logging.getLogger(__name__)
 
 GRADCAM_STAGE = S.Stage.GRADCAM.value
-EXPLAINS_PREFIX = "medtl.explains."
 _ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -89,7 +88,7 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
         have = ", ".join(finished)
         raise UserError(f"{where}: Grad-CAM compares at least two arms; only {have} has finished runs, missing: {missing}")
     version = champion(client, f"finetuned-{task.value}-{arch.value}")
-    promoted = version.tags.get(RUN_TAG) if version is not None else None
+    promoted = version.tags.get(S.RUN_TAG) if version is not None else None
     chosen = {}
     for arm in arm_order(set(finished)):
         members = finished[arm]
@@ -287,7 +286,7 @@ def _log_run(
         S.TASK_TAG: task.value,
         S.ARCH_TAG: arch.value,
         S.GIT_COMMIT_TAG: T.git_commit(),
-        **{f"{EXPLAINS_PREFIX}{arm}": c.run_id for arm, c in choices.items()},
+        **{f"{S.EXPLAINS_TAG_PREFIX}{arm}": c.run_id for arm, c in choices.items()},
     }
     name = f"gradcam {task.value} {arch.value}"
     run_id = client.create_run(experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name).info.run_id

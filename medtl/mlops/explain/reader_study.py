@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.evaluation.reader_ratings import KEY_PATH, RATINGS_COLUMNS, read_key
-from medtl.mlops.explain.gradcam import EXPLAINS_PREFIX, sample_name
+from medtl.mlops.explain.gradcam import sample_name
 from medtl.training import schema as S
 
 SHEET = "rating_sheet.csv"
@@ -73,7 +73,7 @@ def gradcam_arms(client: MlflowClient, run_id: str) -> tuple[Any, dict[str, str]
     if run.data.tags.get(S.STAGE_TAG) != S.Stage.GRADCAM.value:
         stage = run.data.tags.get(S.STAGE_TAG, "none")
         raise ReaderError(f"run {run_id} is a {stage} run, not a gradcam run (tag {S.STAGE_TAG}={S.Stage.GRADCAM.value})")
-    arms = {k.removeprefix(EXPLAINS_PREFIX): v for k, v in run.data.tags.items() if k.startswith(EXPLAINS_PREFIX)}
+    arms = {k.removeprefix(S.EXPLAINS_TAG_PREFIX): v for k, v in run.data.tags.items() if k.startswith(S.EXPLAINS_TAG_PREFIX)}
     if len(arms) < 2:
         raise ReaderError(f"gradcam run {run_id} explains {len(arms)} arm(s); a reader study needs at least two")
     return run, arms

@@ -26,6 +26,7 @@ from medtl.training.loop import Callback, FitState
 
 # The schema's names, re-exported for mlops callers; defined once in medtl.training.schema.
 from medtl.training.schema import DEFAULT_DB as DEFAULT_DB
+from medtl.training.schema import ENV_TAG_PREFIX
 from medtl.training.schema import EXPERIMENT_KIND as EXPERIMENT_KIND
 from medtl.training.schema import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
 from medtl.training.schema import FAILURE_TAG as FAILURE_TAG
@@ -167,17 +168,18 @@ def environment_tags(device: str = "cpu") -> dict[str, str]:
         name = torch.cuda.get_device_name(torch.device(device))
     else:
         name = _cpu_name()
-    return {
-        "medtl.env.medtl": medtl_version,
-        "medtl.env.python": platform.python_version(),
-        "medtl.env.torch": str(torch.__version__),
-        "medtl.env.torchvision": str(torchvision.__version__),
-        "medtl.env.cuda": cuda,  # the CUDA torch was built with
-        "medtl.env.cuda_available": str(torch.cuda.is_available()),
-        "medtl.env.cudnn": str(cudnn) if cudnn else "none",
-        "medtl.env.device_name": name,
-        "medtl.env.host_os": f"{platform.system()} {platform.release()}",
+    env = {
+        "medtl": medtl_version,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "cuda": cuda,  # the CUDA torch was built with
+        "cuda_available": str(torch.cuda.is_available()),
+        "cudnn": str(cudnn) if cudnn else "none",
+        "device_name": name,
+        "host_os": f"{platform.system()} {platform.release()}",
     }
+    return {f"{ENV_TAG_PREFIX}{key}": value for key, value in env.items()}
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
+from medtl.mlops.retry import is_connection_error
 from medtl.mlops.tracking import client as T
 from medtl.training.schema import HIGHER_TAG, METRIC_NAME_TAG, METRIC_TAG, RUN_TAG
 
@@ -224,7 +225,7 @@ def _download_best(tracking_uri: str, name: str, number: str, dest: Path) -> Pat
     try:
         return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{number}/extra_files/best.pt", dst_path=str(dest)))
     except Exception as exc:  # a model laid out otherwise: fetch it whole and look for the file
-        if T.is_connection_error(exc):
+        if is_connection_error(exc):
             raise
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{number}", dst_path=str(dest)))
     return next(iter(sorted(local.rglob("extra_files/best.pt"))), None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from medtl.mlops.retry import is_connection_error
 from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.mlops.tracking import client as T
 from medtl.training import schema as S
@@ -275,7 +276,7 @@ def _interrupted_attempt(client: MlflowClient, experiment_id: str, job: Recipe) 
                     _fetch_checkpoints(client, run_id, names, (job.last_checkpoint_path, job.best_checkpoint_path))
                     candidates.append(local)
             except Exception as exc:
-                if T.is_connection_error(exc):
+                if is_connection_error(exc):
                     raise
                 log.warning("could not fetch last.pt of run %s: %s", run_id, exc)
         for path in candidates:
