@@ -11,7 +11,7 @@ import pandas as pd
 from medtl.evaluation.analysis import Analysis, at_chosen, chosen_lrs
 from medtl.evaluation.report_tables import num
 from medtl.evaluation.stats import primary_metric
-from medtl.training.schema import arm_order
+from medtl.training.schema import MAIN_ARMS, arm_order
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
         for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
             metric, higher = primary_metric(task)
             cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
-                        & rows["group"].isin(["random", "imagenet", "domain"])]
+                        & rows["group"].isin(MAIN_ARMS)]
             means = _arm_means(cell, f"test_{metric}")
             epochs = _arm_means(cell, "epochs_to_convergence")
             best = _pick(means, higher)
