@@ -19,7 +19,6 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.sweeps.study import load_study
-from medtl.mlops.sweeps.sweep import finished_runs
 from medtl.mlops.tracking import client as T
 from medtl.training.spec import RunSpec, Task
 
@@ -89,7 +88,7 @@ def estimate_seconds(spec: RunSpec, table: dict[tuple[str, int], float]) -> floa
 def _finished_costs(client: MlflowClient, study_name: str) -> tuple[set[str], dict[tuple[str, str], list[tuple[float, float]]]]:
     done: set[str] = set()
     costs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for run in finished_runs(client, study_name):
+    for run in T.finished_runs(client, study_name):
         done.add(run.data.tags.get(T.RUN_KEY_TAG, ""))
         key = (run.data.params.get("task", ""), run.data.params.get("arch", ""))
         costs[key].append((run.data.metrics.get("duration_s", 0.0), run.data.metrics.get("emissions_kg", 0.0)))

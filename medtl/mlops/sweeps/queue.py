@@ -396,12 +396,12 @@ def reclaim(optuna_study: optuna.Study, pid: int) -> int:
     return back
 
 
-def quietly(fn: Callable[[], R], patience_s: float) -> R | None:
-    """`fn()` (putting a point back), retried for `patience_s`; None, logged, if it still fails."""
+def quietly(fn: Callable[[], R], what: str, patience_s: float, fallback: str) -> R | None:
+    """`fn()`, retried for `patience_s`; None, logged with what happens instead (`fallback`), if it still fails."""
     try:
-        return retry(fn, "putting a point back", patience_s)
-    except Exception as exc:  # the heartbeat goes stale instead and the point is re-queued then
-        log.warning("could not put the point back (%s); it returns to the queue after the grace", one_line(exc))
+        return retry(fn, what, patience_s)
+    except Exception as exc:
+        log.warning("%s failed (%s); %s", what, one_line(exc), fallback)
         return None
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,28 +49,9 @@ log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the one sweep parent run of the study
 
 
-def finished_runs(client: MlflowClient, study_name: str) -> Iterator[Any]:
-    """Every FINISHED fine-tuning run of the study's experiment, paged."""
-    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
-    if experiment is None:
-        return
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{T.STAGE_TAG}` = 'finetune' and attributes.status = 'FINISHED'",
-            max_results=5000,
-            page_token=token,
-        )
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def finished_run_keys(client: MlflowClient, study_name: str) -> set[str]:
     """run_keys of FINISHED fine-tuning runs in the study's experiment."""
-    return {r.data.tags.get(T.RUN_KEY_TAG, "") for r in finished_runs(client, study_name)} - {""}
+    return {r.data.tags.get(T.RUN_KEY_TAG, "") for r in T.finished_runs(client, study_name)} - {""}
 
 
 def close_orphaned_runs(client: MlflowClient, study_name: str, optuna_study: optuna.Study) -> int:
@@ -229,7 +209,8 @@ def _run_local_workers(
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-                quietly(lambda p=proc: reclaim(optuna_study, p.pid), 15)
+                quietly(lambda p=proc: reclaim(optuna_study, p.pid), "putting a dead worker's point back", 15,
+                        "it returns to the queue after the grace")
         raise
     return dead
 
@@ -293,7 +274,8 @@ def sweep(
     except BaseException as exc:
         reason = getattr(exc, "signal_name", None)
         reason = f"stopped by {reason}" if reason else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        quietly(lambda: T.end_run(client, parent_id, "KILLED", T.mask_url(reason)), 30)
+        quietly(lambda: T.end_run(client, parent_id, "KILLED", T.mask_url(reason)), "ending the parent run", 30,
+                "it stays RUNNING until the next sweep of this study reopens and ends it")
         raise
     fail_stale(optuna_study, settings)
     close_orphaned_runs(client, study.name, optuna_study)

@@ -174,7 +174,8 @@ def _run_claimed(
         )
     except StopRequested as stop:
         why = f"worker stopped by {stop.signal_name}"
-        back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), 15)
+        back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), "putting a point back", 15,
+                       "it returns to the queue after the grace")
         where = "back in the queue" if back else "not put back now (it returns after the grace)"
         log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
         raise
@@ -208,16 +209,8 @@ def _run_claimed(
 
 
 def finished_run_keys_for(client: MlflowClient, study_name: str, run_key: str) -> set[str]:
-    """The one-key version of `finished_run_keys`: is this point already FINISHED in MLflow?"""
-    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
-    if experiment is None:
-        return set()
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{T.RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
-        max_results=1,
-    )
-    return {run_key} if runs else set()
+    """The one-key version of `sweep.finished_run_keys`: is this point already FINISHED in MLflow?"""
+    return {run_key} if next(T.finished_runs(client, study_name, run_key), None) is not None else set()
 
 
 def print_progress(optuna_study: optuna.Study, started: float, stats: WorkerStats) -> None:

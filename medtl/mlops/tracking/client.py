@@ -11,7 +11,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from medtl.training.loop import Callback, FitState
 
 # The schema's names, re-exported for mlops callers; defined once in medtl.training.schema.
 from medtl.training.schema import DEFAULT_DB as DEFAULT_DB
-from medtl.training.schema import ENV_TAG_PREFIX
+from medtl.training.schema import ENV_TAG_PREFIX, study_experiment
 from medtl.training.schema import EXPERIMENT_KIND as EXPERIMENT_KIND
 from medtl.training.schema import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
 from medtl.training.schema import FAILURE_TAG as FAILURE_TAG
@@ -83,6 +83,23 @@ def artifact_root_for(uri: str) -> str | None:
         db = Path(uri.removeprefix("sqlite:///"))
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+def finished_runs(client: MlflowClient, study_name: str, run_key: str | None = None) -> Iterator[Any]:
+    """Every FINISHED fine-tuning run of the study's experiment (only `run_key`'s, when given), paged."""
+    experiment = client.get_experiment_by_name(study_experiment(study_name))
+    if experiment is None:
+        return
+    wanted = f"tags.`{STAGE_TAG}` = 'finetune' and attributes.status = 'FINISHED'"
+    if run_key is not None:
+        wanted += f" and tags.`{RUN_KEY_TAG}` = '{run_key}'"
+    token = None
+    while True:
+        page = client.search_runs([experiment.experiment_id], filter_string=wanted, max_results=5000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
