@@ -38,9 +38,9 @@ from medtl.evaluation.report_tables import (
     results_table,
 )
 from medtl.evaluation.selection import SET_ASIDE_COLUMNS, Selection, select_runs
-from medtl.evaluation.verdicts import Verdict, verdicts
+from medtl.evaluation.verdicts import verdicts
 
-__all__ = ["RUN_ID_COLUMNS", "Verdict", "render", "report_blocks", "verdicts", "write_atomic"]
+__all__ = ["RUN_ID_COLUMNS", "render", "report_blocks", "write_atomic"]
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -14,9 +14,10 @@ from medtl.evaluation.analysis import Analysis, analyse, is_cheap, summarize
 from medtl.evaluation.collect import StudyData, collect
 from medtl.evaluation.plots import CURVE_EPOCHS
 from medtl.evaluation.reader_ratings import collect_ratings
-from medtl.evaluation.report import Verdict, render, verdicts
+from medtl.evaluation.report import render
 from medtl.evaluation.selection import select_runs
 from medtl.evaluation.stats import MODES, StatsError
+from medtl.evaluation.verdicts import Verdict, verdicts
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training import schema as S
