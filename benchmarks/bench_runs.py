@@ -7,7 +7,7 @@
   fit uninterrupted; the largest per-epoch metric difference (must be 0).
 - Fixed cost per run of MLflow system metrics (start + stop) and of the environment/source tags.
 - `--point` (not part of `make bench`): where a demo grid point's fixed time goes. Demo points
-  (resnet18, 32 px, 5 epochs, half of the 256 training images; random and domain arms) run one
+  (resnet18, 32 px, 5 epochs, lr 2e-4, the 256 training images; random and domain arms) run one
   after another in one process, as in a sweep worker; the wall time of each phase's function is
   summed per point, and the fixed cost is the point's wall time minus its epochs' `epoch_time_s`.
   Medians over the points after each arm's first.
@@ -211,8 +211,8 @@ def point_phases(folder: Path, reps: int = 4, arms: tuple[str, ...] = ("random",
         for rep in range(reps):
             for arm in arms:
                 spec = RunSpec(
-                    task=Task.DEMO_BINARY, arch=Arch.RESNET18, init=Init(arm), seed=rep, data_fraction=0.5,
-                    max_epochs=5, patience=3, batch_size=16, image_size=32,
+                    task=Task.DEMO_BINARY, arch=Arch.RESNET18, init=Init(arm), seed=rep, lr=2e-4,
+                    max_epochs=5, patience=5, batch_size=16, image_size=32,
                 )
                 spent.clear()
                 started = time.perf_counter()

@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,sweep,demo,archs,scheduling,data,ingest,evaluation,throughput,faults] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,evaluation,throughput,faults] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SECTIONS: dict[str, tuple[str, str]] = {
     "loop": ("Training-loop overhead (issue 2)", "target: medtl / bare ≤ 1.05 per epoch"),
+    "optimizer": ("One training step: per-parameter vs fused AdamW (issue 16)", "step time at the demo's image size; medtl uses the fused kernel"),
     "sweep": ("`make sweep` wall time (issue 2)", "target: under 5 minutes on 2 cores"),
     "demo": ("`make sweep` from `make clean`: stages, fixed cost per grid point, headline (issue 16)", "target: under 4 minutes on 2 cores, fixed cost ≤ 1 s per point"),
     "archs": ("Architectures: training images/s and peak memory (issue 3)", "batch 16; the table to plan a grid with"),

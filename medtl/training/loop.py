@@ -119,11 +119,21 @@ class EarlyStopping(Callback):
             state.stop_reason = f"no validation-loss improvement for {self.patience} epochs"
 
 
+_FUSED_DEVICES = frozenset({"cpu", "cuda"})
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The spec's optimizer, in torch's fused implementation where the parameters' device has one.
+
+    Same update rule as the default per-parameter loop, one kernel for all parameters: on 2 CPU cores it
+    takes resnet18's step from about 40 ms to 8 ms, which is most of a small-image step (see BENCHMARKS.md).
+    """
+    params = list(model.parameters())
+    fused = bool(params) and all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for p in params)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(params, lr=lr, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam")
 
 
