@@ -105,7 +105,8 @@ def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: st
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.set_xlim(0.5, CURVE_EPOCHS + 0.5)
+    # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
+    ax.set_xlim(0.5, (CURVE_EPOCHS if stats.empty else min(CURVE_EPOCHS, int(stats["step"].max()))) + 0.5)
     if not stats.empty:
         ax.legend(fontsize=6, loc="best")
     return _png(fig)
@@ -255,7 +256,8 @@ def study_figures(
         key = f"val_{metric}"
         curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
         curves = curves[["group", "step", "value", "data_fraction"]]
-        title = f"{task} {arch}: {key}, first {CURVE_EPOCHS} epochs (selected lr)"
+        shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
+        title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
         jobs.append((safe_name("curves", task, arch), curves_png,
                      (curves[curves["data_fraction"] == 1.0], arms, title, key)))
         fractions = sorted(f for f in cell["data_fraction"].unique() if f < 1.0)
