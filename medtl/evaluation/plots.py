@@ -86,7 +86,9 @@ def _mean_bands(
         yield s
 
 
-def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: str) -> bytes:
+def curves_png(
+    curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: str, epochs: int = CURVE_EPOCHS
+) -> bytes:
     """Validation curves per arm over the first epochs: mean line, ±1 std band, runs per epoch.
 
     Args:
@@ -94,6 +96,7 @@ def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: st
         arms: arms in display order.
         title: figure title.
         ylabel: the metric's name.
+        epochs: the length of the epoch axis (a study shorter than CURVE_EPOCHS gets its own length).
     """
     fig, (ax,) = _figure(6.0, 3.6)
     stats = curve_stats(curves)
@@ -105,8 +108,7 @@ def curves_png(curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: st
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
-    ax.set_xlim(0.5, (CURVE_EPOCHS if stats.empty else min(CURVE_EPOCHS, int(stats["step"].max()))) + 0.5)
+    ax.set_xlim(0.5, epochs + 0.5)
     if not stats.empty:
         ax.legend(fontsize=6, loc="best")
     return _png(fig)
@@ -256,10 +258,11 @@ def study_figures(
         key = f"val_{metric}"
         curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
         curves = curves[["group", "step", "value", "data_fraction"]]
+        # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
         shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
         title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
         jobs.append((safe_name("curves", task, arch), curves_png,
-                     (curves[curves["data_fraction"] == 1.0], arms, title, key)))
+                     (curves[curves["data_fraction"] == 1.0], arms, title, key, shown)))
         fractions = sorted(f for f in cell["data_fraction"].unique() if f < 1.0)
         if fractions:
             jobs.append((safe_name("fractions", task, arch), fractions_png,
