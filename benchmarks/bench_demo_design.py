@@ -47,7 +47,7 @@ def _pretrained(folder: Path, study) -> Path:
     state = job.fit()
     print("pretraining, validation loss per epoch:", [round(h["val_loss"], 3) for h in state.history],
           f"best epoch {state.best_epoch}", file=sys.stderr, flush=True)
-    return job.checkpointer.best_path
+    return job.best_checkpoint_path
 
 
 def _p(a: list[float], b: list[float]) -> float:
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     study = load_study(Path(args.study))
     overrides = {k: v for k, v in {"max_epochs": args.max_epochs, "patience": args.patience,
                                    "data_fraction": args.fraction, "batch_size": args.batch_size}.items() if v is not None}
-    base = [s for s in study.specs if s.init in (Init.RANDOM, Init.DOMAIN) and s.lr == min(x.lr for x in study.specs)]
+    lowest = min(s.lr for s in study.specs)  # one point per (task, arm, seed); --lrs sets the rate
+    base = [s for s in study.specs if s.init in (Init.RANDOM, Init.DOMAIN) and s.lr == lowest]
     rows = []
     with tempfile.TemporaryDirectory(prefix="medtl-demo-design-") as name:
         folder = Path(name)
