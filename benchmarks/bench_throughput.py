@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from medtl.atomic import write_atomic
 from medtl.training.archs import ALL_ARCHS, get_arch
 
 TABLE = Path(__file__).resolve().parent / "throughput.json"
@@ -67,9 +68,7 @@ def main(
                  "Rows with kind 'cpu' were measured on a shared CPU and are upper-bound planning figures.",
         "rows": kept + rows,
     }
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(table, indent=1) + "\n")
     return [{k: r.get(k, "") for k in ("arch", "size", "batch", "device", "images_per_s", "step_s", "skipped")}
             for r in rows]
 

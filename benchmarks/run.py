@@ -19,6 +19,8 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
+from medtl.atomic import write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -118,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         body[name] = f"## {title}\n\n{note}measured {stamp}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n\n{table}"
     text = "# Benchmarks\n\nWritten by `make bench` (`benchmarks/run.py`). Medians and ratios come from one run on the machine named in each section; these machines are noisy, so compare ratios, not absolute times across sections.\n\n"
     text += "\n".join(body[name] for name in SECTIONS if name in body)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomic(out, text)
     print(f"bench: wrote {out}", file=sys.stderr)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 from medtl.errors import UserError
 
@@ -46,3 +47,107 @@ def env_seconds(name: str, default: float, *, value: str | None = None) -> float
     if math.isnan(seconds) or seconds < 0:
         raise UserError(f"{name} must be a number of seconds >= 0, got {raw!r}")
     return seconds
+
+
+def env_whole(name: str, default: int, *, minimum: int = 0) -> int:
+    """A whole number >= `minimum` from `$name`, `default` when unset or blank.
+
+    Raises:
+        UserError: not a whole number, or below `minimum`.
+    """
+    number = int(env_number(name, default, whole=True))
+    if number < minimum:
+        raise UserError(f"{name} must be a whole number >= {minimum}, got {number}")
+    return number
+
+
+# --- the one infrastructure budget ----------------------------------------------------------------
+
+INFRA_PATIENCE_ENV = "MEDTL_INFRA_PATIENCE_S"
+LEGACY_TRACKING_RETRY_ENV = "MEDTL_TRACKING_RETRY_S"  # read when the budget above is unset (older deployments)
+INFRA_PATIENCE_DEFAULT_S = 1800.0
+
+
+def infra_patience_s() -> float:
+    """How long medtl waits out unreachable infrastructure (MLflow, the Optuna database) before giving up.
+
+    One budget for every retry of an infrastructure call: a tracking call (then the point is re-queued,
+    uncharged), a worker's claim, a put-back. `$MEDTL_INFRA_PATIENCE_S`, else the older
+    `$MEDTL_TRACKING_RETRY_S`, else 1800 s.
+
+    Raises:
+        UserError: not a positive number of seconds.
+    """
+    name = INFRA_PATIENCE_ENV
+    if not os.environ.get(name, "").strip() and os.environ.get(LEGACY_TRACKING_RETRY_ENV, "").strip():
+        name = LEGACY_TRACKING_RETRY_ENV
+    seconds = env_seconds(name, INFRA_PATIENCE_DEFAULT_S)
+    if seconds <= 0:
+        raise UserError(f"{name} must be a positive number of seconds, got {seconds:g}")
+    return seconds
+
+
+# --- the sweep queue ------------------------------------------------------------------------------
+
+HEARTBEAT_ENV = "MEDTL_HEARTBEAT_S"
+GRACE_ENV = "MEDTL_GRACE_S"
+RETRIES_ENV = "MEDTL_MAX_RETRIES"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The sweep queue's timing and budgets, from the environment (see `knobs`)."""
+
+    heartbeat_s: int = 30
+    grace_s: float = 90.0
+    max_retries: int = 2
+    infra_patience_s: float = INFRA_PATIENCE_DEFAULT_S
+
+
+def knobs() -> Knobs:
+    """`MEDTL_HEARTBEAT_S`, `MEDTL_GRACE_S`, `MEDTL_MAX_RETRIES`, `MEDTL_INFRA_PATIENCE_S`, validated.
+
+    `max_retries` counts re-queues of a point after its own failure (an infrastructure fault re-queues
+    it uncharged); `infra_patience_s` is the one infrastructure budget (`infra_patience_s()`).
+
+    Raises:
+        UserError: a value is not a number, the heartbeat is not a positive whole number of seconds,
+            the grace is not longer than the heartbeat interval, or retries are negative.
+    """
+    default = Knobs()
+    heartbeat = int(env_number(HEARTBEAT_ENV, default.heartbeat_s, whole=True))
+    grace = env_number(GRACE_ENV, default.grace_s)
+    retries = int(env_number(RETRIES_ENV, default.max_retries, whole=True))
+    if heartbeat < 1:
+        raise UserError(f"{HEARTBEAT_ENV} must be at least 1 second, got {heartbeat}")
+    if grace <= heartbeat:
+        raise UserError(
+            f"{GRACE_ENV} ({grace:g} s) must be longer than {HEARTBEAT_ENV} ({heartbeat} s): "
+            "a live worker's point would be taken over between two heartbeats"
+        )
+    if retries < 0:
+        raise UserError(f"{RETRIES_ENV} must be 0 or more, got {retries}")
+    return Knobs(heartbeat, grace, retries, infra_patience_s())
+
+
+# --- training and logging -------------------------------------------------------------------------
+
+TORCH_THREADS_ENV = "MEDTL_TORCH_THREADS"
+UPLOAD_EVERY_ENV = "MEDTL_CHECKPOINT_UPLOAD_EVERY"
+
+
+def torch_threads() -> int | None:
+    """`$MEDTL_TORCH_THREADS` (intra-op threads, >= 1), or None when unset: torch's own choice."""
+    if not os.environ.get(TORCH_THREADS_ENV, "").strip():
+        return None
+    return env_whole(TORCH_THREADS_ENV, 1, minimum=1)
+
+
+def checkpoint_upload_every(default: int) -> int:
+    """`$MEDTL_CHECKPOINT_UPLOAD_EVERY` (upload `last.pt` every N epochs, 0 never), else `default`."""
+    return env_whole(UPLOAD_EVERY_ENV, default, minimum=0)
+
+
+def torchrun_world() -> tuple[int, int]:
+    """(`$WORLD_SIZE`, `$LOCAL_RANK`) as torchrun sets them; (1, 0) outside torchrun."""
+    return env_whole("WORLD_SIZE", 1, minimum=1), env_whole("LOCAL_RANK", 0, minimum=0)

@@ -20,6 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from medtl.atomic import write_atomic
+
 START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 ARMS = ("random", "imagenet", "domain")
 
@@ -116,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    tmp = args.readme.with_name(f".{args.readme.name}.tmp")
-    tmp.write_text(head + block + tail)
-    os.replace(tmp, args.readme)
+    write_atomic(args.readme, head + block + tail)
     print(f"readme-figure: {len(images)} figure(s) in {args.docs}, {len(rows)} table row(s) in {args.readme}")
     return 0
 

@@ -1,10 +1,16 @@
-"""Shared fixtures: every test gets its own working directory, tracking store and caches; PostgreSQL."""
+"""Shared fixtures: every test gets its own working directory, tracking store and caches; PostgreSQL and
+`mlflow server` (the command `medtl.mlops.stack` defines, as compose runs it)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,3 +83,61 @@ def postgres() -> Postgres:
         pg.server.cleanup()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` (`stack.mlflow_server_launch`) as a child process; `stop()` and `start()` again on the same port."""
+
+    def __init__(self, backend: str, artifacts: Path, port: int, log: Path) -> None:
+        from medtl.mlops.stack import mlflow_server_launch
+
+        self.port = port
+        self.uri = f"http://127.0.0.1:{port}"
+        launch = mlflow_server_launch(backend, str(artifacts), port=port)  # the password goes to PGPASSWORD
+        self.command, self.env = launch.command, launch.env
+        self.command[0] = str(Path(sys.executable).parent / "mlflow")
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the server and wait until it answers; a server that does not start fails the test."""
+        from medtl.mlops.stack import wait_healthy
+
+        env = {**os.environ, **self.env}
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if not wait_healthy(self.uri, timeout, self.proc):
+            raise RuntimeError(f"mlflow server did not start; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def start_mlflow_server(tmp_path_factory) -> Iterator[Callable[[str], MlflowServer]]:
+    """Starts `mlflow server` over a backend store URI (its own artifact folder); all stopped at the end."""
+    started: list[MlflowServer] = []
+
+    def start(backend: str) -> MlflowServer:
+        folder = tmp_path_factory.mktemp("mlflow-server")
+        server = MlflowServer(backend, folder / "artifacts", free_port(), folder / "server.log")
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

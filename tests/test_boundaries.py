@@ -57,3 +57,28 @@ def test_commands_do_not_import_back_from_the_cli():
     commands = sorted((PACKAGE / "mlops" / "commands").glob("*.py"))
     assert len(commands) > 10
     assert _offenders(commands, CLI) == []
+
+
+def _calls(path: Path) -> set[str]:
+    """Dotted names of every call in `path` whose callee is an attribute of a plain name (`os.replace`)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            found.add(f"{node.func.value.id}.{node.func.attr}")
+    return found
+
+
+def test_only_the_atomic_module_renames_files_into_place():
+    """One atomic write (temporary beside, fsync, rename, cleanup): no writer renames files on its own."""
+    root = PACKAGE.parent
+    sources = [*PACKAGE.rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "scripts").glob("*.py")]
+    assert len(sources) > 40
+    renames = {"os.replace", "os.rename", "shutil.move", "tempfile.mkstemp", "tempfile.mkdtemp"}
+    offenders = sorted(
+        f"{p.relative_to(root)}: {call}"
+        for p in sources
+        if p != PACKAGE / "atomic.py"
+        for call in _calls(p) & renames
+    )
+    # the registry's one mkdtemp is a scratch folder for downloaded weights, not a file put in place
+    assert offenders == ["medtl/mlops/tracking/registry.py: tempfile.mkdtemp"]

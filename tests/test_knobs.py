@@ -2,6 +2,7 @@
 
 import pytest
 
+from medtl import knobs as knobs_module
 from medtl.errors import UserError
 from medtl.knobs import env_number, env_seconds
 
@@ -34,3 +35,44 @@ def test_bad_values_are_one_line_user_errors(reader, text, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         reader(text)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "read", "text", "message"),
+    [
+        ("MEDTL_TORCH_THREADS", lambda: knobs_module.torch_threads(), "two", "MEDTL_TORCH_THREADS must be a whole number, got 'two'"),
+        ("MEDTL_TORCH_THREADS", lambda: knobs_module.torch_threads(), "0", "MEDTL_TORCH_THREADS must be a whole number >= 1, got 0"),
+        ("MEDTL_CHECKPOINT_UPLOAD_EVERY", lambda: knobs_module.checkpoint_upload_every(1), "1.5", "MEDTL_CHECKPOINT_UPLOAD_EVERY must be a whole number, got '1.5'"),
+        ("MEDTL_CHECKPOINT_UPLOAD_EVERY", lambda: knobs_module.checkpoint_upload_every(1), "-1", "MEDTL_CHECKPOINT_UPLOAD_EVERY must be a whole number >= 0, got -1"),
+        ("MEDTL_INFRA_PATIENCE_S", lambda: knobs_module.infra_patience_s(), "0", "MEDTL_INFRA_PATIENCE_S must be a positive number of seconds, got 0"),
+        ("MEDTL_HEARTBEAT_S", lambda: knobs_module.knobs(), "x", "MEDTL_HEARTBEAT_S must be a whole number, got 'x'"),
+    ],
+)
+def test_every_numeric_knob_is_read_here_with_one_line(monkeypatch, variable, read, text, message):
+    """The knobs that once reached a bare int() (a traceback on a typo) now fail with one line."""
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        read()
+    assert "\n" not in str(info.value)
+
+
+def test_unset_training_knobs_leave_the_defaults(monkeypatch):
+    monkeypatch.delenv("MEDTL_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("MEDTL_CHECKPOINT_UPLOAD_EVERY", raising=False)
+    assert knobs_module.torch_threads() is None
+    assert knobs_module.checkpoint_upload_every(1) == 1
+    monkeypatch.setenv("MEDTL_TORCH_THREADS", "3")
+    monkeypatch.setenv("MEDTL_CHECKPOINT_UPLOAD_EVERY", "0")
+    assert knobs_module.torch_threads() == 3
+    assert knobs_module.checkpoint_upload_every(1) == 0
+
+
+def test_one_infrastructure_budget_reads_the_older_name_when_the_new_one_is_unset(monkeypatch):
+    monkeypatch.delenv("MEDTL_INFRA_PATIENCE_S", raising=False)
+    monkeypatch.delenv("MEDTL_TRACKING_RETRY_S", raising=False)
+    assert knobs_module.infra_patience_s() == knobs_module.INFRA_PATIENCE_DEFAULT_S
+    monkeypatch.setenv("MEDTL_TRACKING_RETRY_S", "42")
+    assert knobs_module.infra_patience_s() == 42
+    assert knobs_module.knobs().infra_patience_s == 42  # the queue and the tracking client share it
+    monkeypatch.setenv("MEDTL_INFRA_PATIENCE_S", "7")
+    assert knobs_module.infra_patience_s() == 7

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from medtl.atomic import write_atomic
 from medtl.evaluation import plots
 from medtl.evaluation.analysis import (
     Analysis,
@@ -40,21 +39,7 @@ from medtl.evaluation.report_tables import (
 from medtl.evaluation.selection import SET_ASIDE_COLUMNS, Selection, select_runs
 from medtl.evaluation.verdicts import verdicts
 
-__all__ = ["RUN_ID_COLUMNS", "render", "report_blocks", "write_atomic"]
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["RUN_ID_COLUMNS", "render", "report_blocks"]
 
 
 def render(

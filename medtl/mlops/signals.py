@@ -93,18 +93,6 @@ def _handle(signum: int, frame: object) -> None:
     raise StopRequested(_REQUEST.signal_name or name)
 
 
-def stop_requested() -> str | None:
-    """The name of the signal that requested a stop, or None."""
-    return _REQUEST.signal_name
-
-
-def request_stop(signal_name: str = "SIGTERM") -> None:
-    """Request a stop as if the signal had arrived (for callers that learn of it another way)."""
-    with _REQUEST.lock:
-        if _REQUEST.signal_name is None:
-            _REQUEST.signal_name, _REQUEST.at = signal_name, time.monotonic()
-
-
 def clear_stop_request() -> None:
     """Forget a handled request (a worker that continues, or a test)."""
     with _REQUEST.lock:

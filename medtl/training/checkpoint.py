@@ -8,7 +8,6 @@ payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from medtl.atomic import atomic_path
 from medtl.errors import UserError
 from medtl.training.loop import Callback, FitState
 from medtl.training.runtime import rng_state
@@ -54,10 +54,8 @@ def _cpu_copy(tree: Any, into: Any = None) -> Any:
 
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary name beside `path`, then rename: never a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -10,8 +10,6 @@ Heatmaps come back at the image's resolution, each scaled to [0, 1] (an all-zero
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from medtl.atomic import atomic_open
 from medtl.training.archs import ArchSpec
 from medtl.training.spec import SpecError, TaskInfo, TaskType
 
@@ -208,16 +207,8 @@ def save_png(path: Path, array: np.ndarray) -> None:
     """Write uint8 (H, W) or (H, W, 3) as a PNG with no text chunks, atomically (temp + rename)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(fh, format="PNG")
 
 
 def read_png(path: Path) -> np.ndarray:

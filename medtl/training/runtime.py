@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medtl.knobs import torch_threads
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -53,10 +55,11 @@ def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Run
     cuda = device.startswith("cuda")
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if cuda else 0
-    if os.environ.get("MEDTL_TORCH_THREADS"):
+    threads = torch_threads()
+    if threads is not None:
         # On a small shared CPU one intra-op thread can beat two: threads that spin-wait lose badly
         # to any other busy process (a second worker, the checkpoint writer).
-        torch.set_num_threads(max(1, int(os.environ["MEDTL_TORCH_THREADS"])))
+        torch.set_num_threads(threads)
     world_size = world()[1]
     return Runtime(
         device=device,

@@ -10,7 +10,6 @@ reported in the original unit.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medtl.atomic import atomic_open
 from medtl.training import metrics as M
 from medtl.training.spec import PRIMARY_METRIC, TaskInfo, TaskType
 
@@ -71,13 +71,10 @@ class TaskAdapter:
     def write_predictions(self, path: Path, ids: tuple[str, ...], targets: np.ndarray, predictions: np.ndarray) -> None:
         """One row a test sample (see `prediction_rows`), written atomically."""
         header, rows = self.prediction_rows(ids, targets, predictions)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
-        os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,34 +156,7 @@ def synthetic_store(tmp_path_factory) -> Store:
     return shared_store(tmp_path_factory)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def mlflow_server(synthetic_store):
-    """`mlflow server` (1 worker, no job execution) on a free 127.0.0.1 port over the synthetic store."""
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow = Path(sys.executable).with_name("mlflow")
-    art = synthetic_store.path.parent / "artifacts"
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--workers", "1", "--backend-store-uri", synthetic_store.uri,
-         "--default-artifact-root", art.as_uri(), "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        from medtl.mlops.stack import wait_healthy
-
-        if not wait_healthy(url, 60, proc):
-            pytest.fail("mlflow server did not start")  # a service that fails to start fails the test
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def store_server(synthetic_store, start_mlflow_server) -> str:
+    """The address of `mlflow server` (tests/conftest.py, stack.py's command) over the synthetic store."""
+    return start_mlflow_server(synthetic_store.uri).uri

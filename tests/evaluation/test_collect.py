@@ -110,11 +110,17 @@ def test_fingerprint_is_stable(synthetic_store):
 
 
 @pytest.mark.integration
-def test_http_path_agrees_with_sql_path(data, mlflow_server):
-    remote = collect(STUDY, mlflow_server)
-    assert list_studies(mlflow_server) == ["other", "synth"]
+def test_http_path_agrees_with_sql_path(data, synthetic_store, store_server):
+    remote = collect(STUDY, store_server)
+    assert list_studies(store_server) == ["other", "synth"]
     pd.testing.assert_frame_equal(remote.runs, data.runs)
     pd.testing.assert_frame_equal(remote.histories, data.histories)
-    part = collect(STUDY, mlflow_server, primary_only=True, max_step=3)
+    part = collect(STUDY, store_server, primary_only=True, max_step=3)
     assert set(part.histories["key"]) == {"val_f1", "val_mae"} and part.histories["step"].max() == 3
-    assert fingerprint(STUDY, mlflow_server) == fingerprint(STUDY, mlflow_server)
+    # The HTTP token is built from other calls than the SQL one; the parts both read must agree:
+    # the experiment and its update time, the latest start and the latest end of its runs.
+    over_http, over_sql = fingerprint(STUDY, store_server), fingerprint(STUDY, synthetic_store.uri)
+    assert over_http[:2] == over_sql[:2]
+    (_, latest_start, _, _), = over_http[2]
+    (_, _, latest_end, _), = over_http[3]
+    assert (latest_start, latest_end) == (over_sql[3], over_sql[4])

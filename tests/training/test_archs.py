@@ -19,14 +19,7 @@ from medtl.training.factory import Network, build_network
 from medtl.training.heads import ExtrasRegressionHead, LinearHead, build_head
 from medtl.training.spec import TASKS, Arch, SpecError, Task, TaskType
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread; on a shared 2-core machine it costs ~5×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASK_OF_TYPE = {
     TaskType.BINARY: Task.DEMO_BINARY,

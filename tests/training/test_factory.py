@@ -11,14 +11,7 @@ from medtl.training.factory import build_model, image_size_for
 from medtl.training.heads import LinearHead
 from medtl.training.spec import TASKS, RunSpec, SpecError, TaskInfo, TaskType
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread; on a shared 2-core machine it costs ~5×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classifier_for_segmentation_and_unet_for_binary_are_refused_with_choices():

@@ -21,14 +21,7 @@ from medtl.training.init import (
 )
 from medtl.training.spec import TASKS, RunSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread; on a shared 2-core machine it costs ~5×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(arch: str, init: str = "random", task: str = "demo-binary", **kw) -> RunSpec:

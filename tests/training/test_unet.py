@@ -8,14 +8,7 @@ import torch
 from medtl.training.archs import get_arch
 from medtl.training.unet import LAYOUTS, VanillaEncoder, build_unet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread; on a shared 2-core machine it costs ~5×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["unet_resnet50", "unet_vgg16", "unet_efficientnet_b4"])

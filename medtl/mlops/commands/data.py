@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from medtl.atomic import atomic_open
 from medtl.errors import UserError
 
 _DESCRIPTION = """\
@@ -160,20 +159,14 @@ def _print_table(summary: dict[str, Any]) -> None:
 def _write_splits(out: Path, task, splits) -> int:
     if not out.parent.is_dir():
         raise UserError(f"--out folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     rows = 0
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sample_id", "split", "label"])
-            for name, part in splits.items():
-                for sample_id, label in zip(part.ids, _labels(task, part), strict=True):
-                    writer.writerow([sample_id, name, label])
-                    rows += 1
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "split", "label"])
+        for name, part in splits.items():
+            for sample_id, label in zip(part.ids, _labels(task, part), strict=True):
+                writer.writerow([sample_id, name, label])
+                rows += 1
     return rows
 
 
@@ -186,16 +179,10 @@ def _write_source_map(path: Path, splits) -> None:
         raise UserError("--source-map: this dataset's sample ids are not de-identified (run `medtl data deidentify PATH`)")
     if not path.parent.is_dir():
         raise UserError(f"--source-map folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sample_id", "source"])
-            writer.writerows((i, mapping[i]) for i in ids)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", perms=0o600, newline="") as handle:  # the readable source names
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "source"])
+        writer.writerows((i, mapping[i]) for i in ids)
 
 
 def run(args: argparse.Namespace) -> int:

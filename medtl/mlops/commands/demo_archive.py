@@ -27,8 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from medtl.atomic import write_atomic
     from medtl.errors import UserError
     from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
 
@@ -37,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--planted-out {args.planted_out} lies inside the archive {out}; write it elsewhere")
     archive = write_demo_archive(out, seed=args.seed, patients=args.patients)
     if args.planted_out is not None:
-        tmp = args.planted_out.with_name(f".{args.planted_out.name}.tmp")
-        tmp.write_text("\n".join(sorted(planted_identifiers(out))) + "\n")
-        os.replace(tmp, args.planted_out)
+        write_atomic(args.planted_out, "\n".join(sorted(planted_identifiers(out))) + "\n")
     print(f"demo-archive: {archive.files} files, {archive.images} images, {archive.patients} patients -> {out}")
     return 0

@@ -28,11 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import csv
-    import os
     import sys
     import tempfile
     from pathlib import Path
 
+    from medtl.atomic import atomic_open
     from medtl.errors import UserError
     from medtl.training.inference import load_predictor, predict_images
 
@@ -70,11 +70,9 @@ def run(args: argparse.Namespace) -> int:
             row.pop("mask", None)
     header = list(rows[0])
     if args.out:
-        tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        with open(tmp_out, "w", newline="") as fh:
+        with atomic_open(out, "w", newline="") as fh:
             csv.DictWriter(fh, header).writeheader()
             csv.DictWriter(fh, header).writerows(rows)
-        os.replace(tmp_out, out)
         print(f"predict: {len(rows)} images -> {out}")
     else:
         writer = csv.DictWriter(sys.stdout, header)

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
         print_plan(args.study, tracking_uri=args.tracking_uri)
         return 0
+    from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweeps.queue import knobs
     from medtl.mlops.sweeps.sweep import sweep
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 

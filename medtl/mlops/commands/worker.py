@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
-    from medtl.mlops.sweeps.queue import knobs
     from medtl.mlops.sweeps.worker import InfrastructureDown, work
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shutil
 import string
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from medtl.atomic import atomic_dir
 from medtl.errors import UserError
 from medtl.evaluation.reader_ratings import KEY_PATH, RATINGS_COLUMNS, read_key
 from medtl.mlops.explain.gradcam import sample_name
@@ -127,9 +126,7 @@ def write_packet(run_id: str, out: str | Path, *, seed: int = 0, tracking_uri: s
             f"gradcam run {run_id} already holds a reader key made with --seed {existing.get('seed')}; "
             "use that seed so packets handed out earlier keep matching"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as build:
         with tempfile.TemporaryDirectory(prefix="medtl-reader-") as tmp:
             client.download_artifacts(run_id, "images", tmp)
             client.download_artifacts(run_id, "overlays", tmp)
@@ -148,12 +145,6 @@ def write_packet(run_id: str, out: str | Path, *, seed: int = 0, tracking_uri: s
         (build / "README.txt").write_text(INSTRUCTIONS)
         if existing is None:
             _log_text(client, run_id, KEY_PATH, json.dumps(key, indent=2, sort_keys=True))
-        if out.exists():
-            out.rmdir()
-        os.replace(build, out)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return Packet(out, n_images, tuple(key["labels"]))
 
 

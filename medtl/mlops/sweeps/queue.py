@@ -23,7 +23,6 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
-from medtl.knobs import env_number
+from medtl.knobs import Knobs, knobs
 from medtl.mlops.retry import is_connection_error, one_line, retry
 from medtl.mlops.sweeps.study import Study, StudyError, load_study, study_attrs, study_from_attrs
 from medtl.redact import mask_url
@@ -42,52 +41,11 @@ log = logging.getLogger(__name__)
 # Heartbeats and stale-trial retry are marked experimental in Optuna; medtl relies on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-HEARTBEAT_ENV = "MEDTL_HEARTBEAT_S"
-GRACE_ENV = "MEDTL_GRACE_S"
-RETRIES_ENV = "MEDTL_MAX_RETRIES"
-PATIENCE_ENV = "MEDTL_INFRA_PATIENCE_S"
 RUN_KEY_ATTR = "run_key"
 OWNER_ATTR = "medtl:owner"  # trial system attr: the token of the worker holding the claim
 PINS_ATTR = "init_pins"  # study user attr: models:/name@alias → models:/name/version, fixed per study
 MAX_LOST = 5  # a point whose worker vanished this often (killed for memory each time?) is left FAIL
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """The queue's timing and budgets, from the environment (see `knobs`)."""
-
-    heartbeat_s: int = 30
-    grace_s: float = 90.0
-    max_retries: int = 2
-    infra_patience_s: float = 1800.0
-
-
-def knobs() -> Knobs:
-    """`MEDTL_HEARTBEAT_S`, `MEDTL_GRACE_S`, `MEDTL_MAX_RETRIES`, `MEDTL_INFRA_PATIENCE_S`, validated.
-
-    Raises:
-        UserError: a value is not a number, the heartbeat is not a positive whole number of seconds,
-            the grace is not longer than the heartbeat interval, or retries are negative.
-    """
-    default = Knobs()
-
-    heartbeat = int(env_number(HEARTBEAT_ENV, default.heartbeat_s, whole=True))
-    grace = env_number(GRACE_ENV, default.grace_s)
-    retries = int(env_number(RETRIES_ENV, default.max_retries, whole=True))
-    patience = env_number(PATIENCE_ENV, default.infra_patience_s)
-    if heartbeat < 1:
-        raise UserError(f"{HEARTBEAT_ENV} must be at least 1 second, got {heartbeat}")
-    if grace <= heartbeat:
-        raise UserError(
-            f"{GRACE_ENV} ({grace:g} s) must be longer than {HEARTBEAT_ENV} ({heartbeat} s): "
-            "a live worker's point would be taken over between two heartbeats"
-        )
-    if retries < 0:
-        raise UserError(f"{RETRIES_ENV} must be 0 or more, got {retries}")
-    if patience <= 0:
-        raise UserError(f"{PATIENCE_ENV} must be a positive number of seconds, got {patience:g}")
-    return Knobs(heartbeat, grace, retries, patience)
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -305,12 +263,6 @@ def claim_next(optuna_study: optuna.Study, owner: str) -> int | None:
             session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=OWNER_ATTR, value_json=json.dumps(owner)))
             return trial_id
     return None
-
-
-def pop_waiting(optuna_study: optuna.Study) -> optuna.Trial | None:
-    """Claim one WAITING trial for an anonymous owner (tests, tools); workers use `claim_next`."""
-    trial_id = claim_next(optuna_study, owner=f"anonymous:{uuid.uuid4().hex[:8]}")
-    return None if trial_id is None else optuna.Trial(optuna_study, trial_id)
 
 
 def _locked_if_owned(session: Any, trial_id: int, owner: str | None) -> Any:

@@ -23,15 +23,14 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from medtl.errors import UserError
+from medtl.knobs import Knobs, knobs
 from medtl.mlops.retry import is_connection_error, retry
 from medtl.mlops.sweeps.queue import (
     PINS_ATTR,
     RUN_KEY_ATTR,
-    Knobs,
     default_storage,
     enqueue_missing,
     fail_stale,
-    knobs,
     open_optuna_study,
     open_storage,
     queue_counts,

@@ -18,18 +18,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from medtl.errors import UserError
+from medtl.knobs import INFRA_PATIENCE_ENV, Knobs, knobs
 from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
 from medtl.mlops.sweeps.queue import (
     OWNER_ATTR,
-    PATIENCE_ENV,
     PINS_ATTR,
     Claim,
-    Knobs,
     claim_next,
     fail_stale,
     finish,
     join_queue,
-    knobs,
     open_storage,
     put_back,
     queue_counts,
@@ -113,7 +111,7 @@ def work(
             if time.monotonic() - infra_since > settings.infra_patience_s:
                 raise InfrastructureDown(
                     f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
-                    f"({PATIENCE_ENV}); the points are still queued"
+                    f"({INFRA_PATIENCE_ENV}); the points are still queued"
                 )
             wait = backoff.next()
             log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)

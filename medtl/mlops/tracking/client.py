@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from medtl.knobs import env_seconds
+from medtl.knobs import checkpoint_upload_every, env_seconds, infra_patience_s
 from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
@@ -41,7 +41,6 @@ from medtl.training.schema import resolve_tracking_uri as resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
-RETRY_ENV = "MEDTL_TRACKING_RETRY_S"
 SYSTEM_METRICS_ENV = "MEDTL_SYSTEM_METRICS_S"
 _BATCH = 100  # MLflow's per-call limit for params
 _T = TypeVar("_T")
@@ -54,22 +53,13 @@ class TrackingUnavailable(Exception):
     """
 
 
-def retry_budget_s() -> float:
-    """Seconds a tracking call keeps retrying connection errors: `$MEDTL_TRACKING_RETRY_S`, default 300.
-
-    Raises:
-        UserError: the value is not a non-negative number.
-    """
-    return env_seconds(RETRY_ENV, 300.0)
-
-
 def retrying(call: Callable[[], _T], what: str, budget_s: float | None = None, max_wait_s: float = 30.0) -> _T:
     """`call()`, retried on connection errors (`medtl.mlops.retry.retry`), waits capped at `max_wait_s`.
 
     Raises:
-        TrackingUnavailable: connection errors for longer than `budget_s` (default `retry_budget_s()`).
+        TrackingUnavailable: connection errors for longer than `budget_s` (default `infra_patience_s()`).
     """
-    budget = retry_budget_s() if budget_s is None else budget_s
+    budget = infra_patience_s() if budget_s is None else budget_s
 
     def unavailable(exc: BaseException) -> TrackingUnavailable:
         return TrackingUnavailable(f"{what}: tracking store unreachable for {budget:.0f} s ({one_line(exc)})")
@@ -271,7 +261,7 @@ class EpochLogger(Callback):
     gap the dead process left and never repeats a step. While the tracking store is unreachable the
     epochs wait in that buffer (the history itself: nothing is dropped or reordered, whatever the
     outage's length) and the sender retries with back-off, logging each failure; training never
-    waits for it. `close()` flushes, bounded by `$MEDTL_TRACKING_RETRY_S`.
+    waits for it. `close()` flushes, bounded by `$MEDTL_INFRA_PATIENCE_S`.
 
     With `owns_claim`, each batch is sent only after it returns True; once it returns False the
     logger stops for good (`claim_lost` is set): another worker now owns the run. A failing check
@@ -393,7 +383,7 @@ class EpochLogger(Callback):
 
         Raises:
             TrackingUnavailable: the buffer could not be sent within `timeout_s` (default
-                `retry_budget_s()`); the epochs stay in `last.pt`'s history for a resume.
+                `infra_patience_s()`); the epochs stay in `last.pt`'s history for a resume.
             Exception: a non-connection error the sender met (e.g. a rejected metric).
         """
         with self._cond:
@@ -405,7 +395,7 @@ class EpochLogger(Callback):
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
-            thread.join(retry_budget_s() if timeout_s is None else timeout_s)
+            thread.join(infra_patience_s() if timeout_s is None else timeout_s)
             if thread.is_alive() and drop:  # a send in flight is the store's to finish or time out
                 with self._cond:
                     self._abandoned = True
@@ -425,10 +415,7 @@ class EpochLogger(Callback):
 def upload_every_default(uri: str) -> int:
     """Mid-run checkpoint uploads: every epoch to a remote server (resume on another machine), never
     to the local default store (the work folder on this machine is enough). `$MEDTL_CHECKPOINT_UPLOAD_EVERY`."""
-    configured = os.environ.get("MEDTL_CHECKPOINT_UPLOAD_EVERY")
-    if configured is not None:
-        return max(0, int(configured))
-    return 1 if uri.startswith(("http://", "https://")) else 0
+    return checkpoint_upload_every(1 if uri.startswith(("http://", "https://")) else 0)
 
 
 class EmissionsCallback(Callback):

@@ -8,10 +8,10 @@ imports a command module.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from typing import TYPE_CHECKING
 
+from medtl.knobs import torchrun_world
 from medtl.training import schema as S
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,12 @@ def init_distributed(device: str) -> str:
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    world_size, local = torchrun_world()
+    if world_size <= 1 or dist.is_initialized():
         return device
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return "cpu"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from medtl.knobs import infra_patience_s
 from medtl.mlops.retry import is_connection_error
 from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.mlops.tracking import client as T
@@ -232,7 +233,7 @@ def run_job(
         if owns_claim is not None and not _still_owned(owns_claim):
             raise
         # A stopped worker has only the signal's lead time left: give the store less patience.
-        budget = min(20.0, T.retry_budget_s()) if isinstance(exc, KeyboardInterrupt) else None
+        budget = min(20.0, infra_patience_s()) if isinstance(exc, KeyboardInterrupt) else None
         try:
             T.retrying(lambda: T.end_run(client, run_id, status, reason), f"ending the run {status}", budget)
         except Exception as end_error:  # the original error is the one to report
@@ -383,7 +384,7 @@ def _execute(
         raise
     except BaseException:
         with contextlib.suppress(Exception):  # keep what was trained; the original error is reported
-            logger.close(timeout_s=min(30.0, T.retry_budget_s()))
+            logger.close(timeout_s=min(30.0, infra_patience_s()))
         raise
     logger.close()
     if logger.claim_lost.is_set():

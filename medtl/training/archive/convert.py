@@ -14,9 +14,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medtl.atomic import write_atomic
 from medtl.training.archive import dicom, header
 from medtl.training.archive.deid import keyed, path_key
-from medtl.training.archive.shards import atomic_write, read_shard, shard_path, write_shard
+from medtl.training.archive.shards import read_shard, shard_path, write_shard
 
 MAX_PIXELS = 2**28  # 268 M samples: a 16k x 16k image, or 1000 frames of 512 x 512
 DUPLICATE = "duplicate of another source file's content (ingested once)"
@@ -109,7 +110,7 @@ def _process(path: str, rel: str) -> dict[str, Any]:
     except Exception as exc:  # any other failure of one file must not stop the batch
         rows, skipped, pngs = [], [{"source_key": pkey, "reason": f"failed while converting ({type(exc).__name__})"}], []
     for target, png in pngs:  # a failing write (disk full) stops the run: nothing is recorded wrongly
-        atomic_write(target, png)
+        write_atomic(target, png)
     write_shard(shard, {"path_keys": [pkey], "rows": rows, "skipped": skipped, "refused": refused})
     return {"status": "converted" if rows else "skipped", "images": len(rows),
             "dropped": len(skipped) if rows else 0, "burned_in": burned_in}

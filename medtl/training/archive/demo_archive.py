@@ -19,15 +19,13 @@ that transfers. This demonstrates the pipeline, not a medical finding.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtl.atomic import atomic_dir
 from medtl.errors import UserError
 
 # (modality, BodyPartExamined) of each group; a patient gets three of them.
@@ -209,11 +207,9 @@ def write_demo_archive(out: Path, *, seed: int = 0, patients: int = 6) -> DemoAr
         raise UserError(f"--patients must be at least 1, got {patients}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     files = images = 0
     rng = np.random.default_rng(seed)
-    try:
+    with atomic_dir(out) as tmp:  # an empty folder is replaced too
         for p in range(patients):
             person = _person(rng, p)
             for s, g in enumerate((p, p + 1, p + 3)):
@@ -241,10 +237,6 @@ def write_demo_archive(out: Path, *, seed: int = 0, patients: int = 6) -> DemoAr
                     ds.save_as(folder / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
                     files += 1
                     images += pixels.shape[0] if pixels.ndim == 3 else 1
-        os.replace(tmp, out)  # an empty folder is replaced too
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DemoArchive(out, files, images, patients)
 
 

@@ -17,13 +17,13 @@ their rows keep `label = -1` in the manifest. Labels of kept clusters are the k-
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtl.atomic import atomic_path
 from medtl.training.data.base import DataError
 
 MANIFEST = "manifest.parquet"
@@ -244,9 +244,8 @@ def _write(folder: Path, manifest: Any, labels: np.ndarray, ids: np.ndarray, sum
 
 
 def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def mosaic(folder: Path, paths: list[str], seed: int = 0, grid: int = 4, tile: int = 64) -> Any:

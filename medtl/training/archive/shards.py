@@ -1,7 +1,7 @@
 """Ingest's output folder: atomic writes, one shard record per source, and their compaction.
 
-Crash safety. Every file is written to a temporary name, fsynced and moved into place with
-`os.replace`. Each source file, once handled, leaves one shard record (`DIR/.shards/<key>.json`)
+Crash safety. Every file is written through `medtl.atomic` (a temporary name, fsynced, renamed into
+place). Each source file, once handled, leaves one shard record (`DIR/.shards/<key>.json`)
 written after its PNGs; the manifest and the skipped list are compacted from all shards at the end
 of a run. A run killed midway therefore loses nothing already recorded, and a rerun recovers from
 the shards and skips every source whose content hash already has one; a shard that cannot be read
@@ -15,10 +15,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from medtl.atomic import write_atomic
 from medtl.errors import UserError
 from medtl.training.archive.deid import DeidKeyError, keyed
 
@@ -32,36 +32,6 @@ LEADING_COLUMNS = ("image_path", "modality", "body_part", "patient_key", "study_
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary file, fsync it, and rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames inside `folder` durable (best effort where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def check_state(out: Path, key: bytes, size: int) -> None:
     """Refuse to mix keys or image sizes in one output folder; record them on first use."""
     state = {"key_check": keyed(key, "key-check", "medtl"), "image_size": size, "version": 1}
@@ -73,7 +43,7 @@ def check_state(out: Path, key: bytes, size: int) -> None:
         if old.get("image_size") != size:
             raise UserError(f"{out} holds {old.get('image_size')}-pixel images, not {size}; use a new folder")
         return
-    atomic_write(path, json.dumps(state).encode())
+    write_atomic(path, json.dumps(state).encode())
 
 
 def shard_path(out: Path, name: str) -> Path:
@@ -98,7 +68,7 @@ def read_shard(path: Path) -> dict[str, Any] | None:
 
 def write_shard(path: Path, record: dict[str, Any]) -> None:
     """Write one shard record atomically."""
-    atomic_write(path, json.dumps(record, allow_nan=True).encode())
+    write_atomic(path, json.dumps(record, allow_nan=True).encode())
 
 
 def clean_temporaries(out: Path) -> None:
@@ -129,7 +99,7 @@ def compact(out: Path) -> tuple[int, int]:
         skipped.extend({"source_key": s.get("source_key", ""), "reason": s["reason"]} for s in record["skipped"])
     skipped.sort(key=lambda s: (s["source_key"], s["reason"]))
     buffer = pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False).encode()
-    atomic_write(out / SKIPPED, buffer)
+    write_atomic(out / SKIPPED, buffer)
     referenced = {r["image_path"] for r in rows}
     for png in (out / "images").rglob("*.png") if (out / "images").is_dir() else ():
         if png.relative_to(out).as_posix() not in referenced:
@@ -140,8 +110,7 @@ def compact(out: Path) -> tuple[int, int]:
     frame = frame[list(LEADING_COLUMNS) + [c for c in frame.columns if c not in LEADING_COLUMNS]]
     buffer = io.BytesIO()
     frame.reset_index(drop=True).to_parquet(buffer, index=False)
-    atomic_write(out / MANIFEST, buffer.getvalue())
-    _fsync_dir(out)
+    write_atomic(out / MANIFEST, buffer.getvalue())
     return len(frame), len(skipped)
 
 
@@ -159,4 +128,4 @@ def write_source_map(path: Path, mapping: dict[str, str]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["source_key", "source"])
     writer.writerows(sorted(merged.items(), key=lambda kv: kv[1]))
-    atomic_write(path, buffer.getvalue().encode(), mode=0o600)
+    write_atomic(path, buffer.getvalue().encode(), perms=0o600)

@@ -4,7 +4,7 @@ An entry is a folder `$MEDTL_CACHE_DIR/<kind>/<key>/` holding one `.npy` per arr
 `meta.json` written last. The key hashes the dataset kind, the source digest (relative paths, sizes
 and modification times of the source files), the image size and the loader's options, so a changed
 file, another copy of a dataset or another size never reuses an entry. Files are written to a
-temporary name in the same folder and moved into place with `os.replace`; a lock file makes a
+temporary name in the same folder and moved into place (`medtl.atomic`); a lock file makes a
 second worker wait for the first and then reuse its entry. `MEDTL_CACHE_DIR=off` disables caching.
 """
 
@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medtl.atomic import atomic_open, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +96,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _atomic_write(target: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -132,12 +119,10 @@ def _read(folder: Path) -> CacheEntry | None:
 def _write(folder: Path, entry: CacheEntry, params: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in entry.arrays.items():
-        _atomic_write(
-            folder / f"{name}.npy", lambda h, a=array: np.save(h, np.ascontiguousarray(a))
-        )
+        with atomic_open(folder / f"{name}.npy") as handle:
+            np.save(handle, np.ascontiguousarray(array))
     record = {"arrays": sorted(entry.arrays), "meta": entry.meta, "params": params}
-    text = json.dumps(record, sort_keys=True, default=str)
-    _atomic_write(folder / "meta.json", lambda h: h.write(text), mode="w")
+    write_atomic(folder / "meta.json", json.dumps(record, sort_keys=True, default=str))
 
 
 def _prune_stale(kind_dir: Path, keep: Path, params: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from medtl.atomic import write_atomic
 from medtl.training.archive.deid import KEY_ENV, MIN_KEY_BYTES, keyed, path_key
 from medtl.training.data.base import DataError
 
@@ -45,9 +46,7 @@ def write_deid_marker(root: Path) -> Path:
         raise DataError(f"{root} is not a dataset folder")
     marker = root / DEID_MARKER
     record = {"version": 1, "key_check": keyed(_env_key(), "key-check", "medtl")}
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps(record))
     return marker
 
 

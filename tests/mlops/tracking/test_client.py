@@ -145,10 +145,11 @@ def test_connection_errors_are_told_apart():
 
 def test_bad_retry_budget_is_one_clear_error(monkeypatch):
     from medtl.errors import UserError
+    from medtl.knobs import infra_patience_s
 
-    monkeypatch.setenv("MEDTL_TRACKING_RETRY_S", "-3")
-    with pytest.raises(UserError, match="MEDTL_TRACKING_RETRY_S must be a number of seconds >= 0"):
-        T.retry_budget_s()
+    monkeypatch.setenv("MEDTL_INFRA_PATIENCE_S", "-3")
+    with pytest.raises(UserError, match="MEDTL_INFRA_PATIENCE_S must be a number of seconds >= 0"):
+        infra_patience_s()
 
 
 def test_experiments_carry_their_kind_and_artifacts_beside_the_store(tracking_uri, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
+from medtl.knobs import knobs
 from medtl.mlops import retry
 from medtl.mlops.cli import main
 from medtl.mlops.retry import is_connection_error
@@ -68,8 +69,8 @@ def test_a_lost_claim_is_requeued_uncharged_and_the_loser_writes_nothing(queue):
     _, _, optuna_study = queue
     trial_id = Q.claim_next(optuna_study, "frozen-worker")
     time.sleep(3.5)  # the frozen worker misses its beats
-    Q.fail_stale(optuna_study, Q.knobs())  # what the next worker does before it claims
-    claim = Q.Claim(optuna_study, trial_id, "frozen-worker", Q.knobs())
+    Q.fail_stale(optuna_study, knobs())  # what the next worker does before it claims
+    claim = Q.Claim(optuna_study, trial_id, "frozen-worker", knobs())
     assert not claim.owns()
     assert not Q.finish(optuna_study, trial_id, "frozen-worker", TrialState.COMPLETE, 0.5)
     assert not Q.put_back(optuna_study, trial_id, "frozen-worker", "woke up")
@@ -217,10 +218,10 @@ def test_a_trial_running_without_any_heartbeat_is_requeued_after_the_grace(queue
     _, _, optuna_study = queue
     (old, _) = optuna_study.get_trials(deepcopy=False)
     optuna_study._storage.set_trial_state_values(old._trial_id, TrialState.RUNNING)  # an older medtl's claim
-    Q.fail_stale(optuna_study, Q.knobs())
+    Q.fail_stale(optuna_study, knobs())
     assert Q.trial_owner(optuna_study, old._trial_id)[0] is TrialState.RUNNING  # within the grace: left alone
     time.sleep(3.5)
-    Q.fail_stale(optuna_study, Q.knobs())
+    Q.fail_stale(optuna_study, knobs())
     trials = optuna_study.get_trials(deepcopy=False)
     assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING", "WAITING"]
     assert [t.user_attrs["lost"] for t in trials if "lost" in t.user_attrs] == [1]
