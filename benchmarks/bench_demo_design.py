@@ -3,7 +3,7 @@
 Builds the demo's pretraining set in a scratch folder (archive, ingest, pseudo-labels), pretrains
 resnet18 once as the study's `pretrain:` section says, then fits and tests each grid point of
 `configs/demo.yaml` for the random and domain arms (all tasks, all seeds) at every `--lrs` value, with
-`FinetuneJob` directly: no MLflow, so it measures the training, not the platform. Every learning rate
+`FinetuneRecipe` directly: no MLflow, so it measures the training, not the platform. Every learning rate
 uses the same pretrained weights. Per task it reports the arms' mean test primary metric and mean
 epochs to convergence (the epoch of the lowest validation loss), each with scipy's default two-sided
 Mann–Whitney p (one pair, so the paper mode's Bonferroni leaves it as is), and how many random-arm points
@@ -30,8 +30,8 @@ from medtl.mlops.sweeps.study import load_study
 from medtl.training.archive.demo_archive import write_demo_archive
 from medtl.training.archive.ingest import ingest
 from medtl.training.archive.pseudolabel import pseudolabel
-from medtl.training.finetune import FinetuneJob
-from medtl.training.pretrain import PretrainJob
+from medtl.training.finetune import FinetuneRecipe
+from medtl.training.pretrain import PretrainRecipe
 from medtl.training.spec import Init, PretrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def _pretrained(folder: Path, study) -> Path:
     ingest(folder / "archive", folder / "set", key=b"bench-key-0123456789abcdef", size=64, progress=False)
     pseudolabel(folder / "set", clusters=6)
     settings = {k: v for k, v in study.pretrain.items() if k != "data"}
-    job = PretrainJob.prepare(PretrainSpec(arch="resnet18", data=str(folder / "set"), **settings), folder / "pretrain")
+    job = PretrainRecipe.prepare(PretrainSpec(arch="resnet18", data=str(folder / "set"), **settings), folder / "pretrain")
     state = job.fit()
     print("pretraining, validation loss per epoch:", [round(h["val_loss"], 3) for h in state.history],
           f"best epoch {state.best_epoch}", file=sys.stderr, flush=True)
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for spec in base:
                 spec = dataclasses.replace(spec, lr=lr, **overrides)
                 work = folder / "points" / spec.run_key
-                job = FinetuneJob.prepare(spec, work, init_path=weights if spec.init is Init.DOMAIN else None)
+                job = FinetuneRecipe.prepare(spec, work, init_path=weights if spec.init is Init.DOMAIN else None)
                 state = job.fit()
                 metric = job.test().metrics[job.adapter.primary]
                 shutil.rmtree(work, ignore_errors=True)  # two checkpoints per point: keep the disk small
-                found.setdefault((spec.task.value, spec.group), []).append((metric, state.best_epoch))
-                print(f"lr {lr:g} {spec.task.value} {spec.group} seed {spec.seed}: {job.adapter.primary} "
+                found.setdefault((spec.task.value, spec.arm), []).append((metric, state.best_epoch))
+                print(f"lr {lr:g} {spec.task.value} {spec.arm} seed {spec.seed}: {job.adapter.primary} "
                       f"{metric:.3f}, best epoch {state.best_epoch}", file=sys.stderr, flush=True)
             for task in sorted({t for t, _ in found}):
                 rand, dom = found[(task, "random")], found[(task, "domain")]

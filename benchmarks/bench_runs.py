@@ -146,7 +146,7 @@ def point_phases(folder: Path, reps: int = 4, arms: tuple[str, ...] = ("random",
     from medtl.mlops.tracking.pretraining import run_pretrain
     from medtl.training import checkpoint as C
     from medtl.training import recipe as RC
-    from medtl.training.finetune import FinetuneJob
+    from medtl.training.finetune import FinetuneRecipe
     from medtl.training.spec import Arch, Init, PretrainSpec, RunSpec, Task
 
     spent: dict[str, float] = collections.defaultdict(float)
@@ -168,7 +168,7 @@ def point_phases(folder: Path, reps: int = 4, arms: tuple[str, ...] = ("random",
         setattr(owner, name, wrapper)
 
     phases = [
-        (FinetuneJob, "prepare", "prepare data and model"),
+        (FinetuneRecipe, "prepare", "prepare data and model"),
         (R, "resolve_init", "resolve registered weights"),
         (R, "_interrupted_attempt", "look for an earlier attempt"),
         (MlflowClient, "create_run", "create the run"),

@@ -91,7 +91,8 @@ def infra_patience_s() -> float:
 
 HEARTBEAT_ENV = "MEDTL_HEARTBEAT_S"
 GRACE_ENV = "MEDTL_GRACE_S"
-RETRIES_ENV = "MEDTL_MAX_RETRIES"
+REQUEUES_ENV = "MEDTL_MAX_REQUEUES"
+LEGACY_REQUEUES_ENV = "MEDTL_MAX_RETRIES"  # read when the name above is unset (older deployments)
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,16 @@ class Knobs:
 
     heartbeat_s: int = 30
     grace_s: float = 90.0
-    max_retries: int = 2
+    max_requeues: int = 2
     infra_patience_s: float = INFRA_PATIENCE_DEFAULT_S
 
 
 def knobs() -> Knobs:
-    """`MEDTL_HEARTBEAT_S`, `MEDTL_GRACE_S`, `MEDTL_MAX_RETRIES`, `MEDTL_INFRA_PATIENCE_S`, validated.
+    """`MEDTL_HEARTBEAT_S`, `MEDTL_GRACE_S`, `MEDTL_MAX_REQUEUES`, `MEDTL_INFRA_PATIENCE_S`, validated.
 
-    `max_retries` counts re-queues of a point after its own failure (an infrastructure fault re-queues
-    it uncharged); `infra_patience_s` is the one infrastructure budget (`infra_patience_s()`).
+    `max_requeues` bounds the re-queues of a point after its own failure (an infrastructure fault or a
+    stop re-queues it uncharged; `MEDTL_MAX_RETRIES` is read when unset); `infra_patience_s` is the one
+    infrastructure budget for retries (`infra_patience_s()`).
 
     Raises:
         UserError: a value is not a number, the heartbeat is not a positive whole number of seconds,
@@ -117,7 +119,10 @@ def knobs() -> Knobs:
     default = Knobs()
     heartbeat = int(env_number(HEARTBEAT_ENV, default.heartbeat_s, whole=True))
     grace = env_number(GRACE_ENV, default.grace_s)
-    retries = int(env_number(RETRIES_ENV, default.max_retries, whole=True))
+    requeues_env = REQUEUES_ENV
+    if not os.environ.get(REQUEUES_ENV, "").strip() and os.environ.get(LEGACY_REQUEUES_ENV, "").strip():
+        requeues_env = LEGACY_REQUEUES_ENV
+    requeues = int(env_number(requeues_env, default.max_requeues, whole=True))
     if heartbeat < 1:
         raise UserError(f"{HEARTBEAT_ENV} must be at least 1 second, got {heartbeat}")
     if grace <= heartbeat:
@@ -125,9 +130,9 @@ def knobs() -> Knobs:
             f"{GRACE_ENV} ({grace:g} s) must be longer than {HEARTBEAT_ENV} ({heartbeat} s): "
             "a live worker's point would be taken over between two heartbeats"
         )
-    if retries < 0:
-        raise UserError(f"{RETRIES_ENV} must be 0 or more, got {retries}")
-    return Knobs(heartbeat, grace, retries, infra_patience_s())
+    if requeues < 0:
+        raise UserError(f"{requeues_env} must be 0 or more, got {requeues}")
+    return Knobs(heartbeat, grace, requeues, infra_patience_s())
 
 
 # --- training and logging -------------------------------------------------------------------------

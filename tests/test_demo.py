@@ -28,7 +28,7 @@ def test_demo_study_can_reach_significance():
     assert study.pretrain is not None and study.pretrain["data"] == ".medtl/demo/pretrain-set"
     cells: dict[tuple[str, str, str, float], set[int]] = {}
     for spec in study.specs:
-        cells.setdefault((spec.task.value, spec.arch.value, spec.group, spec.lr), set()).add(spec.seed)
+        cells.setdefault((spec.task.value, spec.arch.value, spec.arm, spec.lr), set()).add(spec.seed)
     groups = {group for _, _, group, _ in cells}
     assert {"random", "domain"} <= groups
     assert all(len(seeds) >= 5 for seeds in cells.values()), cells
@@ -53,9 +53,9 @@ def _random_weights(path: Path, arch: str, seed: int) -> Path:
 
 
 def _run(spec: RunSpec, workdir: Path) -> dict:
-    from medtl.training.finetune import FinetuneJob
+    from medtl.training.finetune import FinetuneRecipe
 
-    job = FinetuneJob.prepare(spec, workdir)
+    job = FinetuneRecipe.prepare(spec, workdir)
     if spec.init is Init.DOMAIN:
         report = job.model.transfer_report
         assert report["loaded"] > 0 and report["loaded"] == report["body_tensors"], report  # the weights really load
@@ -64,7 +64,7 @@ def _run(spec: RunSpec, workdir: Path) -> dict:
     primary = job.adapter.primary
     best = next(h for h in state.history if h["epoch"] == state.best_epoch)
     return {
-        "task": spec.task.value, "arch": spec.arch.value, "group": spec.group, "lr": spec.lr, "seed": spec.seed,
+        "task": spec.task.value, "arch": spec.arch.value, "group": spec.arm, "lr": spec.lr, "seed": spec.seed,
         "status": "FINISHED", "diverged": False, f"best_val_{primary}": best[f"val_{primary}"],
         f"test_{primary}": result.metrics[primary], "epochs_to_convergence": state.best_epoch,
     }
@@ -80,7 +80,7 @@ def test_domain_arm_with_random_weights_shows_no_difference(tmp_path):
     arch = sorted({s.arch.value for s in study.specs if s.task.value == task})[0]
     lr = min(s.lr for s in study.specs)
     specs = [s for s in study.specs if s.task.value == task and s.arch.value == arch and s.lr == lr
-             and s.group in ("random", "domain")]
+             and s.arm in ("random", "domain")]
     weights = _random_weights(tmp_path / "random-weights.pt", arch, seed=12345)
     # The demo's own grid points and budget (80 steps, no early stop): the random arm gets past its
     # flat start here, as in the demo, so a head start from anything but the weights would show.

@@ -204,7 +204,12 @@ def _tidy(
         out[name] = _col(p, name).astype("string")
     for name, tag in (("task", S.TASK_TAG), ("arch", S.ARCH_TAG)):
         out[name] = out[name].fillna(_col(t, tag).astype("string"))
-    out["group"] = _col(t, S.GROUP_TAG).astype("string").fillna(_col(p, "group").astype("string"))
+    out["group"] = (  # the arm; stores logged before the glossary named it `group` (tag and param)
+        _col(t, S.ARM_TAG).astype("string")
+        .fillna(_col(t, S.LEGACY_ARM_TAG).astype("string"))
+        .fillna(_col(p, "arm").astype("string"))
+        .fillna(_col(p, "group").astype("string"))
+    )
     for name in SPEC_FLOAT:
         out[name] = pd.to_numeric(_col(p, name), errors="coerce").astype(float)
     for name in SPEC_INT:

@@ -1,7 +1,7 @@
 """The fine-tuning recipe: RunSpec → data, model, fit, test of the best checkpoint, predictions.
 
 Staged so the caller (mlops' runner) can record what was prepared before training starts:
-`FinetuneJob.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.test()` (a `RecipeResult`).
+`FinetuneRecipe.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.test()` (a `RecipeResult`).
 The loop, checkpoints and test are `Recipe`'s (training/recipe.py), shared with pretraining.
 """
 
@@ -18,12 +18,12 @@ from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, Optimizer, RunSpec
 from medtl.training.tasks import make_adapter
 
-__all__ = ["WEIGHT_DECAY", "FinetuneJob", "RecipeResult"]
+__all__ = ["WEIGHT_DECAY", "FinetuneRecipe", "RecipeResult"]
 
 WEIGHT_DECAY = 1e-3  # AdamW's; the Adam of regression and segmentation has none (PROTOCOL.md)
 
 
-class FinetuneJob(Recipe[RunSpec]):
+class FinetuneRecipe(Recipe[RunSpec]):
     """One grid point's training, prepared and then run; imports no tracking library."""
 
     @classmethod
@@ -35,7 +35,7 @@ class FinetuneJob(Recipe[RunSpec]):
         device: str = "auto",
         num_workers: int | None = None,
         init_path: Path | None = None,
-    ) -> FinetuneJob:
+    ) -> FinetuneRecipe:
         """Load the data and build the model (seeded), ready to fit.
 
         `init_path` is a local weights file already resolved by the caller (e.g. from a model
@@ -59,7 +59,7 @@ class FinetuneJob(Recipe[RunSpec]):
             "resolved_normalization": self.spec.resolved_normalization.value,  # `normalization` after auto
             "input_channels": str(INPUT_CHANNELS),
             "resolved_image_size": str(self.image_size),
-            "group": self.spec.group,
+            "arm": self.spec.arm,
             "n_train": str(len(self.splits.train)),
             "n_val": str(len(self.splits.val)),
             "n_test": str(len(self.splits.test)),

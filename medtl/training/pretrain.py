@@ -32,13 +32,13 @@ from medtl.training.tasks import ReconstructionAdapter, TaskAdapter, make_adapte
 WEIGHT_DECAY = 1e-3  # AdamW, as the paper pretrained
 
 
-class PretrainJob(Recipe[PretrainSpec]):
+class PretrainRecipe(Recipe[PretrainSpec]):
     """One pretraining run, prepared and then run; the loop, checkpoints and test are `Recipe`'s."""
 
     @classmethod
     def prepare(
         cls, spec: PretrainSpec, workdir: Path, *, device: str = "auto", num_workers: int | None = None
-    ) -> PretrainJob:
+    ) -> PretrainRecipe:
         """Load the archive's splits and build a randomly initialised network (seeded), ready to fit."""
         seed_everything(spec.seed)
         image_size = image_size_for(spec)

@@ -291,7 +291,7 @@ class RunSpec(_ParamsMixin):
             set_(self, "init_source", default_init_source(self.arch, self.init, self.pretrain_modality))
 
     @property
-    def group(self) -> str:
+    def arm(self) -> str:
         """The arm's display label: `random`, `imagenet`, `domain`, `domain-CR`, ..."""
         if self.init is Init.DOMAIN and self.pretrain_modality is not Modality.ALL:
             return f"domain-{self.pretrain_modality.value}"

@@ -31,7 +31,7 @@ def store(tmp_path_factory):
     for i, (stage, status) in enumerate(((S.Stage.FINETUNE, "FINISHED"), (S.Stage.FINETUNE, "FAILED"),
                                          (S.Stage.GRADCAM, "FINISHED"))):
         run = client.create_run(exp, run_name=f"run {i}", tags={S.STAGE_TAG: stage.value, S.TASK_TAG: "demo-binary",
-                                                                S.ARCH_TAG: "resnet18", S.GROUP_TAG: "imagenet"})
+                                                                S.ARCH_TAG: "resnet18", S.ARM_TAG: "imagenet"})
         rid = run.info.run_id
         client.log_batch(
             rid,

@@ -19,7 +19,7 @@ from medtl.mlops import signals
 from medtl.mlops.tracking.runner import ClaimLost, run_spec, work_root
 from medtl.training.checkpoint import Checkpointer, atomic_save, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
-from medtl.training.finetune import FinetuneJob
+from medtl.training.finetune import FinetuneRecipe
 from medtl.training.spec import TASKS, RunSpec, Task
 from medtl.training.tasks import make_adapter
 
@@ -141,15 +141,15 @@ def test_sigterm_ends_the_run_killed_and_the_resume_matches_an_uninterrupted_run
 
 def test_a_failed_run_with_a_checkpoint_resumes(tracking_uri, monkeypatch):
     spec = RunSpec(**{**SPEC, "max_epochs": 2, "patience": 2})
-    original = FinetuneJob.test
+    original = FinetuneRecipe.test
 
     def boom(self):
         raise RuntimeError("test pass crashed")
 
-    monkeypatch.setattr(FinetuneJob, "test", boom)
+    monkeypatch.setattr(FinetuneRecipe, "test", boom)
     with pytest.raises(RuntimeError):
         run_spec(spec, study="failed", tracking_uri=tracking_uri)
-    monkeypatch.setattr(FinetuneJob, "test", original)
+    monkeypatch.setattr(FinetuneRecipe, "test", original)
     client = MlflowClient(tracking_uri)
     (failed,) = client.search_runs([client.get_experiment_by_name("medtl/failed").experiment_id])
     assert failed.info.status == "FAILED"

@@ -58,10 +58,10 @@ def test_image_size_default_override_and_minimum():
 )
 
 def test_one_epoch_finetune_smoke(tmp_path, task, arch):
-    from medtl.training.finetune import FinetuneJob
+    from medtl.training.finetune import FinetuneRecipe
 
     spec = RunSpec(task=task, arch=arch, max_epochs=1, image_size=32, batch_size=16)
-    job = FinetuneJob.prepare(spec, tmp_path)
+    job = FinetuneRecipe.prepare(spec, tmp_path)
     job.fit()
     result = job.test()
     assert result is not None and result.predictions_path.exists()

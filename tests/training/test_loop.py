@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from medtl.training.checkpoint import Checkpointer, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
-from medtl.training.finetune import FinetuneJob
+from medtl.training.finetune import FinetuneRecipe
 from medtl.training.loaders import make_loader
 from medtl.training.loop import Callback, EarlyStopping, FitState, fit
 from medtl.training.runtime import resolve_runtime, seed_everything
@@ -20,7 +20,7 @@ from medtl.training.tasks import ADAPTERS, make_adapter
 
 def test_learns_demo_binary_well_above_chance(tmp_path):
     spec = RunSpec(task="demo-binary", arch="resnet18", lr=1e-3, max_epochs=5, patience=5, image_size=64, batch_size=16)
-    job = FinetuneJob.prepare(spec, tmp_path)
+    job = FinetuneRecipe.prepare(spec, tmp_path)
     state = job.fit()
     result = job.test()
     assert state.best_epoch >= 1
@@ -33,7 +33,7 @@ def test_learns_demo_multiclass_above_chance(tmp_path):
     spec = RunSpec(
         task="demo-multiclass", arch="resnet18", lr=1e-3, max_epochs=5, patience=5, image_size=32, batch_size=16
     )
-    job = FinetuneJob.prepare(spec, tmp_path)
+    job = FinetuneRecipe.prepare(spec, tmp_path)
     state = job.fit()
     # Chance is 0.25. From scratch on 256 images the validation loss is noisy (BatchNorm running
     # statistics lag the weights), so the check is on the best validation accuracy reached.
@@ -44,7 +44,7 @@ def test_learns_demo_multiclass_above_chance(tmp_path):
 def test_same_seed_same_metrics_on_cpu(tmp_path):
     def once(folder):
         spec = RunSpec(task="demo-multiclass", arch="mobilenet_v3_small", max_epochs=2, image_size=32, seed=7)
-        job = FinetuneJob.prepare(spec, folder)
+        job = FinetuneRecipe.prepare(spec, folder)
         job.fit()
         return job.state.history, job.test().metrics
 
@@ -199,7 +199,7 @@ def test_every_task_type_has_its_adapter_and_predictions_table(tmp_path):
 
 def test_recipe_result_names_every_artifact(tmp_path):
     spec = RunSpec(task="demo-binary", arch="resnet18", lr=1e-3, max_epochs=1, patience=5, image_size=32, batch_size=16)
-    job = FinetuneJob.prepare(spec, tmp_path)
+    job = FinetuneRecipe.prepare(spec, tmp_path)
     job.fit()
     result = job.test()
     assert result.best_checkpoint == tmp_path / "checkpoints" / "best.pt" and result.best_checkpoint.exists()

@@ -6,14 +6,14 @@ import copy
 
 import torch
 
-from medtl.training.finetune import WEIGHT_DECAY, FinetuneJob
+from medtl.training.finetune import WEIGHT_DECAY, FinetuneRecipe
 from medtl.training.spec import RunSpec
 
 
-def _job(tmp_path, **kw) -> FinetuneJob:
+def _job(tmp_path, **kw) -> FinetuneRecipe:
     spec = RunSpec(**{"arch": "mobilenet_v3_small", "max_epochs": 1, "patience": 1, "image_size": 32,
                       "batch_size": 32, **kw})
-    return FinetuneJob.prepare(spec, tmp_path)
+    return FinetuneRecipe.prepare(spec, tmp_path)
 
 
 def test_regression_trains_with_adam_as_published(tmp_path):

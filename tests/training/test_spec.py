@@ -57,7 +57,7 @@ def test_defaults_are_derived():
     assert _spec(init="imagenet").init_source == "torchvision:resnet18:IMAGENET1K_V1"
     assert _spec(init="domain").init_source == "models:/pretrained-resnet18@champion"
     assert _spec(init="domain", pretrain_modality="MR").init_source == "models:/pretrained-resnet18-MR@champion"
-    assert _spec(init="domain", pretrain_modality="MR").group == "domain-MR"
+    assert _spec(init="domain", pretrain_modality="MR").arm == "domain-MR"
     assert _spec(init="imagenet").resolved_normalization.value == "imagenet"
     assert _spec().resolved_normalization.value == "none"
     spec = _spec()

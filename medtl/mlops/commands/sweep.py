@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from medtl.mlops.sweeps.sweep import sweep
     from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
 
-    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2, nothing written
+    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_REQUEUES: one line, exit 2, nothing written
     try:
         result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
     except StopRequested as stop:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_trials is not None and args.max_trials < 1:
         raise UserError(f"--max-trials must be at least 1, got {args.max_trials}")
-    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_RETRIES: one line, exit 2
+    knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_REQUEUES: one line, exit 2
     try:
         stats = work(
             args.study,

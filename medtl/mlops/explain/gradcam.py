@@ -104,10 +104,10 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
 
 
 def _arm_of(run: Any) -> str | None:
-    arm = run.data.tags.get(S.GROUP_TAG)
+    arm = run.data.tags.get(S.ARM_TAG) or run.data.tags.get(S.LEGACY_ARM_TAG)
     if not arm:
         try:
-            arm = RunSpec.from_params(run.data.params).group
+            arm = RunSpec.from_params(run.data.params).arm
         except (UserError, TypeError):
             return None
     if not _ARM_NAME.match(arm):

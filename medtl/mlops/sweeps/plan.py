@@ -113,7 +113,7 @@ def print_plan(study_path: str | Path, *, tracking_uri: str | None = None) -> No
     bench_secs: dict[tuple[str, str, str], float] = defaultdict(float)
     bench_kinds: set[str] = set()
     for spec in study.specs:
-        key = (spec.task.value, spec.arch.value, spec.group)
+        key = (spec.task.value, spec.arch.value, spec.arm)
         cells[key].append(spec.run_key in done)
         if spec.run_key not in done:
             secs = estimate_seconds(spec, table)

@@ -154,10 +154,10 @@ def charged_failures(trials: list[FrozenTrial]) -> Counter:
 
 
 def enqueue_missing(
-    specs: list[RunSpec] | tuple[RunSpec, ...], optuna_study: optuna.Study, done: set[str], max_retries: int | None = None
+    specs: list[RunSpec] | tuple[RunSpec, ...], optuna_study: optuna.Study, done: set[str], max_requeues: int | None = None
 ) -> int:
     """Enqueue every point of `specs` not done, not queued and not running; returns how many."""
-    max_retries = knobs().max_retries if max_retries is None else max_retries
+    max_requeues = knobs().max_requeues if max_requeues is None else max_requeues
     trials = optuna_study.get_trials(deepcopy=False)
     live = {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}
     taken = {t.user_attrs.get(RUN_KEY_ATTR) for t in trials if t.state in live}
@@ -165,17 +165,17 @@ def enqueue_missing(
     added = 0
     for spec in specs:
         key = spec.run_key
-        if key in done or key in taken or failures[key] > max_retries:
+        if key in done or key in taken or failures[key] > max_requeues:
             continue
         optuna_study.enqueue_trial({}, user_attrs={RUN_KEY_ATTR: key, **spec.to_params()})
         added += 1
     return added
 
 
-def retry_point(optuna_study: optuna.Study, trial: FrozenTrial, max_retries: int) -> None:
-    """Re-enqueue a point that failed on its own, at most `max_retries` times."""
+def requeue_failed(optuna_study: optuna.Study, trial: FrozenTrial, max_requeues: int) -> None:
+    """Re-enqueue a point that failed on its own, at most `max_requeues` times."""
     attempts = int(trial.user_attrs.get("attempt", 1))
-    if attempts > max_retries:
+    if attempts > max_requeues:
         return
     drop = ("fail_reason", "mlflow_run_id", "requeued", "requeue_reason")
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in drop}

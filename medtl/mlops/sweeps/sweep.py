@@ -257,7 +257,7 @@ def sweep(
     for message in readiness.messages:
         print(f"[sweep] {message}", flush=True)
     pins = pin_init_sources(optuna_study, client, readiness.ready)
-    enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_retries)
+    enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_requeues)
     parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
     if pins:
         T.set_tags(client, parent_id, {f"{SC.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})

@@ -1,7 +1,7 @@
 """A sweep worker: claim a point from the queue, train it (`runner.run_spec`), report how it ended.
 
 Faults that are not the point's own — MLflow or the database unreachable, a stop signal — put the
-point back in the queue without spending its retry budget (`MEDTL_MAX_RETRIES` counts only the
+point back in the queue without spending its re-queue budget (`MEDTL_MAX_REQUEUES` counts only the
 point's own failures); storage calls are retried with bounded, logged back-off (`medtl.mlops.retry`).
 """
 
@@ -32,7 +32,7 @@ from medtl.mlops.sweeps.queue import (
     put_back,
     queue_counts,
     quietly,
-    retry_point,
+    requeue_failed,
     worker_token,
 )
 from medtl.mlops.sweeps.study import Study
@@ -195,7 +195,7 @@ def _run_claimed(
         if not failed:
             return "lost"
         if not isinstance(exc, UserError):
-            retry_point(optuna_study, optuna_study._storage.get_trial(trial_id), settings.max_retries)
+            requeue_failed(optuna_study, optuna_study._storage.get_trial(trial_id), settings.max_requeues)
         return "failed"
     value = outcome.metrics.get("best_val_loss", math.inf)
     value = value if math.isfinite(value) else math.inf

@@ -23,6 +23,7 @@ from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training.loop import Callback, FitState
+from medtl.training.schema import ARM_TAG as ARM_TAG
 
 # The schema's names, re-exported for mlops callers; defined once in medtl.training.schema.
 from medtl.training.schema import DEFAULT_DB as DEFAULT_DB
@@ -31,7 +32,6 @@ from medtl.training.schema import EXPERIMENT_KIND as EXPERIMENT_KIND
 from medtl.training.schema import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
 from medtl.training.schema import FAILURE_TAG as FAILURE_TAG
 from medtl.training.schema import GIT_COMMIT_TAG as GIT_COMMIT_TAG
-from medtl.training.schema import GROUP_TAG as GROUP_TAG
 from medtl.training.schema import NOTE_TAG as NOTE_TAG
 from medtl.training.schema import PARENT_TAG as PARENT_TAG
 from medtl.training.schema import RUN_KEY_TAG as RUN_KEY_TAG

@@ -40,13 +40,13 @@ def run_pretrain(
     from medtl.errors import UserError
     from medtl.mlops.tracking import client as T
     from medtl.mlops.tracking.registry import log_registered_version
-    from medtl.mlops.tracking.runner import run_job, work_root
-    from medtl.training.pretrain import PretrainJob
+    from medtl.mlops.tracking.runner import run_recipe, work_root
+    from medtl.training.pretrain import PretrainRecipe
     from medtl.training.runtime import world
 
     uri = T.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / f"pretrain-{spec.run_key}"
-    job = PretrainJob.prepare(spec, workdir, device=device)
+    job = PretrainRecipe.prepare(spec, workdir, device=device)
     name = f"pretrain {spec.arch.value} {spec.modality.value} {spec.objective.value} lr={spec.lr:g} seed={spec.seed}"
     tags = {
         S.STAGE_TAG: S.Stage.PRETRAIN.value,
@@ -60,7 +60,7 @@ def run_pretrain(
         f"({spec.objective.value}), lr {spec.lr:g}, seed {spec.seed}; registers {spec.registered_name}; "
         f"spec {spec.run_key}."
     )
-    outcome = run_job(job, experiment=S.PRETRAIN_EXPERIMENT, name=name, tags=tags, tracking_uri=uri, description=note)
+    outcome = run_recipe(job, experiment=S.PRETRAIN_EXPERIMENT, name=name, tags=tags, tracking_uri=uri, description=note)
     if world()[0] != 0:
         return outcome, None
     best = outcome.result.best_checkpoint if outcome.result is not None else None

@@ -144,7 +144,7 @@ def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, 
         **{f"{S.SPEC_TAG_PREFIX}{k}": v for k, v in spec.to_params().items()},
         **{f"{S.METRIC_TAG_PREFIX}{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
         S.STUDY_TAG: study,
-        S.GROUP_TAG: spec.group,
+        S.ARM_TAG: spec.arm,
         FINGERPRINT_TAG: fingerprint,
     }
 

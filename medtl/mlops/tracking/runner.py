@@ -19,7 +19,7 @@ from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.mlops.tracking import client as T
 from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
-from medtl.training.finetune import FinetuneJob
+from medtl.training.finetune import FinetuneRecipe
 from medtl.training.loop import Callback, FitState
 from medtl.training.recipe import Recipe, RecipeResult
 from medtl.training.runtime import broadcast_resume
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class ClaimLost(Exception):
     """This worker no longer owns its point: another worker took it over and now alone writes its run.
 
-    Raised by `run_spec`/`run_job` when `owns_claim()` returns False; the run is left untouched
+    Raised by `run_spec`/`run_recipe` when `owns_claim()` returns False; the run is left untouched
     (not logged to, not ended) and the last completed epoch's checkpoint is on disk.
     """
 
@@ -46,7 +46,7 @@ class RunOutcome:
 
     `result` holds the test metrics and the artifact paths in the job's work folder: `run_spec`
     removes that folder once the run is tracked (the files are the run's artifacts by then), so
-    only a caller of `run_job` (`run_pretrain`, to register `best.pt`) may read the files.
+    only a caller of `run_recipe` (`run_pretrain`, to register `best.pt`) may read the files.
     """
 
     run_id: str
@@ -57,7 +57,7 @@ class RunOutcome:
 
 def run_name(spec: RunSpec) -> str:
     fraction = "" if spec.data_fraction == 1 else f" frac={spec.data_fraction:g}"
-    return f"{spec.task.value} {spec.arch.value} {spec.group} lr={spec.lr:g} seed={spec.seed}{fraction}"
+    return f"{spec.task.value} {spec.arch.value} {spec.arm} lr={spec.lr:g} seed={spec.seed}{fraction}"
 
 
 def work_root() -> Path:
@@ -94,18 +94,18 @@ def run_spec(
     uri = T.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / spec.run_key
     init_path, extra_params = resolve_init(spec, uri, workdir, init_pin)
-    job = FinetuneJob.prepare(spec, workdir, device=device, init_path=init_path)
+    job = FinetuneRecipe.prepare(spec, workdir, device=device, init_path=init_path)
     run_tags = {
         T.STAGE_TAG: S.Stage.FINETUNE.value,
         T.RUN_KEY_TAG: spec.run_key,
         T.STUDY_TAG: study,
-        T.GROUP_TAG: spec.group,
+        T.ARM_TAG: spec.arm,
         S.FINGERPRINT_TAG: spec.fingerprint(job.splits.digest),
         S.TASK_TAG: spec.task.value,
         S.ARCH_TAG: spec.arch.value,
         **({T.PARENT_TAG: parent_run_id} if parent_run_id else {}),
     }
-    outcome = run_job(
+    outcome = run_recipe(
         job,
         experiment=S.study_experiment(study),
         name=run_name(spec),
@@ -123,7 +123,7 @@ def run_spec(
 
 def _describe(spec: RunSpec, study: str, pretrained: str | None) -> str:
     """The run's one-line description (MLflow's `mlflow.note.content`)."""
-    init = spec.group if spec.init is Init.RANDOM else f"{spec.group} init ({pretrained or spec.init_source})"
+    init = spec.arm if spec.init is Init.RANDOM else f"{spec.arm} init ({pretrained or spec.init_source})"
     fraction = "" if spec.data_fraction == 1 else f", {spec.data_fraction:g} of the training data"
     return (
         f"Fine-tuning of {spec.arch.value} on {spec.task.value} from {init}, lr {spec.lr:g}, seed {spec.seed}"
@@ -157,7 +157,7 @@ def resolve_init(spec: RunSpec, uri: str, workdir: Path, pin: str | None = None)
     return resolved.path, {"init_resolved": f"{resolved.name}/{resolved.version}"}
 
 
-def run_job(
+def run_recipe(
     job: Recipe,
     *,
     experiment: str,

@@ -29,7 +29,7 @@ OFFLINE = MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs
 @pytest.fixture
 def queue(enqueued, monkeypatch, tracking_uri):
     """A two-point study enqueued in a fresh SQLite storage; 1 s heartbeat, 2 s grace, one retry."""
-    monkeypatch.setenv("MEDTL_MAX_RETRIES", "1")
+    monkeypatch.setenv("MEDTL_MAX_REQUEUES", "1")
     path, _, url, optuna_study = enqueued("queue")
     yield path, url, optuna_study
     clear_stop_request()
@@ -121,7 +121,7 @@ def test_a_point_that_fails_on_its_own_spends_its_budget_once(queue, train_with,
     train_with(runner)
     stats = _work(path, url, tracking_uri)
     trials = optuna_study.get_trials(deepcopy=False)
-    assert stats.failed == 4  # 2 points × (1 try + MEDTL_MAX_RETRIES=1)
+    assert stats.failed == 4  # 2 points × (1 try + MEDTL_MAX_REQUEUES=1)
     assert [t.state.name for t in trials] == ["FAIL"] * 4
     assert all(t.user_attrs["fail_reason"] == "ValueError: loss is NaN at step 1" for t in trials)
     assert sorted(Q.charged_failures(trials).values()) == [2, 2]
@@ -167,7 +167,8 @@ def test_a_stop_signal_puts_the_point_back_and_reaches_the_caller(queue, train_w
     ("env", "fragment"),
     [
         ({"MEDTL_HEARTBEAT_S": "30", "MEDTL_GRACE_S": "30"}, "MEDTL_GRACE_S (30 s) must be longer than MEDTL_HEARTBEAT_S (30 s)"),
-        ({"MEDTL_MAX_RETRIES": "-1"}, "MEDTL_MAX_RETRIES must be 0 or more, got -1"),
+        ({"MEDTL_MAX_REQUEUES": "-1"}, "MEDTL_MAX_REQUEUES must be 0 or more, got -1"),
+        ({"MEDTL_MAX_RETRIES": "-1"}, "MEDTL_MAX_RETRIES must be 0 or more, got -1"),  # the older name, still read
         ({"MEDTL_HEARTBEAT_S": "0.5"}, "MEDTL_HEARTBEAT_S must be a whole number, got '0.5'"),
     ],
 )

@@ -60,10 +60,10 @@ def test_shipped_studies(request, tmp_path):
     # + single-modality arms at 3 lrs x 5 seeds: 8 archs (MR, CR) and LUNA16's unet_resnet50 (CT)
     assert len(paper.specs) == 4 * 2 * 3 * 4 * 5 + (2 + 3 * 3) * 3 * 5 + 9 * 3 * 5
     assert {s.arch.value for s in paper.specs if s.task.value == "luna16"} == {"unet", "unet_resnet50", "unet_efficientnet_b4", "unet_vgg16"}
-    variants = {(s.task.value, s.group) for s in paper.specs if s.group.startswith("domain-")}
+    variants = {(s.task.value, s.arm) for s in paper.specs if s.arm.startswith("domain-")}
     assert variants == {("brain-tumor-mri", "domain-MR"), ("rsna-boneage", "domain-CR"), ("covid19", "domain-CR"),
                         ("grazpedwri-osteopenia", "domain-CR"), ("luna16", "domain-CT")}
-    assert {s.lr for s in paper.specs if s.group.startswith("domain-")} == {1e-3, 1e-4, 1e-5}
+    assert {s.lr for s in paper.specs if s.arm.startswith("domain-")} == {1e-3, 1e-4, 1e-5}
     # the published optimizer per task type
     assert {s.optimizer.value for s in paper.specs if s.task.value in ("rsna-boneage", "luna16")} == {"adam"}
     assert {s.optimizer.value for s in paper.specs if s.task.value == "covid19"} == {"adamw"}
@@ -71,7 +71,7 @@ def test_shipped_studies(request, tmp_path):
     with pytest.raises(StudyError, match="lrs.from_study 'paper': unknown study 'paper'|no MLflow store"):
         load_study(root / "configs" / "resource_limited.yaml", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
     demo = load_study(root / "configs" / "demo.yaml")
-    assert {s.group for s in demo.specs} == {"random", "imagenet", "domain"}
+    assert {s.arm for s in demo.specs} == {"random", "imagenet", "domain"}
     assert demo.pretrain and demo.pretrain["data"]
 
 
@@ -113,7 +113,7 @@ def _paper_runs(specs, rng):
     for spec in specs:
         metric, _ = primary_metric(spec.task)
         value = float(rng.random())
-        rows.append({"task": spec.task.value, "arch": spec.arch.value, "group": spec.group, "lr": spec.lr,
+        rows.append({"task": spec.task.value, "arch": spec.arch.value, "group": spec.arm, "lr": spec.lr,
                      "seed": spec.seed, "status": "FINISHED", "diverged": False, f"best_val_{metric}": value,
                      f"test_{metric}": value, "epochs_to_convergence": float(rng.integers(1, 50))})
     return pd.DataFrame(rows)
@@ -163,7 +163,7 @@ seeds: [0, 1]
 fractions: [0.25]
 """
     study = load_study(_write(tmp_path, text), tracking_uri=uri)
-    assert {(s.group, s.lr) for s in study.specs} == {("random", 1e-4), ("imagenet", 1e-3)}
+    assert {(s.arm, s.lr) for s in study.specs} == {("random", 1e-4), ("imagenet", 1e-3)}
     assert len(study.specs) == 4
     with pytest.raises(StudyError, match="selected no learning rate for demo-binary resnet18 domain"):
         load_study(_write(tmp_path, text.replace("[random, imagenet]", "[random, domain]")), tracking_uri=uri)

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.tracking.runner import run_spec
-from medtl.training.finetune import FinetuneJob
+from medtl.training.finetune import FinetuneRecipe
 from medtl.training.spec import RunSpec
 
 SPEC_FIELDS = {
@@ -53,7 +53,7 @@ def test_run_record_holds_the_whole_tracking_schema(tracked):
     assert tags["medtl.stage"] == "finetune"
     assert tags["medtl.run_key"] == spec.run_key
     assert tags["medtl.study"] == "unit"
-    assert tags["medtl.group"] == "random"
+    assert tags["medtl.arm"] == "random"
     assert tags["medtl.fingerprint"] == spec.fingerprint(params["data_digest"])
     assert tags["medtl.git_commit"]
     assert tags["medtl.optuna_trial"] == "0"
@@ -118,7 +118,7 @@ def test_a_failing_run_ends_failed_with_its_reason(tracking_uri, monkeypatch):
     def boom(self):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(FinetuneJob, "test", boom)
+    monkeypatch.setattr(FinetuneRecipe, "test", boom)
     spec = RunSpec(task="demo-binary", arch="mobilenet_v3_small", max_epochs=1, image_size=32)
     with pytest.raises(RuntimeError):
         run_spec(spec, study="unit", tracking_uri=tracking_uri)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from medtl.training.finetune import FinetuneJob
+from medtl.training.finetune import FinetuneRecipe
 from medtl.training.spec import RunSpec
 
 
@@ -24,7 +24,7 @@ def test_one_epoch_finetune_on_each_dataset(task, arch, fixture, request, tmp_pa
     root = request.getfixturevalue(fixture)
     root = root["root"] if isinstance(root, dict) else root
     spec = RunSpec(task=task, arch=arch, dataset=str(root), max_epochs=1, image_size=32, batch_size=4)
-    job = FinetuneJob.prepare(spec, tmp_path / "work")
+    job = FinetuneRecipe.prepare(spec, tmp_path / "work")
     state = job.fit()
     result = job.test()
     assert state.epoch == 1 and math.isfinite(state.history[0]["val_loss"])
