@@ -120,7 +120,7 @@ def test_http_path_agrees_with_sql_path(data, synthetic_store, store_server):
     # The HTTP token is built from other calls than the SQL one; the parts both read must agree:
     # the experiment and its update time, the latest start and the latest end of its runs.
     over_http, over_sql = fingerprint(STUDY, store_server), fingerprint(STUDY, synthetic_store.uri)
-    assert over_http[:2] == over_sql[:2]
-    (_, latest_start, _, _), = over_http[2]
-    (_, _, latest_end, _), = over_http[3]
+    assert (str(over_http[0]), over_http[1]) == (str(over_sql[0]), over_sql[1])  # REST gives the id as text
+    _, latest_start, _, _ = over_http[2]
+    _, _, latest_end, _ = over_http[3]
     assert (latest_start, latest_end) == (over_sql[3], over_sql[4])
