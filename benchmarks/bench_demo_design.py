@@ -43,11 +43,11 @@ def _pretrained(folder: Path, study) -> Path:
     ingest(folder / "archive", folder / "set", key=b"bench-key-0123456789abcdef", size=64, progress=False)
     pseudolabel(folder / "set", clusters=6)
     settings = {k: v for k, v in study.pretrain.items() if k != "data"}
-    job = PretrainRecipe.prepare(PretrainSpec(arch="resnet18", data=str(folder / "set"), **settings), folder / "pretrain")
-    state = job.fit()
+    recipe = PretrainRecipe.prepare(PretrainSpec(arch="resnet18", data=str(folder / "set"), **settings), folder / "pretrain")
+    state = recipe.fit()
     print("pretraining, validation loss per epoch:", [round(h["val_loss"], 3) for h in state.history],
           f"best epoch {state.best_epoch}", file=sys.stderr, flush=True)
-    return job.best_checkpoint_path
+    return recipe.checkpoints.best
 
 
 def _p(a: list[float], b: list[float]) -> float:
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for spec in base:
                 spec = dataclasses.replace(spec, lr=lr, **overrides)
                 work = folder / "points" / spec.run_key
-                job = FinetuneRecipe.prepare(spec, work, init_path=weights if spec.init is Init.DOMAIN else None)
-                state = job.fit()
-                metric = job.test().metrics[job.adapter.primary]
+                recipe = FinetuneRecipe.prepare(spec, work, init_path=weights if spec.init is Init.DOMAIN else None)
+                state = recipe.fit()
+                metric = recipe.test().metrics[recipe.adapter.primary]
                 shutil.rmtree(work, ignore_errors=True)  # two checkpoints per point: keep the disk small
                 found.setdefault((spec.task.value, spec.arm), []).append((metric, state.best_epoch))
-                print(f"lr {lr:g} {spec.task.value} {spec.arm} seed {spec.seed}: {job.adapter.primary} "
+                print(f"lr {lr:g} {spec.task.value} {spec.arm} seed {spec.seed}: {recipe.adapter.primary} "
                       f"{metric:.3f}, best epoch {state.best_epoch}", file=sys.stderr, flush=True)
             for task in sorted({t for t, _ in found}):
                 rand, dom = found[(task, "random")], found[(task, "domain")]

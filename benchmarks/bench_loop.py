@@ -18,17 +18,16 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.tracking.client import (
-    EmissionsCallback,
-    EpochLogger,
-    SystemMetrics,
-    get_or_create_experiment,
-)
+from medtl.mlops.tracking.client import get_or_create_experiment
+from medtl.mlops.tracking.emissions import EmissionsCallback
+from medtl.mlops.tracking.epoch_logger import EpochLogger
+from medtl.mlops.tracking.system_metrics import SystemMetrics
 from medtl.training.checkpoint import Checkpointer
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.factory import build_model
 from medtl.training.loaders import make_loader
 from medtl.training.loop import Callback, EarlyStopping, fit, make_optimizer
+from medtl.training.recipe import checkpoint_paths
 from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, RunSpec, Task
 from medtl.training.tasks import make_adapter
@@ -98,11 +97,11 @@ def main(arch: str = "resnet18", image_size: int = 64, epochs: int = 4, blocks: 
             model = build_model(spec, info)
             run = client.create_run(experiment)
             clock = _EpochClock()
-            folder = Path(tmp) / f"ckpt{block}"
+            checkpoints = checkpoint_paths(Path(tmp) / f"ckpt{block}")
             # What the runner wires: metrics go out from the checkpoint writer once last.pt is saved.
-            logger = EpochLogger(client, run.info.run_id, folder)
+            logger = EpochLogger(client, run.info.run_id, checkpoints)
             callbacks = [
-                Checkpointer(folder, meta={"bench": True}),
+                Checkpointer(checkpoints, meta={"bench": True}),
                 EarlyStopping(patience=10_000),
                 EmissionsCallback(),
                 clock,

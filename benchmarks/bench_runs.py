@@ -29,6 +29,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.tracking import client as T
+from medtl.mlops.tracking.emissions import EmissionsCallback
+from medtl.mlops.tracking.environment import environment_tags, source_tags
+from medtl.mlops.tracking.epoch_logger import EpochLogger
+from medtl.mlops.tracking.system_metrics import SystemMetrics
+from medtl.training.recipe import checkpoint_paths
 
 
 class _Refusing:
@@ -49,7 +54,7 @@ class _Refusing:
 def outage(client: MlflowClient, experiment: str, folder: Path, down_s: float = 60.0, after: int = 20) -> dict:
     run_id = client.create_run(experiment).info.run_id
     refusing = _Refusing(client)
-    logger = T.EpochLogger(refusing, run_id, folder)  # type: ignore[arg-type]
+    logger = EpochLogger(refusing, run_id, checkpoint_paths(folder))  # type: ignore[arg-type]
     history: list[dict] = []
     handovers: list[float] = []
     refusing.down.set()
@@ -103,13 +108,13 @@ def exact_resume(folder: Path) -> dict:
         state = fit(
             model, adapter, make_loader(splits.train, adapter, 8, runtime, shuffle=True, seed=5),
             make_loader(splits.val, adapter, 8, runtime, shuffle=False), np.asarray(splits.val.targets),
-            lr=0.01, max_epochs=epochs, runtime=runtime, callbacks=[Checkpointer(where, meta={})], resume=resume,
+            lr=0.01, max_epochs=epochs, runtime=runtime, callbacks=[Checkpointer(checkpoint_paths(where), meta={})], resume=resume,
         )
         return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in state.history]
 
     whole = once(folder / "whole", 5)
     once(folder / "part", 2)
-    resumed = once(folder / "resumed", 5, load_checkpoint(folder / "part" / "last.pt"))
+    resumed = once(folder / "resumed", 5, load_checkpoint(checkpoint_paths(folder / "part").last))
     diff = max(abs(a[k] - b[k]) for a, b in zip(whole, resumed, strict=True) for k in a)
     return {"epochs": len(whole), "interrupted_after": 2, "max_metric_difference": diff, "identical": whole == resumed}
 
@@ -119,14 +124,14 @@ def fixed_costs(client: MlflowClient, experiment: str, uri: str, runs: int = 6) 
     for _ in range(runs + 1):
         run_id = client.create_run(experiment).info.run_id
         t0 = time.perf_counter()
-        monitor = T.SystemMetrics(run_id, uri)
+        monitor = SystemMetrics(run_id, uri)
         t1 = time.perf_counter()
         time.sleep(0.3)
         t2 = time.perf_counter()
         monitor.stop()
         system.append((t1 - t0) + (time.perf_counter() - t2))
         t3 = time.perf_counter()
-        T.environment_tags("cpu"), T.source_tags()
+        environment_tags("cpu"), source_tags()
         tags.append(time.perf_counter() - t3)
         client.set_terminated(run_id)
     return {
@@ -174,13 +179,13 @@ def point_phases(folder: Path, reps: int = 4, arms: tuple[str, ...] = ("random",
         (MlflowClient, "create_run", "create the run"),
         (T, "log_params", "params"),
         (R, "_log_dataset", "dataset input"),
-        (T.SystemMetrics, "__init__", "system metrics start"),
-        (T.SystemMetrics, "stop", "system metrics stop"),
-        (T.EmissionsCallback, "on_fit_start", "codecarbon start"),
-        (T.EmissionsCallback, "on_fit_end", "codecarbon stop"),
+        (SystemMetrics, "__init__", "system metrics start"),
+        (SystemMetrics, "stop", "system metrics stop"),
+        (EmissionsCallback, "on_fit_start", "codecarbon start"),
+        (EmissionsCallback, "on_fit_end", "codecarbon stop"),
         (C.Checkpointer, "on_epoch_end", "checkpoint CPU copies (training thread)"),
         (C.Checkpointer, "on_fit_end", "wait for the last checkpoint write"),
-        (T.EpochLogger, "close", "epoch logger close"),
+        (EpochLogger, "close", "epoch logger close"),
         (RC.Recipe, "test", "test pass and predictions"),
         (MlflowClient, "log_artifact", ""),
         (T, "log_metrics", "final metrics"),

@@ -11,7 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from medtl.evaluation.collect import mask_uri
 from medtl.mlops.cli import main
-from medtl.mlops.tracking.client import FAILURE_TAG, end_run, log_params, mask_url, set_tags
+from medtl.mlops.tracking.client import end_run, log_params, set_tags
+from medtl.redact import mask_url
+from medtl.training import schema as S
 from medtl.training.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint
 from medtl.training.init import read_weights
 
@@ -43,7 +45,7 @@ MASKED = [
 ]
 
 
-@pytest.mark.parametrize("mask", [mask_url, mask_uri], ids=["mlops.tracking", "evaluation.collect"])
+@pytest.mark.parametrize("mask", [mask_url, mask_uri], ids=["redact", "evaluation.collect"])
 @pytest.mark.parametrize(("text", "expected"), MASKED)
 def test_mask_hides_the_password_and_nothing_else(mask, text, expected):
     assert mask(text) == expected
@@ -107,7 +109,7 @@ def test_urls_reach_mlflow_masked(tmp_path):
         "lr": "0.001",
     }
     assert run.data.tags["medtl.note"] == "queue at postgresql+psycopg://medtl:***@db:5432/optuna"
-    assert run.data.tags[FAILURE_TAG] == "OperationalError: cannot connect to postgresql+psycopg://medtl:***@db:5432/optuna"
+    assert run.data.tags[S.FAILURE_TAG] == "OperationalError: cannot connect to postgresql+psycopg://medtl:***@db:5432/optuna"
     stored = str(run.data.params) + str(run.data.tags)
     assert "p%40ss" not in stored and "hunter2" not in stored
 

@@ -34,7 +34,7 @@ from medtl.training.spec import (
 
 __all__ = [
     "FINAL_METRICS", "STUDY_NAME", "StudyData", "TrackingReader", "UnknownStudyError", "check_study_name",
-    "collect", "fingerprint", "list_studies", "mask_uri", "reader", "resolve_tracking_uri",
+    "collect", "fingerprint", "list_studies", "mask_uri", "reader",
 ]
 
 _PROTOCOL_PARAMS = frozenset({*protocol_fields(), "init", "init_source", "pretrain_modality", "data_digest"})

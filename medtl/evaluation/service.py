@@ -25,12 +25,12 @@ from medtl.evaluation.collect import (
     fingerprint,
     list_studies,
     mask_uri,
-    resolve_tracking_uri,
 )
 from medtl.evaluation.plots import CURVE_EPOCHS
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import MODES
+from medtl.training import schema as S
 from medtl.training.spec import TEST_METRICS, Arch, Task
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class EvaluationService:
     store's fingerprint for the study changes (one cheap query per request)."""
 
     def __init__(self, tracking_uri: str | None = None, allowed_hosts: tuple[str, ...] | None = None) -> None:
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.tracking_uri = S.resolve_tracking_uri(tracking_uri)
         if allowed_hosts is None:
             configured = os.environ.get(ALLOWED_HOSTS_ENV, "")
             allowed_hosts = tuple(h.strip() for h in configured.split(",") if h.strip()) or DEFAULT_ALLOWED_HOSTS

@@ -1,8 +1,9 @@
 """Checkpoints that describe themselves, written off the training thread, loaded safely.
 
-`best.pt`: the model of the best validation loss and its metadata. `last.pt`: model, optimizer,
-loop state and RNG state after the latest epoch — enough to resume. Both are plain state_dict
-payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`.
+The best checkpoint: the model of the best validation loss and its metadata. The last checkpoint:
+model, optimizer, loop state and RNG state after the latest epoch — enough to resume. Both are plain
+state_dict payloads (no pickled classes), loaded with `torch.load(..., weights_only=True)`. Where they
+go is the recipe's to say (`medtl.training.recipe.checkpoint_paths`); this module only writes and reads.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,23 @@ from medtl.training.loop import Callback, FitState
 from medtl.training.runtime import rng_state
 
 FORMAT = "medtl-checkpoint/1"
-BEST_NAME = "best.pt"
-LAST_NAME = "last.pt"
 
 
 class CheckpointError(UserError):
     """A file handed in is not a usable checkpoint: truncated, not a checkpoint, or unsafe."""
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where one fit's checkpoints go, as its recipe names them (`Recipe.checkpoints`).
+
+    Attributes:
+        best: the model of the best validation loss, rewritten on every improvement.
+        last: everything needed to resume, rewritten after every epoch.
+    """
+
+    best: Path
+    last: Path
 
 
 def _cpu_copy(tree: Any, into: Any = None) -> Any:
@@ -84,34 +97,26 @@ def _snapshot(loop: dict[str, Any]) -> dict[str, Any]:
 
 
 class Checkpointer(Callback):
-    """Saves `best.pt` on every validation-loss improvement and `last.pt` after every epoch.
+    """Saves `paths.best` on every validation-loss improvement and `paths.last` after every epoch.
 
     Writes happen on a background thread from a CPU copy taken at epoch end, so the next epoch
     starts at once; at most one write is in flight, and `on_fit_end` waits for it.
 
-    Once `last.pt` of an epoch is on disk, the writer thread calls `on_checkpoint_saved` of the fit's
-    other callbacks (those that define it), in their order: a tracker that logs there never records
-    an epoch that a resume would repeat, and its uploads and retries never stall training.
+    Once an epoch's last checkpoint is on disk, the writer thread calls `on_checkpoint_saved` of the
+    fit's other callbacks (those that define it), in their order: a tracker that logs there never
+    records an epoch that a resume would repeat, and its uploads and retries never stall training.
     """
 
     epoch_end_order = 100
 
-    def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
-        self.directory = Path(directory)
+    def __init__(self, paths: CheckpointPaths, meta: dict[str, Any]) -> None:
+        self.paths = paths
         self.meta = meta
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         # The previous epoch's CPU copies, reused once its write is done: no fresh allocation
         # (and page faults) for a few hundred MB every epoch.
         self._buffers: tuple[Any, Any] = (None, None)
-
-    @property
-    def best_path(self) -> Path:
-        return self.directory / BEST_NAME
-
-    @property
-    def last_path(self) -> Path:
-        return self.directory / LAST_NAME
 
     def _wait(self) -> None:
         if self._thread is not None:
@@ -123,14 +128,14 @@ class Checkpointer(Callback):
 
     def _write(
         self,
-        jobs: list[tuple[dict[str, Any], Path]],
+        writes: list[tuple[dict[str, Any], Path]],
         listeners: Sequence[Callback],
         epoch: int,
         history: list,
         improved: bool,
     ) -> None:
         try:
-            for payload, path in jobs:
+            for payload, path in writes:
                 atomic_save(payload, path)
             for listener in listeners:
                 listener.on_checkpoint_saved(epoch, history, improved)
@@ -143,9 +148,9 @@ class Checkpointer(Callback):
         optimizer = _cpu_copy(state.optimizer.state_dict(), self._buffers[1])
         self._buffers = (weights, optimizer)
         meta = {**self.meta, "epoch": state.epoch, "val_loss": metrics.get("val_loss")}
-        jobs = []
+        writes = []
         if state.improved:
-            jobs.append(({"format": FORMAT, "meta": meta, "model": weights}, self.best_path))
+            writes.append(({"format": FORMAT, "meta": meta, "model": weights}, self.paths.best))
         last = {
             "format": FORMAT,
             "meta": meta,
@@ -154,7 +159,7 @@ class Checkpointer(Callback):
             "loop": _snapshot(state.loop_state()),
             "rng": rng_state(),
         }
-        jobs.append((last, self.last_path))
+        writes.append((last, self.paths.last))
         history = [dict(h) for h in state.history]
         listeners = [
             cb
@@ -162,7 +167,7 @@ class Checkpointer(Callback):
             if cb is not self and type(cb).on_checkpoint_saved is not Callback.on_checkpoint_saved
         ]
         self._thread = threading.Thread(
-            target=self._write, args=(jobs, listeners, state.epoch, history, state.improved), daemon=True
+            target=self._write, args=(writes, listeners, state.epoch, history, state.improved), daemon=True
         )
         self._thread.start()
 
@@ -170,7 +175,7 @@ class Checkpointer(Callback):
         self._wait()
 
     def on_fit_abort(self, state: FitState, error: BaseException) -> None:
-        """Let the write in flight finish, so the last completed epoch's `last.pt` is kept."""
+        """Let the write in flight finish, so the last completed epoch's checkpoint is kept."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -1,8 +1,9 @@
 """The fine-tuning recipe: RunSpec → data, model, fit, test of the best checkpoint, predictions.
 
 Staged so the caller (mlops' runner) can record what was prepared before training starts:
-`FinetuneRecipe.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.test()` (a `RecipeResult`).
-The loop, checkpoints and test are `Recipe`'s (training/recipe.py), shared with pretraining.
+`FinetuneRecipe.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.fit_summary()` → `.test()`
+(a `RecipeResult`). The loop, checkpoints, fit summary and test are `Recipe`'s (training/recipe.py),
+shared with pretraining.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import numpy as np
 
 from medtl.training.data import load_splits
 from medtl.training.factory import build_model, image_size_for
-from medtl.training.recipe import INPUT_CHANNELS, Recipe, RecipeResult
+from medtl.training.recipe import INPUT_CHANNELS, Recipe
 from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, Optimizer, RunSpec
 from medtl.training.tasks import make_adapter
-
-__all__ = ["WEIGHT_DECAY", "FinetuneRecipe", "RecipeResult"]
 
 WEIGHT_DECAY = 1e-3  # AdamW's; the Adam of regression and segmentation has none (PROTOCOL.md)
 
@@ -47,9 +46,9 @@ class FinetuneRecipe(Recipe[RunSpec]):
         splits = load_splits(spec.task, spec.dataset, image_size=image_size, fraction=spec.data_fraction)
         adapter = make_adapter(info, np.asarray(splits.train.targets))
         model = build_model(spec, info, init_path=init_path)
-        job = cls(spec, workdir, splits, model, adapter, resolve_runtime(device, num_workers))
-        job.write_transfer_report()
-        return job
+        recipe = cls(spec, workdir, splits, model, adapter, resolve_runtime(device, num_workers))
+        recipe.write_transfer_report()
+        return recipe
 
     def params(self) -> dict[str, str]:
         """Everything that shaped the run beyond the spec: optimiser, inputs, runtime, data."""

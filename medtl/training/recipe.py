@@ -2,14 +2,19 @@
 
 A recipe is prepared (data loaded, model built, seeded) and then run by the caller, staged so mlops'
 runner can record what was prepared before training starts:
-`Job.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.test()` → a `RecipeResult`.
+`Recipe.prepare(spec, workdir)` → `.params()` → `.fit(callbacks)` → `.fit_summary()` → `.test()` → a
+`RecipeResult`. The recipe owns its checkpoints' paths (`checkpoints`, handed to the `Checkpointer` and
+to any callback that uploads them) and the account of its fit (`FitSummary`: epochs to convergence,
+best validation values, divergence); the runner logs both as given.
 Fine-tuning (`finetune.py`) and pretraining (`pretrain.py`) are sibling recipes over `Recipe`;
 they differ in their data, model, params, optimiser and checkpoint metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 import torchvision
 
-from medtl.training.checkpoint import BEST_NAME, LAST_NAME, Checkpointer, load_checkpoint
+from medtl.training.checkpoint import Checkpointer, CheckpointPaths, load_checkpoint
 from medtl.training.data import Splits
 from medtl.training.factory import Network, image_size_for
 from medtl.training.loaders import make_loader
@@ -31,18 +36,78 @@ from medtl.training.tasks import TaskAdapter
 
 INPUT_CHANNELS = 3
 TRANSFER_REPORT = "transfer_report.json"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
 
 SpecT = TypeVar("SpecT", RunSpec, PretrainSpec)
 
 
-@dataclass(frozen=True)
-class RecipeResult:
-    """What a finished recipe hands its caller: test metrics and the paths of its artifacts.
+def checkpoint_paths(folder: str | Path) -> CheckpointPaths:
+    """A recipe's checkpoints in `folder`: `best.pt` (best validation loss) and `last.pt` (to resume).
 
-    `metrics` is empty and `predictions_path` None when no best checkpoint exists (nothing to test);
-    a path is None when the recipe wrote no such file.
+    The one place these names are written; a run's artifacts keep them (`checkpoints/best.pt`).
+    """
+    folder = Path(folder)
+    return CheckpointPaths(best=folder / BEST_CHECKPOINT, last=folder / LAST_CHECKPOINT)
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What a fit came to, in the tracking schema's metric names (`metrics()`), as its recipe reports it.
+
+    Attributes:
+        epochs_to_convergence: the best epoch (lowest validation loss; the study's definition), 0 if none.
+        epochs_run: epochs completed (a diverged epoch produced no model and is not counted).
+        diverged: the training loss became non-finite (a result, not an error).
+        stop_reason: why the fit ended (early stop, max epochs, divergence).
+        primary: the task's primary metric (`f1`, `mae`, `dice`, ...).
+        best_val_loss: the validation loss at the best epoch; NaN without one.
+        best_val_primary: the primary validation metric at the best epoch; NaN without one.
     """
 
+    epochs_to_convergence: int
+    epochs_run: int
+    diverged: bool
+    stop_reason: str
+    primary: str
+    best_val_loss: float = math.nan
+    best_val_primary: float = math.nan
+
+    @classmethod
+    def of(cls, state: FitState, primary: str) -> FitSummary:
+        """The summary of a finished (or resumed and finished) fit's state."""
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+        return cls(
+            epochs_to_convergence=state.best_epoch,
+            epochs_run=state.epoch,
+            diverged=state.diverged,
+            stop_reason=state.stop_reason,
+            primary=primary,
+            best_val_loss=float(state.best_val_loss) if best else math.nan,
+            best_val_primary=float(best[f"val_{primary}"]) if best else math.nan,
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """The run's end-of-fit metrics: `epochs_to_convergence`, `epochs_run`, `diverged`, `best_val_*`."""
+        return {
+            "epochs_to_convergence": float(self.epochs_to_convergence),
+            "epochs_run": float(self.epochs_run),
+            "diverged": float(self.diverged),
+            "best_val_loss": self.best_val_loss,
+            f"best_val_{self.primary}": self.best_val_primary,
+        }
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """What a finished recipe hands its caller: its fit summary, test metrics and the paths of its artifacts.
+
+    `fit` is None only when the recipe was tested without being fitted. `metrics` is empty and
+    `predictions_path` None when no best checkpoint exists (nothing to test); a path is None when the
+    recipe wrote no such file.
+    """
+
+    fit: FitSummary | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     predictions_path: Path | None = None
     best_checkpoint: Path | None = None
@@ -82,21 +147,11 @@ class Recipe(Generic[SpecT]):
         self.runtime = runtime
         self.image_size = image_size_for(spec)
         self.state: FitState | None = None
-        self.checkpointer = Checkpointer(self.checkpoint_dir, {})
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.workdir / "checkpoints"
-
-    @property
-    def best_checkpoint_path(self) -> Path:
-        """Where `best.pt` is written (the model of the best validation loss)."""
-        return self.checkpoint_dir / BEST_NAME
-
-    @property
-    def last_checkpoint_path(self) -> Path:
-        """Where `last.pt` is written after every epoch, and where a resume looks for it."""
-        return self.checkpoint_dir / LAST_NAME
+    def checkpoints(self) -> CheckpointPaths:
+        """Where `fit` writes `best.pt` and `last.pt` (in `workdir/checkpoints`), and where a resume looks."""
+        return checkpoint_paths(self.workdir / "checkpoints")
 
     @property
     def transfer_report_path(self) -> Path:
@@ -162,9 +217,8 @@ class Recipe(Generic[SpecT]):
             sample_weights=self.train_sample_weights(),
         )
         val = make_loader(self.splits.val, self.adapter, spec.batch_size, self.runtime, shuffle=False)
-        self.checkpointer = Checkpointer(self.checkpoint_dir, self.checkpoint_meta())
         # In a torchrun job only rank 0 writes checkpoints; every rank stops early alike.
-        saving = [self.checkpointer] if world()[0] == 0 else []
+        saving = [Checkpointer(self.checkpoints, self.checkpoint_meta())] if world()[0] == 0 else []
         self.state = fit(
             self.model,
             self.adapter,
@@ -181,16 +235,27 @@ class Recipe(Generic[SpecT]):
         )
         return self.state
 
+    def fit_summary(self) -> FitSummary:
+        """The account of the fit (`fit` done): epochs to convergence, best validation values, divergence.
+
+        Raises:
+            RuntimeError: `fit` has not run.
+        """
+        if self.state is None:
+            raise RuntimeError("fit_summary() needs a finished fit(): call fit() first")
+        return FitSummary.of(self.state, self.adapter.primary)
+
     def test(self) -> RecipeResult:
-        """Test metrics and per-sample predictions of the best checkpoint, with every artifact's path."""
-        best = self.best_checkpoint_path
-        artifacts = {
-            "best_checkpoint": _existing(best),
-            "last_checkpoint": _existing(self.last_checkpoint_path),
-            "transfer_report": _existing(self.transfer_report_path),
-        }
+        """The fit's summary, test metrics and per-sample predictions of the best checkpoint, every artifact's path."""
+        best = self.checkpoints.best
+        untested = RecipeResult(
+            fit=self.fit_summary() if self.state is not None else None,
+            best_checkpoint=_existing(best),
+            last_checkpoint=_existing(self.checkpoints.last),
+            transfer_report=_existing(self.transfer_report_path),
+        )
         if not best.exists():
-            return RecipeResult(**artifacts)
+            return untested
         self.model.load_state_dict(load_checkpoint(best)["model"])
         loader = make_loader(self.splits.test, self.adapter, self.spec.batch_size, self.runtime, shuffle=False)
         _, predictions = predict(self.model, self.adapter, loader, self.runtime)
@@ -198,4 +263,4 @@ class Recipe(Generic[SpecT]):
         metrics = self.adapter.metrics(targets, predictions)
         path = self.workdir / "predictions" / "test.csv"
         self.adapter.write_predictions(path, self.splits.test.ids, targets, predictions)
-        return RecipeResult(metrics, path, **artifacts)
+        return dataclasses.replace(untested, metrics=metrics, predictions_path=path)

@@ -81,6 +81,9 @@ EXPERIMENT_KIND = "custom_model_development"
 INIT_RESOLVED_PARAM = "init_resolved"
 """Param (and tag) naming the registered version a domain arm trained from, `pretrained-<arch>/<version>`."""
 
+CHECKPOINT_ARTIFACTS = "checkpoints"
+"""The artifact folder of a run's checkpoints, each under the file name its recipe gave it (`best.pt`, `last.pt`)."""
+
 EXPERIMENT_PREFIX = "medtl/"
 PRETRAIN_EXPERIMENT = f"{EXPERIMENT_PREFIX}pretrain"
 

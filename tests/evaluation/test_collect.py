@@ -14,8 +14,8 @@ from medtl.evaluation.collect import (
     collect,
     fingerprint,
     list_studies,
-    resolve_tracking_uri,
 )
+from medtl.training import schema as S
 
 from .conftest import EPOCHS, STUDY
 
@@ -98,10 +98,10 @@ def test_missing_sqlite_file_is_a_user_error(tmp_path):
 
 
 def test_default_uri_rule(monkeypatch, tmp_path):
-    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert S.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x.db")
-    assert resolve_tracking_uri() == "sqlite:////x.db"
-    assert resolve_tracking_uri("http://h:1") == "http://h:1"
+    assert S.resolve_tracking_uri() == "sqlite:////x.db"
+    assert S.resolve_tracking_uri("http://h:1") == "http://h:1"
 
 
 def test_fingerprint_is_stable(synthetic_store):

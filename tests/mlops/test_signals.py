@@ -20,6 +20,7 @@ from medtl.mlops.tracking.runner import ClaimLost, run_spec, work_root
 from medtl.training.checkpoint import Checkpointer, atomic_save, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.finetune import FinetuneRecipe
+from medtl.training.recipe import checkpoint_paths
 from medtl.training.spec import TASKS, RunSpec, Task
 from medtl.training.tasks import make_adapter
 
@@ -58,7 +59,7 @@ def _tiny_fit(folder, callbacks):
     train = loaders.make_loader(splits.train, adapter, 8, runtime, shuffle=True)
     val = loaders.make_loader(splits.val, adapter, 8, runtime, shuffle=False)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1))
-    ckpt = Checkpointer(folder, meta={})
+    ckpt = Checkpointer(checkpoint_paths(folder), meta={})
     loop.fit(model, adapter, train, val, np.asarray(splits.val.targets), lr=0.01, max_epochs=5, runtime=runtime,
              callbacks=[ckpt, *callbacks])
     return ckpt

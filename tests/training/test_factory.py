@@ -61,9 +61,9 @@ def test_one_epoch_finetune_smoke(tmp_path, task, arch):
     from medtl.training.finetune import FinetuneRecipe
 
     spec = RunSpec(task=task, arch=arch, max_epochs=1, image_size=32, batch_size=16)
-    job = FinetuneRecipe.prepare(spec, tmp_path)
-    job.fit()
-    result = job.test()
+    recipe = FinetuneRecipe.prepare(spec, tmp_path)
+    recipe.fit()
+    result = recipe.test()
     assert result is not None and result.predictions_path.exists()
     primary = "mae" if task == "demo-regression" else "dice"
     assert result.metrics[primary] == result.metrics[primary]  # a number, not NaN

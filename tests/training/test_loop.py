@@ -13,6 +13,7 @@ from medtl.training.data.synthetic import load_synthetic
 from medtl.training.finetune import FinetuneRecipe
 from medtl.training.loaders import make_loader
 from medtl.training.loop import Callback, EarlyStopping, FitState, fit
+from medtl.training.recipe import checkpoint_paths
 from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, RunSpec, Task, TaskType
 from medtl.training.tasks import ADAPTERS, make_adapter
@@ -20,9 +21,9 @@ from medtl.training.tasks import ADAPTERS, make_adapter
 
 def test_learns_demo_binary_well_above_chance(tmp_path):
     spec = RunSpec(task="demo-binary", arch="resnet18", lr=1e-3, max_epochs=5, patience=5, image_size=64, batch_size=16)
-    job = FinetuneRecipe.prepare(spec, tmp_path)
-    state = job.fit()
-    result = job.test()
+    recipe = FinetuneRecipe.prepare(spec, tmp_path)
+    state = recipe.fit()
+    result = recipe.test()
     assert state.best_epoch >= 1
     # Chance is 0.5 accuracy / AUC; the demo is learnable in a few epochs.
     assert result.metrics["accuracy"] >= 0.8, result.metrics
@@ -33,8 +34,8 @@ def test_learns_demo_multiclass_above_chance(tmp_path):
     spec = RunSpec(
         task="demo-multiclass", arch="resnet18", lr=1e-3, max_epochs=5, patience=5, image_size=32, batch_size=16
     )
-    job = FinetuneRecipe.prepare(spec, tmp_path)
-    state = job.fit()
+    recipe = FinetuneRecipe.prepare(spec, tmp_path)
+    state = recipe.fit()
     # Chance is 0.25. From scratch on 256 images the validation loss is noisy (BatchNorm running
     # statistics lag the weights), so the check is on the best validation accuracy reached.
     best = max(h["val_accuracy"] for h in state.history)
@@ -44,9 +45,9 @@ def test_learns_demo_multiclass_above_chance(tmp_path):
 def test_same_seed_same_metrics_on_cpu(tmp_path):
     def once(folder):
         spec = RunSpec(task="demo-multiclass", arch="mobilenet_v3_small", max_epochs=2, image_size=32, seed=7)
-        job = FinetuneRecipe.prepare(spec, folder)
-        job.fit()
-        return job.state.history, job.test().metrics
+        recipe = FinetuneRecipe.prepare(spec, folder)
+        recipe.fit()
+        return recipe.state.history, recipe.test().metrics
 
     hist_a, test_a = once(tmp_path / "a")
     hist_b, test_b = once(tmp_path / "b")
@@ -91,7 +92,7 @@ def _demo_binary_fit_inputs(n_train: int, n_val: int, n_test: int):
 
 def test_early_stopping_stops_a_real_fit(tmp_path):
     adapter, runtime, train, val, val_targets = _demo_binary_fit_inputs(64, 32, 16)
-    ckpt = Checkpointer(tmp_path / "checkpoints", meta={})
+    ckpt = Checkpointer(checkpoint_paths(tmp_path / "checkpoints"), meta={})
     # lr 1.0 makes the validation loss bounce; patience 2 must end the fit well before 100 epochs.
     state = fit(
         _Tiny(), adapter, train, val, val_targets, lr=1.0, max_epochs=100, runtime=runtime,
@@ -100,9 +101,9 @@ def test_early_stopping_stops_a_real_fit(tmp_path):
     assert state.epoch < 100
     assert state.epoch == state.best_epoch + 2
     assert state.stop_reason.startswith("no validation-loss improvement")
-    assert ckpt.best_path.exists() and ckpt.last_path.exists()
-    assert load_checkpoint(ckpt.best_path)["meta"]["epoch"] == state.best_epoch
-    assert load_checkpoint(ckpt.last_path)["loop"]["epoch"] == state.epoch
+    assert ckpt.paths.best.exists() and ckpt.paths.last.exists()
+    assert load_checkpoint(ckpt.paths.best)["meta"]["epoch"] == state.best_epoch
+    assert load_checkpoint(ckpt.paths.last)["loop"]["epoch"] == state.epoch
 
 
 class _NaNAfterOne(nn.Module):
@@ -165,8 +166,8 @@ class _SavedRecorder(Callback):
 
 def test_checkpoint_saved_hook_reaches_every_callback_once_per_epoch_after_last_pt(tmp_path):
     adapter, runtime, train, val, val_targets = _demo_binary_fit_inputs(32, 16, 8)
-    ckpt = Checkpointer(tmp_path / "checkpoints", meta={})
-    first, second = _SavedRecorder(ckpt.last_path), _SavedRecorder(ckpt.last_path)
+    ckpt = Checkpointer(checkpoint_paths(tmp_path / "checkpoints"), meta={})
+    first, second = _SavedRecorder(ckpt.paths.last), _SavedRecorder(ckpt.paths.last)
     state = fit(
         _Tiny(), adapter, train, val, val_targets, lr=0.01, max_epochs=3, runtime=runtime,
         callbacks=[first, ckpt, EarlyStopping(10), second],
@@ -195,16 +196,3 @@ def test_every_task_type_has_its_adapter_and_predictions_table(tmp_path):
         adapter.write_predictions(path, splits.test.ids, targets, predictions)
         lines = path.read_text().splitlines()
         assert len(lines) == 5 and lines[0].startswith("id,")
-
-
-def test_recipe_result_names_every_artifact(tmp_path):
-    spec = RunSpec(task="demo-binary", arch="resnet18", lr=1e-3, max_epochs=1, patience=5, image_size=32, batch_size=16)
-    job = FinetuneRecipe.prepare(spec, tmp_path)
-    job.fit()
-    result = job.test()
-    assert result.best_checkpoint == tmp_path / "checkpoints" / "best.pt" and result.best_checkpoint.exists()
-    assert result.last_checkpoint == tmp_path / "checkpoints" / "last.pt" and result.last_checkpoint.exists()
-    assert result.transfer_report == tmp_path / "transfer_report.json" and result.transfer_report.exists()
-    assert result.predictions_path is not None and result.predictions_path.exists()
-    assert set(result.artifacts()) == {"predictions", "best_checkpoint", "last_checkpoint", "transfer_report"}
-    assert "auc" in result.metrics

@@ -14,6 +14,7 @@ from medtl.training.checkpoint import Checkpointer, load_checkpoint
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.loaders import make_loader
 from medtl.training.loop import Callback, EarlyStopping, fit
+from medtl.training.recipe import checkpoint_paths
 from medtl.training.runtime import resolve_runtime, seed_everything
 from medtl.training.spec import TASKS, Task
 from medtl.training.tasks import make_adapter
@@ -40,7 +41,7 @@ def _fit(folder, max_epochs, resume=None, seed=3, lr=0.05, callbacks=()):
     runtime = resolve_runtime("cpu")
     train = make_loader(splits.train, adapter, 8, runtime, shuffle=True, seed=seed)
     val = make_loader(splits.val, adapter, 8, runtime, shuffle=False)
-    ckpt = Checkpointer(folder, meta={})
+    ckpt = Checkpointer(checkpoint_paths(folder), meta={})
     state = fit(
         _TinyBN(), adapter, train, val, np.asarray(splits.val.targets), lr=lr, max_epochs=max_epochs,
         runtime=runtime, callbacks=[ckpt, *callbacks], resume=resume,
@@ -51,8 +52,8 @@ def _fit(folder, max_epochs, resume=None, seed=3, lr=0.05, callbacks=()):
 def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
     whole, _ = _fit(tmp_path / "whole", 4)
     first, ckpt = _fit(tmp_path / "part", 2)
-    payload = load_checkpoint(ckpt.last_path)
-    stale = load_checkpoint(ckpt.last_path)
+    payload = load_checkpoint(ckpt.paths.last)
+    stale = load_checkpoint(ckpt.paths.last)
     assert "sampler_state" in payload["loop"]
     resumed, _ = _fit(tmp_path / "resumed", 4, resume=payload)
     assert first == whole[:2]
@@ -86,7 +87,7 @@ def test_reused_checkpoint_buffers_never_leak_a_later_epoch_into_a_file(tmp_path
     the best epoch's weights, and last.pt the last epoch's weights and optimizer state."""
     seen = _Weights()
     history, ckpt = _fit(tmp_path / "a", 6, lr=1.0, callbacks=[seen])  # lr 1.0: the best epoch is not the last
-    best, last = load_checkpoint(ckpt.best_path), load_checkpoint(ckpt.last_path)
+    best, last = load_checkpoint(ckpt.paths.best), load_checkpoint(ckpt.paths.last)
     best_epoch = seen.improved[-1]
     assert best["meta"]["epoch"] == best_epoch and last["meta"]["epoch"] == len(history) == 6
     for name, value in seen.model[best_epoch].items():
@@ -104,7 +105,7 @@ def test_an_early_stop_holds_on_resume(tmp_path):
     # lr 1.0 makes the validation loss bounce, so patience 1 stops well before 40 epochs.
     stopped, ckpt = _fit(tmp_path / "a", 40, lr=1.0, callbacks=[EarlyStopping(1)])
     assert len(stopped) < 40
-    again, _ = _fit(tmp_path / "b", 40, resume=load_checkpoint(ckpt.last_path), lr=1.0, callbacks=[EarlyStopping(1)])
+    again, _ = _fit(tmp_path / "b", 40, resume=load_checkpoint(ckpt.paths.last), lr=1.0, callbacks=[EarlyStopping(1)])
     assert again == stopped  # a run that failed after stopping early (e.g. in its test) trains no more
 
 
@@ -130,7 +131,7 @@ def _ddp_worker(rank: int, folder: str) -> None:
         train = make_loader(splits.train, adapter, 8, runtime, shuffle=True)
         val = make_loader(splits.val, adapter, 8, runtime, shuffle=False)
         targets = np.asarray(splits.val.targets)
-        ckpt = Checkpointer(f"{folder}/ckpt", meta={})
+        ckpt = Checkpointer(checkpoint_paths(f"{folder}/ckpt"), meta={})
         extra = [ckpt] if rank == 0 else [_SaysStop()]
         # lr 1.0 makes the validation loss bounce, so patience 2 ends the fit early.
         state = fit(
@@ -140,7 +141,7 @@ def _ddp_worker(rank: int, folder: str) -> None:
         # Resume on every rank: only rank 0 reads last.pt; the payload reaches rank 1 by broadcast.
         saved = None
         if rank == 0:
-            saved = load_checkpoint(ckpt.last_path)
+            saved = load_checkpoint(ckpt.paths.last)
             saved["loop"]["should_stop"] = False  # as if saved mid-run, so the resumed fit trains on
         payload = broadcast_resume(saved)
         again = _TinyBN()

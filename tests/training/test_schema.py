@@ -57,6 +57,3 @@ def test_every_tag_name_is_distinct_and_model_version_tags_live_here():
     assert len(set(names.values())) == len(names), "two tag constants name the same tag"
     assert {"RUN_TAG", "METRIC_TAG", "METRIC_NAME_TAG", "HIGHER_TAG"} <= set(names)
     assert all(v.startswith((schema.TAG_PREFIX, "mlflow.")) for v in names.values())
-    from medtl.mlops.tracking import promote, registry
-
-    assert registry.METRIC_TAG is schema.METRIC_TAG and promote.RUN_TAG is schema.RUN_TAG

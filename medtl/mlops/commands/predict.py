@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--extra {item!r}: expected NAME=NUMBER, e.g. male=1")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model.startswith("models:/"):
-            from medtl.mlops.tracking.client import resolve_tracking_uri
             from medtl.mlops.tracking.registry import resolve_weights
+            from medtl.training import schema as S
 
-            path = resolve_weights(args.model, resolve_tracking_uri(args.tracking_uri), Path(tmp)).path
+            path = resolve_weights(args.model, S.resolve_tracking_uri(args.tracking_uri), Path(tmp)).path
         else:
             path = Path(args.model)
         predictor = load_predictor(path)

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
     from medtl.evaluation.collect import list_studies
     from medtl.mlops.tracking.promote import promote
-    from medtl.training.schema import resolve_tracking_uri
+    from medtl.training import schema as S
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = S.resolve_tracking_uri(args.tracking_uri)
     studies = [args.study] if args.study else list_studies(uri)
     if not studies:
         raise UserError("no study in the tracking store yet: run `medtl sweep` first")

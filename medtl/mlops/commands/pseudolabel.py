@@ -7,10 +7,9 @@ from pathlib import Path
 
 from medtl.mlops.commands._args import add_tracking_uri
 from medtl.training import schema as S
-from medtl.training.schema import PRETRAIN_EXPERIMENT, STAGE_TAG, Stage
 
-EXPERIMENT = PRETRAIN_EXPERIMENT
-STAGE = Stage.PSEUDOLABEL.value
+EXPERIMENT = S.PRETRAIN_EXPERIMENT
+STAGE = S.Stage.PSEUDOLABEL.value
 DESCRIPTION = """\
 Features from header fields (one-hot modality / body part, scaled numeric fields), image
 embeddings (PCA of 32x32 thumbnails + intensity / texture statistics) and optionally report text
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     # Created through medtl, so its artifacts sit beside the store (mlartifacts/), not in ./mlruns.
     mlflow.set_experiment(experiment_id=T.get_or_create_experiment(mlflow.MlflowClient(uri), args.experiment, uri))
     with mlflow.start_run(run_name=f"pseudolabel-k{args.clusters}") as active:
-        mlflow.set_tags({STAGE_TAG: STAGE, S.DATA_TAG: str(folder.resolve())})
+        mlflow.set_tags({S.STAGE_TAG: STAGE, S.DATA_TAG: str(folder.resolve())})
         mlflow.log_params(result.params)
         mlflow.log_metrics(result.metrics)
         sizes = result.summary[["cluster", "size"]].itertuples(index=False)

@@ -49,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
         **spec_arguments(args),
     )
     from medtl.mlops.signals import install_stop_handlers
-    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
     from medtl.mlops.tracking.runner import run_spec
+    from medtl.redact import mask_url
+    from medtl.training import schema as S
 
     install_stop_handlers()  # SIGTERM like Ctrl-C: the run ends KILLED, resumable from last.pt
 
     outcome = run_spec(spec, study=args.study, tracking_uri=args.tracking_uri, device=args.device)
     shown = {k: round(v, 4) for k, v in outcome.metrics.items() if k.startswith("test_") or k == "epochs_to_convergence"}
-    print(f"run {outcome.run_id} {outcome.status} in {mask_url(resolve_tracking_uri(args.tracking_uri))}: {shown}")
+    print(f"run {outcome.run_id} {outcome.status} in {mask_url(S.resolve_tracking_uri(args.tracking_uri))}: {shown}")
     return 0

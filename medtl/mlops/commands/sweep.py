@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
     from medtl.mlops.sweeps.sweep import sweep
-    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
+    from medtl.redact import mask_url
+    from medtl.training import schema as S
 
     knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_REQUEUES: one line, exit 2, nothing written
     try:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + stop.signum
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = S.resolve_tracking_uri(args.tracking_uri)
     counts = result.counts
     print(
         f"study {result.study.name}: {len(result.study.specs)} grid points, {result.enqueued} newly enqueued; "

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
     from medtl.mlops.sweeps.worker import InfrastructureDown, work
-    from medtl.mlops.tracking.client import mask_url, resolve_tracking_uri
+    from medtl.redact import mask_url
+    from medtl.training import schema as S
 
     if args.max_trials is not None and args.max_trials < 1:
         raise UserError(f"--max-trials must be at least 1, got {args.max_trials}")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         stats = work(
             args.study,
             args.storage,
-            resolve_tracking_uri(args.tracking_uri),
+            S.resolve_tracking_uri(args.tracking_uri),
             max_trials=args.max_trials,
             device=args.device,
         )

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.mlops.tracking import client as T
 from medtl.mlops.tracking.registry import champion
+from medtl.provenance import git_commit
 from medtl.training import schema as S
-from medtl.training.schema import MAIN_ARMS, arm_order
 from medtl.training.spec import PRIMARY_METRIC, TASKS, Arch, RunSpec, Task, TaskType, parse_enum
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
     )
     primary, higher = PRIMARY_METRIC[TASKS[task].type]
     key = f"best_val_{primary}"
-    implied: set[str] = set(MAIN_ARMS)
+    implied: set[str] = set(S.MAIN_ARMS)
     finished: dict[str, list] = defaultdict(list)
     for run in runs:
         arm = _arm_of(run)
@@ -84,13 +84,13 @@ def choose_runs(client: MlflowClient, study: str, task: Task, arch: Arch) -> dic
     if not finished:
         raise UserError(f"{where}: no finished fine-tuning runs in any arm; run `medtl sweep` or `medtl run` first")
     if len(finished) < 2:
-        missing = ", ".join(arm_order(implied - set(finished)))
+        missing = ", ".join(S.arm_order(implied - set(finished)))
         have = ", ".join(finished)
         raise UserError(f"{where}: Grad-CAM compares at least two arms; only {have} has finished runs, missing: {missing}")
     version = champion(client, f"finetuned-{task.value}-{arch.value}")
     promoted = version.tags.get(S.RUN_TAG) if version is not None else None
     chosen = {}
-    for arm in arm_order(set(finished)):
+    for arm in S.arm_order(set(finished)):
         members = finished[arm]
         by_id = {r.info.run_id: r for r in members}
         if promoted in by_id:
@@ -285,7 +285,7 @@ def _log_run(
         S.STUDY_TAG: study,
         S.TASK_TAG: task.value,
         S.ARCH_TAG: arch.value,
-        S.GIT_COMMIT_TAG: T.git_commit(),
+        S.GIT_COMMIT_TAG: git_commit(),
         **{f"{S.EXPLAINS_TAG_PREFIX}{arm}": c.run_id for arm, c in choices.items()},
     }
     name = f"gradcam {task.value} {arch.value}"

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from medtl.mlops.sweeps.study import load_study
 from medtl.mlops.tracking import client as T
+from medtl.redact import mask_url
+from medtl.training import schema as S
 from medtl.training.spec import RunSpec, Task
 
 THROUGHPUT = Path(__file__).resolve().parents[3] / "benchmarks" / "throughput.json"
@@ -89,7 +91,7 @@ def _finished_costs(client: MlflowClient, study_name: str) -> tuple[set[str], di
     done: set[str] = set()
     costs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for run in T.finished_runs(client, study_name):
-        done.add(run.data.tags.get(T.RUN_KEY_TAG, ""))
+        done.add(run.data.tags.get(S.RUN_KEY_TAG, ""))
         key = (run.data.params.get("task", ""), run.data.params.get("arch", ""))
         costs[key].append((run.data.metrics.get("duration_s", 0.0), run.data.metrics.get("emissions_kg", 0.0)))
     return done, costs
@@ -97,14 +99,14 @@ def _finished_costs(client: MlflowClient, study_name: str) -> tuple[set[str], di
 
 def print_plan(study_path: str | Path, *, tracking_uri: str | None = None) -> None:
     study = load_study(study_path, tracking_uri=tracking_uri)
-    client = MlflowClient(T.resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(S.resolve_tracking_uri(tracking_uri))
     try:
         done, costs = _finished_costs(client, study.name)
     except Exception as exc:
         from medtl.errors import UserError
 
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise UserError(T.mask_url(f"cannot reach the tracking store {client.tracking_uri}: {reason}")) from None
+        raise UserError(mask_url(f"cannot reach the tracking store {client.tracking_uri}: {reason}")) from None
     table = load_throughput()
     kinds = throughput_kind()
     all_costs = [c for values in costs.values() for c in values if c[0] > 0]

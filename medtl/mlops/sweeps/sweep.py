@@ -40,7 +40,9 @@ from medtl.mlops.sweeps.queue import (
 from medtl.mlops.sweeps.study import Study, load_study
 from medtl.mlops.sweeps.worker import InfrastructureDown, WorkerStats, install_stop_handlers, work
 from medtl.mlops.tracking import client as T
-from medtl.training import schema as SC
+from medtl.provenance import git_commit
+from medtl.redact import mask_url
+from medtl.training import schema as S
 from medtl.training.spec import Init, RunSpec
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,12 @@ PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the one sweep parent ru
 
 def finished_run_keys(client: MlflowClient, study_name: str) -> set[str]:
     """run_keys of FINISHED fine-tuning runs in the study's experiment."""
-    return {r.data.tags.get(T.RUN_KEY_TAG, "") for r in T.finished_runs(client, study_name)} - {""}
+    return {r.data.tags.get(S.RUN_KEY_TAG, "") for r in T.finished_runs(client, study_name)} - {""}
 
 
 def close_orphaned_runs(client: MlflowClient, study_name: str, optuna_study: optuna.Study) -> int:
     """Mark KILLED every fine-tuning run left RUNNING whose point no live trial holds; returns how many."""
-    experiment = client.get_experiment_by_name(SC.study_experiment(study_name))
+    experiment = client.get_experiment_by_name(S.study_experiment(study_name))
     if experiment is None:
         return 0
     live = {
@@ -64,7 +66,7 @@ def close_orphaned_runs(client: MlflowClient, study_name: str, optuna_study: opt
     }
     closed = 0
     for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        if run.data.tags.get(T.STAGE_TAG) == "finetune" and run.data.tags.get(T.RUN_KEY_TAG) not in live:
+        if run.data.tags.get(S.STAGE_TAG) == "finetune" and run.data.tags.get(S.RUN_KEY_TAG) not in live:
             T.end_run(client, run.info.run_id, "KILLED", "its worker died and the point was not retried")
             closed += 1
     return closed
@@ -101,15 +103,15 @@ def _open_parent_run(
     client: MlflowClient, optuna_study: optuna.Study, study: Study, uri: str, storage_url: str, workers: int
 ) -> str:
     """The study's one sweep parent run: created by the first sweep, reopened by every re-run."""
-    experiment_id = T.get_or_create_experiment(client, SC.study_experiment(study.name), uri)
+    experiment_id = T.get_or_create_experiment(client, S.study_experiment(study.name), uri)
     known = optuna_study.user_attrs.get(PARENT_ATTR)
     if known:
         try:
             run = client.get_run(known)
             if run.info.lifecycle_stage == "active":
                 client.update_run(known, status="RUNNING")
-                attempts = int(run.data.tags.get(SC.SWEEP_ATTEMPTS_TAG, "1")) + 1
-                T.set_tags(client, known, {SC.SWEEP_ATTEMPTS_TAG: str(attempts), SC.GIT_COMMIT_TAG: T.git_commit()})
+                attempts = int(run.data.tags.get(S.SWEEP_ATTEMPTS_TAG, "1")) + 1
+                T.set_tags(client, known, {S.SWEEP_ATTEMPTS_TAG: str(attempts), S.GIT_COMMIT_TAG: git_commit()})
                 return known
         except Exception as exc:
             if is_connection_error(exc):
@@ -118,11 +120,11 @@ def _open_parent_run(
         experiment_id,
         run_name=f"sweep {study.name}",
         tags={
-            T.STAGE_TAG: SC.Stage.SWEEP.value,
-            T.STUDY_TAG: study.name,
-            SC.OPTUNA_STUDY_TAG: optuna_study.study_name,
-            SC.GIT_COMMIT_TAG: T.git_commit(),
-            SC.SWEEP_ATTEMPTS_TAG: "1",
+            S.STAGE_TAG: S.Stage.SWEEP.value,
+            S.STUDY_TAG: study.name,
+            S.OPTUNA_STUDY_TAG: optuna_study.study_name,
+            S.GIT_COMMIT_TAG: git_commit(),
+            S.SWEEP_ATTEMPTS_TAG: "1",
         },
     )
     parent_id = parent.info.run_id
@@ -164,7 +166,7 @@ def _worker_entry(kwargs: dict[str, Any], threads: int) -> None:
     except StopRequested as stop:
         sys.exit(128 + stop.signum)
     except (UserError, InfrastructureDown) as exc:
-        log.error("%s", T.mask_url(str(exc)))
+        log.error("%s", mask_url(str(exc)))
         sys.exit(2 if isinstance(exc, UserError) else 1)
 
 
@@ -238,7 +240,7 @@ def sweep(
     settings = knobs()
     install_stop_handlers()
     study = load_study(study_path, tracking_uri=tracking_uri)
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(uri)
     storage = open_storage(storage_url, settings)
     optuna_study = open_optuna_study(study, storage)
@@ -246,7 +248,7 @@ def sweep(
     try:
         done = finished_run_keys(client, study.name)
     except Exception as exc:
-        raise UserError(T.mask_url(f"cannot reach the tracking store {uri}: {str(exc).splitlines()[0][:200]}")) from None
+        raise UserError(mask_url(f"cannot reach the tracking store {uri}: {str(exc).splitlines()[0][:200]}")) from None
     from medtl.mlops.sweeps import prerequisites
     from medtl.mlops.tracking.pretraining import run_pretrain
 
@@ -260,7 +262,7 @@ def sweep(
     enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_requeues)
     parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
     if pins:
-        T.set_tags(client, parent_id, {f"{SC.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
+        T.set_tags(client, parent_id, {f"{S.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
     kwargs = dict(study=study.name, storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)
     started = time.perf_counter()
     stats = WorkerStats()
@@ -273,7 +275,7 @@ def sweep(
     except BaseException as exc:
         reason = getattr(exc, "signal_name", None)
         reason = f"stopped by {reason}" if reason else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        quietly(lambda: T.end_run(client, parent_id, "KILLED", T.mask_url(reason)), "ending the parent run", 30,
+        quietly(lambda: T.end_run(client, parent_id, "KILLED", mask_url(reason)), "ending the parent run", 30,
                 "it stays RUNNING until the next sweep of this study reopens and ends it")
         raise
     fail_stale(optuna_study, settings)

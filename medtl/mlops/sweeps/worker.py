@@ -38,7 +38,7 @@ from medtl.mlops.sweeps.queue import (
 from medtl.mlops.sweeps.study import Study
 from medtl.mlops.tracking import client as T
 from medtl.mlops.tracking.runner import ClaimLost, run_spec
-from medtl.training import schema as SC
+from medtl.training import schema as S
 from medtl.training.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _run_claimed(
         spec = RunSpec.from_params(frozen.user_attrs)
         if spec.run_key in finished_run_keys_for(client, study.name, spec.run_key):
             return "skipped" if finish(optuna_study, trial_id, owner, TrialState.PRUNED) else "lost"
-        tags = {SC.OPTUNA_STUDY_TAG: optuna_study.study_name, SC.OPTUNA_TRIAL_TAG: str(frozen.number)}
+        tags = {S.OPTUNA_STUDY_TAG: optuna_study.study_name, S.OPTUNA_TRIAL_TAG: str(frozen.number)}
         outcome = run_spec(
             spec,
             study=study.name,

@@ -38,15 +38,14 @@ def run_pretrain(
     from mlflow.tracking import MlflowClient
 
     from medtl.errors import UserError
-    from medtl.mlops.tracking import client as T
     from medtl.mlops.tracking.registry import log_registered_version
     from medtl.mlops.tracking.runner import run_recipe, work_root
     from medtl.training.pretrain import PretrainRecipe
     from medtl.training.runtime import world
 
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / f"pretrain-{spec.run_key}"
-    job = PretrainRecipe.prepare(spec, workdir, device=device)
+    recipe = PretrainRecipe.prepare(spec, workdir, device=device)
     name = f"pretrain {spec.arch.value} {spec.modality.value} {spec.objective.value} lr={spec.lr:g} seed={spec.seed}"
     tags = {
         S.STAGE_TAG: S.Stage.PRETRAIN.value,
@@ -60,13 +59,13 @@ def run_pretrain(
         f"({spec.objective.value}), lr {spec.lr:g}, seed {spec.seed}; registers {spec.registered_name}; "
         f"spec {spec.run_key}."
     )
-    outcome = run_recipe(job, experiment=S.PRETRAIN_EXPERIMENT, name=name, tags=tags, tracking_uri=uri, description=note)
+    outcome = run_recipe(recipe, experiment=S.PRETRAIN_EXPERIMENT, name=name, tags=tags, tracking_uri=uri, description=note)
     if world()[0] != 0:
         return outcome, None
     best = outcome.result.best_checkpoint if outcome.result is not None else None
     if best is None:
         raise UserError(f"pretraining run {outcome.run_id} saved no best checkpoint (no finite validation loss); nothing registered")
-    metric_name = f"best_val_{job.adapter.primary}"
+    metric_name = f"best_val_{recipe.adapter.primary}"
     client = MlflowClient(uri)
     experiment_id = client.get_run(outcome.run_id).info.experiment_id
     registered = log_registered_version(
@@ -74,13 +73,13 @@ def run_pretrain(
         tracking_uri=uri,
         experiment_id=experiment_id,
         name=spec.registered_name,
-        network=job.model,
+        network=recipe.model,
         best_path=best,
-        image_size=job.image_size,
+        image_size=recipe.image_size,
         run_id=outcome.run_id,
         metric_name=metric_name,
         metric=outcome.metrics.get(metric_name, float("nan")),
-        higher_is_better=job.adapter.primary_higher_is_better,
+        higher_is_better=recipe.adapter.primary_higher_is_better,
         tags={f"{S.SPEC_TAG_PREFIX}{k}": v for k, v in spec.to_params().items()},
         description=f"{note} Best {metric_name} {outcome.metrics.get(metric_name, float('nan')):.4g}; run {outcome.run_id}.",
     )

@@ -24,13 +24,11 @@ from medtl.errors import UserError
 from medtl.evaluation.collect import list_studies
 from medtl.evaluation.selection import validation_rank_key
 from medtl.mlops.tracking.registry import (
-    CHAMPION,
     champion,
     log_registered_version,
     move_champion_if_better,
 )
 from medtl.training import schema as S
-from medtl.training.schema import FINGERPRINT_TAG, RUN_TAG
 from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec, protocol_fingerprint
 
 
@@ -64,7 +62,7 @@ def validation_rank(metric: str, higher_is_better: bool):
 
 def run_fingerprint(run) -> str:  # noqa: ANN001 - an MLflow Run
     """The run's protocol fingerprint: its tag, else recomputed from its params (older stores)."""
-    tagged = run.data.tags.get(FINGERPRINT_TAG)
+    tagged = run.data.tags.get(S.FINGERPRINT_TAG)
     if tagged:
         return tagged
     params = run.data.params
@@ -145,7 +143,7 @@ def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, 
         **{f"{S.METRIC_TAG_PREFIX}{k}": repr(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "best_val_"))},
         S.STUDY_TAG: study,
         S.ARM_TAG: spec.arm,
-        FINGERPRINT_TAG: fingerprint,
+        S.FINGERPRINT_TAG: fingerprint,
     }
 
 
@@ -175,7 +173,7 @@ def promote(
         metric_name = f"best_val_{primary}"
         metric = run.data.metrics[metric_name]
         current = champion(client, name)
-        if current is not None and current.tags.get(RUN_TAG) == run.info.run_id:
+        if current is not None and current.tags.get(S.RUN_TAG) == run.info.run_id:
             done.append(Promotion(name, run.info.run_id, metric_name, metric, "unchanged", str(current.version), fp, others))
             continue
         existing = _version_of_run(client, name, run.info.run_id)
@@ -218,9 +216,9 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     except Exception:
         return None
     for version in versions:
-        if version.tags.get(RUN_TAG) == run_id:
+        if version.tags.get(S.RUN_TAG) == run_id:
             return str(version.version)
     return None
 
 
-__all__ = ["CHAMPION", "Candidate", "Promotion", "best_runs", "candidates", "list_studies", "promote", "version_tags"]
+__all__ = ["Candidate", "Promotion", "best_runs", "candidates", "promote", "version_tags"]

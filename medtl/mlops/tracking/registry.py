@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
 from medtl.mlops.retry import is_connection_error
-from medtl.mlops.tracking import client as T
-from medtl.training.schema import HIGHER_TAG, METRIC_NAME_TAG, METRIC_TAG, RUN_TAG
+from medtl.redact import mask_url
+from medtl.training import schema as S
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ def log_registered_version(
     )
     _ensure_registered_model(client, name)
     version_tags = {
-        **{k: T.mask_url(str(v)) for k, v in tags.items()},
-        RUN_TAG: run_id,
-        METRIC_NAME_TAG: metric_name,
-        METRIC_TAG: repr(float(metric)),
-        HIGHER_TAG: str(higher_is_better),
+        **{k: mask_url(str(v)) for k, v in tags.items()},
+        S.RUN_TAG: run_id,
+        S.METRIC_NAME_TAG: metric_name,
+        S.METRIC_TAG: repr(float(metric)),
+        S.HIGHER_TAG: str(higher_is_better),
     }
     version = client.create_model_version(
         name, info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id, description=description or None
@@ -158,7 +158,7 @@ def move_champion_if_better(
     """Give `version` the alias `champion` if it beats the holder; the old holder becomes `previous-champion`."""
     current = champion(client, name)
     if current is not None:
-        old = float(current.tags.get(METRIC_TAG, "nan"))
+        old = float(current.tags.get(S.METRIC_TAG, "nan"))
         if str(current.version) == str(version) or not _better(metric, old, higher_is_better):
             return False, None
         client.set_registered_model_alias(name, PREVIOUS, current.version)
@@ -203,7 +203,7 @@ def resolve_weights(uri: str, tracking_uri: str, dest: Path) -> ResolvedWeights:
     except Exception:
         known = sorted(m.name for m in client.search_registered_models(max_results=200))
         hint = f"; registered models: {', '.join(known)}" if known else "; no model is registered yet"
-        raise RegistryError(f"model {uri} does not exist in {T.mask_url(tracking_uri)}{hint}") from None
+        raise RegistryError(f"model {uri} does not exist in {mask_url(tracking_uri)}{hint}") from None
     key = (tracking_uri, name, str(version.version), str(version.source), str(version.creation_timestamp))
     cached = _WEIGHTS.get(key)
     if cached is None or not cached.is_file():

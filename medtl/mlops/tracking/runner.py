@@ -17,6 +17,11 @@ from medtl.knobs import infra_patience_s
 from medtl.mlops.retry import is_connection_error
 from medtl.mlops.signals import StopCheck, StopRequested
 from medtl.mlops.tracking import client as T
+from medtl.mlops.tracking.emissions import EmissionsCallback
+from medtl.mlops.tracking.environment import environment_tags, source_tags
+from medtl.mlops.tracking.epoch_logger import EpochLogger, upload_every_default
+from medtl.mlops.tracking.system_metrics import SystemMetrics
+from medtl.provenance import git_commit
 from medtl.training import schema as S
 from medtl.training.checkpoint import CheckpointError, load_checkpoint
 from medtl.training.finetune import FinetuneRecipe
@@ -44,7 +49,7 @@ class ClaimLost(Exception):
 class RunOutcome:
     """A tracked run's id, status and final metrics, and the recipe's own result (rank 0 only).
 
-    `result` holds the test metrics and the artifact paths in the job's work folder: `run_spec`
+    `result` holds the fit summary, the test metrics and the artifact paths in the recipe's work folder: `run_spec`
     removes that folder once the run is tracked (the files are the run's artifacts by then), so
     only a caller of `run_recipe` (`run_pretrain`, to register `best.pt`) may read the files.
     """
@@ -91,22 +96,22 @@ def run_spec(
     epoch's logging and before the run ends; when it returns False, `ClaimLost` is raised and the
     run is left to the worker that took it over.
     """
-    uri = T.resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     workdir = work_root() / spec.run_key
     init_path, extra_params = resolve_init(spec, uri, workdir, init_pin)
-    job = FinetuneRecipe.prepare(spec, workdir, device=device, init_path=init_path)
+    recipe = FinetuneRecipe.prepare(spec, workdir, device=device, init_path=init_path)
     run_tags = {
-        T.STAGE_TAG: S.Stage.FINETUNE.value,
-        T.RUN_KEY_TAG: spec.run_key,
-        T.STUDY_TAG: study,
-        T.ARM_TAG: spec.arm,
-        S.FINGERPRINT_TAG: spec.fingerprint(job.splits.digest),
+        S.STAGE_TAG: S.Stage.FINETUNE.value,
+        S.RUN_KEY_TAG: spec.run_key,
+        S.STUDY_TAG: study,
+        S.ARM_TAG: spec.arm,
+        S.FINGERPRINT_TAG: spec.fingerprint(recipe.splits.digest),
         S.TASK_TAG: spec.task.value,
         S.ARCH_TAG: spec.arch.value,
-        **({T.PARENT_TAG: parent_run_id} if parent_run_id else {}),
+        **({S.PARENT_TAG: parent_run_id} if parent_run_id else {}),
     }
     outcome = run_recipe(
-        job,
+        recipe,
         experiment=S.study_experiment(study),
         name=run_name(spec),
         tags=run_tags,
@@ -158,7 +163,7 @@ def resolve_init(spec: RunSpec, uri: str, workdir: Path, pin: str | None = None)
 
 
 def run_recipe(
-    job: Recipe,
+    recipe: Recipe,
     *,
     experiment: str,
     name: str,
@@ -170,28 +175,29 @@ def run_recipe(
     owns_claim: Callable[[], bool] | None = None,
     description: str = "",
 ) -> RunOutcome:
-    """Run a prepared job as one MLflow run (fine-tuning or pretraining alike); rank 0 only tracks.
+    """Run a prepared recipe as one MLflow run (fine-tuning or pretraining alike); rank 0 only tracks.
 
-    In a torchrun job every rank resumes from rank 0's `last.pt`. See `run_spec` for resumes,
+    In a torchrun job every rank resumes from rank 0's last checkpoint. See `run_spec` for resumes,
     stop signals and `owns_claim`. Tracking calls retry connection errors with back-off
-    (`tracking.retrying`); epochs are buffered while the store is away.
+    (`client.retrying`); epochs are buffered while the store is away. What is logged at the end is
+    what the recipe reports: its `FitSummary`, its test metrics and its artifacts.
     """
     from medtl.training.runtime import world
 
     if world()[0] != 0:
         # Other ranks of a torchrun job train; rank 0 logs, checkpoints, tests, and decides the resume.
-        job.fit(resume=broadcast_resume(None))
+        recipe.fit(resume=broadcast_resume(None))
         return RunOutcome("", "FINISHED", {})
     client = MlflowClient(tracking_uri)
     experiment_id = T.get_or_create_experiment(client, experiment, tracking_uri)
     previous = (
-        T.retrying(lambda: _interrupted_attempt(client, experiment_id, job), "looking for an earlier attempt")
+        T.retrying(lambda: _interrupted_attempt(client, experiment_id, recipe), "looking for an earlier attempt")
         if resume
         else None
     )
-    context_tags = {**T.source_tags(), **T.environment_tags(job.runtime.device)}
+    context_tags = {**source_tags(), **environment_tags(recipe.runtime.device)}
     if description:
-        context_tags[T.NOTE_TAG] = description
+        context_tags[S.NOTE_TAG] = description
     if previous is not None:
         run_id, payload, logged = previous
         if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
@@ -203,8 +209,8 @@ def run_recipe(
     else:
         run_tags = {
             **tags,
-            T.RUN_KEY_TAG: job.spec.run_key,
-            S.GIT_COMMIT_TAG: T.git_commit(),
+            S.RUN_KEY_TAG: recipe.spec.run_key,
+            S.GIT_COMMIT_TAG: git_commit(),
             S.RUN_NAME_TAG: name,
             **context_tags,
             **(extra_tags or {}),
@@ -213,9 +219,9 @@ def run_recipe(
             lambda: client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id, "creating the run"
         )
         payload, logged = None, 0
-    system = T.SystemMetrics(run_id, tracking_uri, resume=previous is not None)
+    system = SystemMetrics(run_id, tracking_uri, resume=previous is not None)
     try:
-        metrics, result = _execute(client, run_id, job, tracking_uri, payload, logged, extra_params or {}, owns_claim)
+        metrics, result = _execute(client, run_id, recipe, tracking_uri, payload, logged, extra_params or {}, owns_claim)
         system.stop()
         if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
             raise ClaimLost(run_id, "before the run ended")
@@ -252,34 +258,35 @@ def _still_owned(owns_claim: Callable[[], bool]) -> bool:
         return True
 
 
-def _interrupted_attempt(client: MlflowClient, experiment_id: str, job: Recipe) -> tuple[str, dict, int] | None:
-    """The newest dead or failed attempt at this point with a usable `last.pt`: (run id, payload, last logged step).
+def _interrupted_attempt(client: MlflowClient, experiment_id: str, recipe: Recipe) -> tuple[str, dict, int] | None:
+    """The newest dead or failed attempt at this point with a usable last checkpoint: (run id, payload, last logged step).
 
     RUNNING (a dead worker), KILLED (stopped) and FAILED attempts all resume from their checkpoint:
-    the job's own `last.pt` on this machine, else the run's `checkpoints/last.pt` artifact (uploaded
-    mid-run to a remote store), fetched with its `best.pt` into the job's checkpoint paths.
+    the recipe's own last checkpoint on this machine, else the run's artifact of that name (uploaded
+    mid-run to a remote store), fetched with the best one into the recipe's checkpoint paths.
     A RUNNING attempt without one is marked KILLED, the others are left as they ended.
     """
-    spec = job.spec
+    spec = recipe.spec
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{T.RUN_KEY_TAG}` = '{spec.run_key}'",
+        filter_string=f"tags.`{S.RUN_KEY_TAG}` = '{spec.run_key}'",
         order_by=["attributes.start_time DESC"],
     )
-    local = job.last_checkpoint_path
+    checkpoints = recipe.checkpoints
+    local = checkpoints.last
     for run in (r for r in runs if r.info.status in ("RUNNING", "KILLED", "FAILED")):
         run_id = run.info.run_id
         candidates = [local] if local.exists() else []
         if not candidates:
             try:
-                names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-                if f"checkpoints/{local.name}" in names:
-                    _fetch_checkpoints(client, run_id, names, (job.last_checkpoint_path, job.best_checkpoint_path))
+                names = {a.path for a in client.list_artifacts(run_id, S.CHECKPOINT_ARTIFACTS)}
+                if _artifact(local) in names:
+                    _fetch_checkpoints(client, run_id, names, (checkpoints.last, checkpoints.best))
                     candidates.append(local)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise
-                log.warning("could not fetch last.pt of run %s: %s", run_id, exc)
+                log.warning("could not fetch %s of run %s: %s", local.name, run_id, exc)
         for path in candidates:
             try:
                 payload = load_checkpoint(path)
@@ -294,16 +301,21 @@ def _interrupted_attempt(client: MlflowClient, experiment_id: str, job: Recipe) 
     return None
 
 
+def _artifact(checkpoint: Path) -> str:
+    """The artifact path a checkpoint is uploaded to: `checkpoints/<its file name>`."""
+    return f"{S.CHECKPOINT_ARTIFACTS}/{checkpoint.name}"
+
+
 def _fetch_checkpoints(client: MlflowClient, run_id: str, names: set[str], paths: tuple[Path, ...]) -> None:
-    """Download the run's `checkpoints/<name>` artifacts that exist onto `paths` (matched by file name)."""
+    """Download the run's checkpoint artifacts that exist onto `paths` (matched by file name)."""
     import tempfile
 
     for path in paths:
-        if f"checkpoints/{path.name}" not in names:
+        if _artifact(path) not in names:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            fetched = client.download_artifacts(run_id, f"checkpoints/{path.name}", tmp)
+            fetched = client.download_artifacts(run_id, _artifact(path), tmp)
             Path(fetched).replace(path)
 
 
@@ -312,7 +324,7 @@ class _ClaimGuard(Callback):
 
     epoch_end_order = 200  # after the checkpointer has queued this epoch's last.pt
 
-    def __init__(self, logger: T.EpochLogger) -> None:
+    def __init__(self, logger: EpochLogger) -> None:
         self.logger = logger
 
     def _check(self) -> None:
@@ -327,9 +339,9 @@ class _ClaimGuard(Callback):
 
 
 class _Totals(Callback):
-    """Keeps duration and energy of this and every earlier attempt in the loop state (so in `last.pt`)."""
+    """Keeps duration and energy of this and every earlier attempt in the loop state (so in the last checkpoint)."""
 
-    def __init__(self, emissions: T.EmissionsCallback, prior: dict[str, float]) -> None:
+    def __init__(self, emissions: EmissionsCallback, prior: dict[str, float]) -> None:
         self.emissions = emissions
         self.prior = {"duration_s": 0.0, "energy_kwh": 0.0, "emissions_kg": 0.0, **prior}
         self.started = time.perf_counter()
@@ -353,7 +365,7 @@ class _Totals(Callback):
 def _execute(
     client: MlflowClient,
     run_id: str,
-    job: Recipe,
+    recipe: Recipe,
     uri: str,
     resume: dict | None,
     logged: int,
@@ -362,23 +374,23 @@ def _execute(
 ) -> tuple[dict[str, float], RecipeResult]:
     """Fit, test and log one run; its final metrics and the recipe's result.
 
-    Uploaded at the end: predictions, `best.pt`, the transfer report. `last.pt` only serves a
-    resume, and a FINISHED run is never resumed, so it is not uploaded here; an interrupted or
-    failed run keeps it in the work folder on this machine, and mid-run uploads (`EpochLogger`'s
-    `upload_every`, on by default for a remote store) put it in the run's artifacts for another.
+    The final metrics are the recipe's fit summary and test metrics plus what this runner measured
+    around the fit (emissions, energy, duration, over every attempt). Uploaded at the end:
+    predictions, the best checkpoint, the transfer report. The last checkpoint only serves a resume,
+    and a FINISHED run is never resumed, so it is not uploaded here; an interrupted or failed run keeps
+    it in the work folder on this machine, and mid-run uploads (`EpochLogger`'s `upload_every`, on by
+    default for a remote store) put it in the run's artifacts for another.
     """
     if resume is None:
-        T.log_params(client, run_id, {**job.params(), **extra_params})
-        _log_dataset(client, run_id, job)
+        T.log_params(client, run_id, {**recipe.params(), **extra_params})
+        _log_dataset(client, run_id, recipe)
     resume = broadcast_resume(resume)  # the other ranks of a torchrun job wait for it
-    emissions = T.EmissionsCallback()
+    emissions = EmissionsCallback()
     prior = dict((resume or {}).get("loop", {}).get("callback_state", {}).get("totals", {}))
     totals = _Totals(emissions, prior)
-    logger = T.EpochLogger(client, run_id, job.checkpoint_dir, logged, T.upload_every_default(uri), owns_claim)
+    logger = EpochLogger(client, run_id, recipe.checkpoints, logged, upload_every_default(uri), owns_claim)
     try:
-        state = job.fit(
-            callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck(), logger], resume=resume
-        )
+        recipe.fit(callbacks=[emissions, totals, _ClaimGuard(logger), StopCheck(), logger], resume=resume)
     except ClaimLost:
         logger.close(timeout_s=5.0, drop=True)
         raise
@@ -389,22 +401,17 @@ def _execute(
     logger.close()
     if logger.claim_lost.is_set():
         raise ClaimLost(run_id, "before logging the last epoch")
-    primary = job.adapter.primary
-    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    summary = recipe.fit_summary()
     grand = totals.so_far(emissions.energy_kwh, emissions.emissions_kg)
     final = {
-        "epochs_to_convergence": float(state.best_epoch),
-        "epochs_run": float(state.epoch),
-        "diverged": float(state.diverged),
-        "best_val_loss": state.best_val_loss if best else math.nan,
-        f"best_val_{primary}": best[f"val_{primary}"] if best else math.nan,
+        **summary.metrics(),
         "emissions_kg": grand["emissions_kg"] if not math.isnan(emissions.emissions_kg) else math.nan,
         "energy_kwh": grand["energy_kwh"] if not math.isnan(emissions.energy_kwh) else math.nan,
     }
     if owns_claim is not None and not T.retrying(owns_claim, "checking the claim"):
         raise ClaimLost(run_id, "before the test")
-    T.retrying(lambda: client.set_tag(run_id, S.STOP_REASON_TAG, state.stop_reason), "tagging the stop reason")
-    result = job.test()
+    T.retrying(lambda: client.set_tag(run_id, S.STOP_REASON_TAG, summary.stop_reason), "tagging the stop reason")
+    result = recipe.test()
     final.update({f"test_{k}": v for k, v in result.metrics.items()})
     predictions = result.predictions_path
     if predictions is not None:
@@ -413,26 +420,29 @@ def _execute(
     T.log_metrics(client, run_id, final)
     best_checkpoint = result.best_checkpoint
     if best_checkpoint is not None:
-        T.retrying(lambda: client.log_artifact(run_id, str(best_checkpoint), "checkpoints"), "uploading best.pt")
+        T.retrying(
+            lambda: client.log_artifact(run_id, str(best_checkpoint), S.CHECKPOINT_ARTIFACTS),
+            "uploading the best checkpoint",
+        )
     transfer = result.transfer_report
     if transfer is not None:
         T.retrying(lambda: client.log_artifact(run_id, str(transfer)), "uploading the transfer report")
     return final, result
 
 
-def _log_dataset(client: MlflowClient, run_id: str, job: Recipe) -> None:
+def _log_dataset(client: MlflowClient, run_id: str, recipe: Recipe) -> None:
     """Record the data as an MLflow dataset input: name, source and a digest of split membership."""
     try:
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        splits = job.splits
+        splits = recipe.splits
         source = CodeDatasetSource(
             {"source": splits.source, "source_digest": splits.source_digest, **{f"n_{k}": v for k, v in splits.counts().items()}}
         )
-        task = getattr(job.spec, "task", None)
-        name = task.value if task is not None else f"pretrain-{job.spec.modality.value}"
+        task = getattr(recipe.spec, "task", None)
+        name = task.value if task is not None else f"pretrain-{recipe.spec.modality.value}"
         dataset = MetaDataset(source=source, name=name, digest=splits.digest)
         inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "train")])]
         client.log_inputs(run_id, datasets=inputs)

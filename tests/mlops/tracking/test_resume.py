@@ -88,9 +88,10 @@ def test_attempt_without_checkpoint_is_marked_killed_and_restarted(tmp_path, tra
     client = MlflowClient(tracking_uri)
     spec = RunSpec(**{**SPEC, "max_epochs": 1})
     from medtl.mlops.tracking import client as T
+    from medtl.training import schema as S
 
     experiment_id = T.get_or_create_experiment(client, "medtl/resume", tracking_uri)
-    ghost = client.create_run(experiment_id, tags={T.RUN_KEY_TAG: spec.run_key, T.STAGE_TAG: "finetune"})
+    ghost = client.create_run(experiment_id, tags={S.RUN_KEY_TAG: spec.run_key, S.STAGE_TAG: "finetune"})
     outcome = run_spec(spec, study="resume", tracking_uri=tracking_uri)
     assert outcome.run_id != ghost.info.run_id
     assert client.get_run(ghost.info.run_id).info.status == "KILLED"

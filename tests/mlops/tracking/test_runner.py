@@ -112,6 +112,11 @@ def test_run_artifacts_are_complete(tracked):
     assert outcome.result is not None and outcome.result.metrics
     assert all(logged[f"test_{k}"] == pytest.approx(v) for k, v in outcome.result.metrics.items())
     assert outcome.result.best_checkpoint is not None and outcome.result.best_checkpoint.name == "best.pt"
+    # And its fit summary is logged as the recipe reported it: the runner computes none of it.
+    summary = outcome.result.fit
+    assert summary is not None and summary.primary == "f1"
+    assert {k: logged[k] for k in summary.metrics()} == pytest.approx(summary.metrics())
+    assert client.get_run(outcome.run_id).data.tags["medtl.stop_reason"] == summary.stop_reason
 
 
 def test_a_failing_run_ends_failed_with_its_reason(tracking_uri, monkeypatch):

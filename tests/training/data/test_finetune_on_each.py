@@ -24,11 +24,11 @@ def test_one_epoch_finetune_on_each_dataset(task, arch, fixture, request, tmp_pa
     root = request.getfixturevalue(fixture)
     root = root["root"] if isinstance(root, dict) else root
     spec = RunSpec(task=task, arch=arch, dataset=str(root), max_epochs=1, image_size=32, batch_size=4)
-    job = FinetuneRecipe.prepare(spec, tmp_path / "work")
-    state = job.fit()
-    result = job.test()
+    recipe = FinetuneRecipe.prepare(spec, tmp_path / "work")
+    state = recipe.fit()
+    result = recipe.test()
     assert state.epoch == 1 and math.isfinite(state.history[0]["val_loss"])
     assert result is not None and result.predictions_path.exists()
     assert all(math.isfinite(v) or k == "auc" for k, v in result.metrics.items()), result.metrics
     if task == "rsna-boneage":
-        assert job.splits.extra_names == ("male",)
+        assert recipe.splits.extra_names == ("male",)
