@@ -129,7 +129,7 @@ def _date_forms(value: str) -> set[str]:
 def _date_digits(text: str) -> list[str]:
     """Digit strings of every date-like span of an upper-case line (month names turned into numbers)."""
     numbered = re.sub(_MONTH, lambda m: f" {_MONTHS.index(m.group(1)[:3]) + 1:02d} ", text)
-    spans = re.findall(r"\d{1,4}(?:[\s./,\-]+\d{1,4}){0,2}", numbered)
+    spans = re.findall(r"\d+(?:[\s./,\-]+\d+){0,2}", numbered)
     return [d for d in (re.sub(r"\D", "", s) for s in spans) if len(d) >= 6]
 
 
