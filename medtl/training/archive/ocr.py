@@ -28,6 +28,9 @@ DETECTION_MODEL = "PP-OCRv6_det_small.onnx"
 RECOGNITION_MODEL = "PP-OCRv6_rec_small.onnx"
 REC_HEIGHT, REC_MIN_WIDTH = 48, 320
 REC_BATCH = 16
+MIN_ELONGATION = 1.5
+"""Regions whose long side is under this many times their short side hold at most two characters (a
+laterality marker, or an edge of anatomy taken for a letter) and are not read: no identifier is that short."""
 # DB post-processing: pixel threshold, mean score a region needs, how far a region is grown.
 DET_THRESH, DET_BOX_THRESH, DET_UNCLIP = 0.3, 0.5, 1.6
 
@@ -142,11 +145,20 @@ class TextReader:
         return results
 
     def read(self, image: np.ndarray) -> list[TextLine]:
-        """Every text region of a 2-D uint8 image with what it says (no regions: no recognition run)."""
-        boxes = self.detect(image)
-        if not len(boxes):
+        """Every text region of a 2-D uint8 image long enough to hold an identifier, with what it says.
+
+        Recognition runs only where detection fired, on regions at least `MIN_ELONGATION` times as
+        long as they are high (none: no recognition at all).
+        """
+        boxes = [box for box in self.detect(image) if _elongation(box) >= MIN_ELONGATION]
+        if not boxes:
             return []
-        return [TextLine(box, text, score) for box, (text, score) in zip(boxes, self.recognise(image, boxes))]
+        return [TextLine(box, text, score) for box, (text, score) in zip(boxes, self.recognise(image, np.stack(boxes)))]
+
+
+def _elongation(box: np.ndarray) -> float:
+    sides = (np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[1] - box[2]))
+    return float(max(sides) / max(min(sides), 1.0))
 
 
 def _crop(image: np.ndarray, box: np.ndarray) -> Any:
