@@ -205,7 +205,9 @@ def ingest(
     shards.check_state(out, key, size)
     shards.clean_temporaries(out)
     summary, start = IngestSummary(scan_mode=mode.value), time.perf_counter()
-    init = (str(out), key, size, retry_skipped, allowed, max_pixels, Scanner(mode, scan_side, scan_threads))
+    # The scan never looks at fewer pixels than the PNG it lets out: small images are enlarged to the output size.
+    scanner = Scanner(mode, scan_side, scan_threads, min_side=max(ocr.DETECTOR_MIN_SIDE, size))
+    init = (str(out), key, size, retry_skipped, allowed, max_pixels, scanner)
     seen_keys: dict[str, str] = {}
     with _quiet_pydicom(), tqdm(total=total, unit="file", file=sys.stderr, disable=not progress,
                                  desc="ingest", mininterval=0.5) as bar:

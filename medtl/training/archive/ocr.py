@@ -3,9 +3,9 @@
 Nothing is downloaded: the model files are opened by path from the installed package (rapidocr's own
 loader would fetch a missing model, and its result drawing fetches a font, so neither is used); only
 its detection post-processing and its CTC decoding are borrowed. Detection runs on a copy of the
-8-bit image whose long side is at most `side` pixels (upscaling small images costs 2-3x and finds
-nothing more); recognition runs only on the regions detection found, cut from the full-resolution
-image and batched. See docs/privacy.md for what this finds and what it misses.
+8-bit image whose long side is at most `side` pixels (and at least `min_side`: tiny images are
+enlarged, as small text is found only then); recognition runs only on the regions detection found,
+cut from the full-resolution image and batched. See docs/privacy.md for what this finds and misses.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ import numpy as np
 from medtl.errors import UserError
 
 DETECTOR_SIDE = 512
-"""Long side of the detector's input in pixels (`Det.limit_type: max`): images are only ever shrunk to it."""
+"""Long side of the detector's input in pixels (`Det.limit_type: max`): larger images are shrunk to it."""
+DETECTOR_MIN_SIDE = 160
+"""Smaller images are enlarged to this long side for detection: it misses 10-pixel text in a 96-pixel image
+that it finds at 1.5 times the size (ingest raises it to the output size, so the scan never looks at
+fewer pixels than the PNG it lets out)."""
 DETECTION_MODEL = "PP-OCRv6_det_small.onnx"
 RECOGNITION_MODEL = "PP-OCRv6_rec_small.onnx"
 REC_HEIGHT, REC_MIN_WIDTH = 48, 320
@@ -82,11 +86,12 @@ class TextReader:
     """Finds and reads text in 8-bit grayscale images (one per process; sessions are not fork-safe).
 
     Args:
-        side: long side of the detector's input; larger images are shrunk to it, smaller ones kept.
+        side: long side of the detector's input; larger images are shrunk to it.
         threads: onnxruntime intra-op threads per session.
+        min_side: images with a shorter long side are enlarged to it for detection.
     """
 
-    def __init__(self, side: int = DETECTOR_SIDE, threads: int = 1) -> None:
+    def __init__(self, side: int = DETECTOR_SIDE, threads: int = 1, min_side: int = DETECTOR_MIN_SIDE) -> None:
         import onnxruntime as ort
 
         logging.getLogger("RapidOCR").setLevel(logging.CRITICAL + 1)
@@ -99,7 +104,7 @@ class TextReader:
         options.inter_op_num_threads = 1
         options.log_severity_level = 4
         providers = ["CPUExecutionProvider"]
-        self.side, self.threads = side, threads
+        self.side, self.threads, self.min_side = side, threads, min(min_side, side)
         self._det = ort.InferenceSession(str(folder / DETECTION_MODEL), options, providers=providers)
         self._rec = ort.InferenceSession(str(folder / RECOGNITION_MODEL), options, providers=providers)
         self._det_input = self._det.get_inputs()[0].name
@@ -114,9 +119,9 @@ class TextReader:
         import cv2
 
         h, w = image.shape
-        ratio = min(1.0, self.side / max(h, w))
+        ratio = min(max(max(h, w), self.min_side), self.side) / max(h, w)
         rh, rw = (max(32, int(round(v * ratio / 32)) * 32) for v in (h, w))
-        small = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR)
+        small = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_CUBIC)
         x = small.astype(np.float32) * (2.0 / 255.0) - 1.0
         batch = np.ascontiguousarray(np.broadcast_to(x, (1, 3, rh, rw)))
         pred = self._det.run(None, {self._det_input: batch})[0]

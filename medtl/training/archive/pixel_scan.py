@@ -19,7 +19,7 @@ import numpy as np
 
 from medtl.errors import UserError
 from medtl.training.archive.dicom import SkipFile
-from medtl.training.archive.ocr import DETECTOR_SIDE, TextLine, TextReader
+from medtl.training.archive.ocr import DETECTOR_MIN_SIDE, DETECTOR_SIDE, TextLine, TextReader
 from medtl.training.archive.text_rules import HeaderValues, judge
 
 REASON = "burned-in text found in the pixels"
@@ -84,19 +84,21 @@ class Scanner:
 
     Args:
         mode: refuse, mask or off.
-        side: long side of the detector's input in pixels.
+        side: long side of the detector's input in pixels (larger images are shrunk to it).
         threads: onnxruntime threads per model.
+        min_side: smaller images are enlarged to this long side for detection.
     """
 
     mode: Mode = Mode.REFUSE
     side: int = DETECTOR_SIDE
     threads: int = 1
+    min_side: int = DETECTOR_MIN_SIDE
     _reader: TextReader | None = field(default=None, repr=False)
 
     def load(self) -> TextReader | None:
         """Load the OCR models now (they load on first use otherwise); None in mode `off`."""
         if self._reader is None and self.mode is not Mode.OFF:
-            self._reader = TextReader(self.side, self.threads)
+            self._reader = TextReader(self.side, self.threads, self.min_side)
         return self._reader
 
     def _read(self, image: np.ndarray) -> list[TextLine]:

@@ -57,11 +57,12 @@ def test_engine_versions_name_the_pinned_packages_and_models():
     assert versions["detector"] == DETECTION_MODEL and versions["recogniser"] == RECOGNITION_MODEL
 
 
-def test_small_images_are_not_upscaled_and_large_ones_are_shrunk_to_the_detector_side():
-    reader = TextReader(side=256)
+def test_detector_input_is_shrunk_to_its_side_and_tiny_images_are_enlarged():
+    reader = TextReader(side=256, min_side=160)
     seen: list[tuple[int, ...]] = []
     real = reader._det.run
     reader._det = type("Spy", (), {"run": lambda self, out, feed: seen.append(next(iter(feed.values())).shape) or real(out, feed)})()
-    reader.detect(np.zeros((100, 60), dtype=np.uint8))
-    reader.detect(np.zeros((1024, 800), dtype=np.uint8))
-    assert seen == [(1, 3, 96, 64), (1, 3, 256, 192)]
+    reader.detect(np.zeros((100, 60), dtype=np.uint8))  # enlarged to 160 on its long side
+    reader.detect(np.zeros((200, 120), dtype=np.uint8))  # kept
+    reader.detect(np.zeros((1024, 800), dtype=np.uint8))  # shrunk to 256
+    assert seen == [(1, 3, 160, 96), (1, 3, 192, 128), (1, 3, 256, 192)]
