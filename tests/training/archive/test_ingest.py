@@ -142,8 +142,10 @@ def test_demo_archive_ingest_and_rerun_skips_everything(archive, reference):
     assert len(manifest) == 60 and manifest["image_path"].is_unique
     assert set(manifest["modality"]) == {"CT", "MR", "CR"}
     assert (manifest.groupby("source_key").size() == 4).sum() >= 2  # the multi-frame MR files
+    skipped = pd.read_csv(reference / "skipped.csv")  # the demo's one annotated copy, found by the scan
+    assert list(skipped["reason"]) == ["burned-in text found in the pixels (patient ID)"]
     again = ingest(archive, reference, key=KEY, progress=False)
-    assert again.already_done == again.seen == 51 and again.converted == 0
+    assert again.already_done == again.seen == 52 and again.converted == 0
     assert pd.read_parquet(reference / "manifest.parquet").equals(manifest)
 
 
@@ -184,9 +186,9 @@ def test_killed_run_loses_nothing_and_rerun_duplicates_nothing(archive, referenc
         proc.kill()
     assert not (out / "manifest.parquet").exists()
     done = len(list((out / ".shards").rglob("*.json")))
-    assert 12 <= done < 51
+    assert 12 <= done < 52
     summary = ingest(archive, out, key=KEY, progress=False)
-    assert summary.already_done >= done and summary.converted == 51 - summary.already_done
+    assert summary.already_done >= done and summary.converted + summary.skipped == 52 - summary.already_done
     resumed = pd.read_parquet(out / "manifest.parquet")
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(reference / "manifest.parquet"))
     assert _pngs(out) == set(resumed["image_path"]) and resumed["image_path"].is_unique

@@ -62,8 +62,9 @@ def test_clean_and_marker_images_are_converted_false_refusals_bounded(refused, c
     assert len(false) <= MAX_FALSE_REFUSALS
     verdicts = Counter(refused.verdicts[c.name] for c in twins if c.name in refused.verdicts)
     assert set(verdicts) <= {Verdict.CLEAN.value, Verdict.ALLOWED.value}
-    markers = [c for c in twins if c.category == "markers" and c.name in refused.verdicts]
-    assert sum(refused.verdicts[c.name] == Verdict.ALLOWED.value for c in markers) >= 0.8 * len(markers)
+    # Overlays of a few letters are not even read (too short to hold an identifier); longer ones are read and allowed.
+    long_markers = [c for c in twins if c.category == "markers" and len(c.text) >= 5 and c.name in refused.verdicts]
+    assert sum(refused.verdicts[c.name] == Verdict.ALLOWED.value for c in long_markers) >= 0.8 * len(long_markers)
 
 
 def test_verdicts_are_counted_per_modality_and_reason_without_text(refused):
