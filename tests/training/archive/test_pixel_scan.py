@@ -181,9 +181,10 @@ def test_a_crash_a_hang_or_an_error_in_the_ocr_is_a_skipped_row(text_cases, text
 
 
 def _with_overlay(path: Path, target: Path, text: str) -> None:
-    """Copy a file, adding an overlay plane (6000) that spells `text` in large letters."""
+    """Copy a file, adding an overlay plane (6000) that spells `text` in large letters and a graphic annotation saying it."""
     import pydicom
     from PIL import ImageDraw
+    from pydicom.dataset import Dataset
     from pydicom.pixels import pack_bits
 
     ds = pydicom.dcmread(path)
@@ -197,10 +198,15 @@ def _with_overlay(path: Path, target: Path, text: str) -> None:
     ds.add_new(0x60000100, "US", 1)
     ds.add_new(0x60000102, "US", 0)
     ds.add_new(0x60003000, "OW", pack_bits(bits.ravel()))
+    note, annotation = Dataset(), Dataset()
+    note.UnformattedTextValue, note.AnchorPointAnnotationUnits = text, "PIXEL"
+    note.AnchorPoint, note.AnchorPointVisibility = [10.0, 40.0], "Y"
+    annotation.GraphicLayer, annotation.TextObjectSequence = "NAMES", [note]
+    ds.GraphicAnnotationSequence = [annotation]
     ds.save_as(target)
 
 
-def test_overlay_planes_are_never_drawn_into_the_png(text_cases, text_archive, tmp_path):
+def test_overlay_planes_and_graphic_annotations_are_never_drawn_into_the_png(text_cases, text_archive, tmp_path):
     from pydicom.data import get_testdata_file
 
     src = tmp_path / "src"
@@ -214,7 +220,7 @@ def test_overlay_planes_are_never_drawn_into_the_png(text_cases, text_archive, t
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("source_key")
     png = {name: (tmp_path / "out" / manifest.loc[path_key(SCAN_KEY, name), "image_path"]).read_bytes()
            for name in ("overlaid.dcm", "plain.dcm", "examples_overlay.dcm")}
-    assert png["overlaid.dcm"] == png["plain.dcm"]  # the overlay's text is dropped, not rendered
+    assert png["overlaid.dcm"] == png["plain.dcm"]  # the overlay's and the annotation's text are dropped, not rendered
     import pydicom
 
     overlay = pydicom.dcmread(src / "examples_overlay.dcm")
