@@ -89,13 +89,13 @@ def _texts(path: Path) -> list[str]:
     return texts
 
 
-def _burn_text(pixels, text: str):
-    """Draw `text` into the pixels the way a scanner's overlay does (white, top left)."""
+def _burn_text(pixels, text: str, monochrome1: bool = False):
+    """Draw `text` into the pixels the way a scanner's overlay does (displayed white, top left)."""
     import numpy as np
     from PIL import ImageDraw
 
     image = Image.fromarray((pixels.astype(np.float64) / max(1, pixels.max()) * 255).astype(np.uint8))
-    ImageDraw.Draw(image).text((2, 2), text, fill=255)
+    ImageDraw.Draw(image).text((2, 2), text, fill=0 if monochrome1 else 255)  # MONOCHROME1 shows low values white
     return np.asarray(image).astype(np.uint16) * 16
 
 
@@ -142,7 +142,7 @@ def hospital_export(demo: Path, out: Path) -> tuple[set[str], list[Path]]:
         if ds.PatientID in done_patients or int(ds.get("NumberOfFrames") or 1) > 1:
             continue
         done_patients.add(ds.PatientID)
-        ds.PixelData = _burn_text(ds.pixel_array, f"{name} {ds.PatientID}").tobytes()
+        ds.PixelData = _burn_text(ds.pixel_array, f"{name} {ds.PatientID}", ds.PhotometricInterpretation == "MONOCHROME1").tobytes()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         for modality, sop, burned_flag in (("US", "1.2.840.10008.5.1.4.1.1.6.1", None),
                                            ("OT", "1.2.840.10008.5.1.4.1.1.7", None),
