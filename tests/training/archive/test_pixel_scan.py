@@ -29,6 +29,7 @@ def _table(title: str, counts: dict[str, tuple[int, int]]) -> str:
     return "\n".join([title, *rows])
 
 
+@pytest.mark.slow  # the generated set is ingested once per session (~30 s of OCR)
 def test_every_image_with_identifying_text_is_refused_recall_per_category(refused, capsys):
     identifying = [c for c in refused.cases if c.identifying]
     per_category: dict[str, tuple[int, int]] = {}
@@ -54,6 +55,7 @@ def test_every_image_with_identifying_text_is_refused_recall_per_category(refuse
     assert categories["patient name"] >= 6 and categories["birth date"] >= 6  # matched against the header
 
 
+@pytest.mark.slow  # the generated set is ingested once per session (~30 s of OCR)
 def test_clean_and_marker_images_are_converted_false_refusals_bounded(refused, capsys):
     twins = [c for c in refused.cases if not c.identifying]
     false = {c.name: refused.reasons[c.name] for c in twins if c.name in refused.reasons}
@@ -67,6 +69,7 @@ def test_clean_and_marker_images_are_converted_false_refusals_bounded(refused, c
     assert sum(refused.verdicts[c.name] == Verdict.ALLOWED.value for c in long_markers) >= 0.8 * len(long_markers)
 
 
+@pytest.mark.slow  # the generated set is ingested once per session (~30 s of OCR)
 def test_verdicts_are_counted_per_modality_and_reason_without_text(refused):
     counts = pd.read_csv(refused.out / "scan_verdicts.csv")
     assert list(counts.columns) == ["verdict", "modality", "reason", "count"]
@@ -81,6 +84,7 @@ def test_verdicts_are_counted_per_modality_and_reason_without_text(refused):
         assert not case.identifying or case.text.lower() not in written
 
 
+@pytest.mark.slow  # the generated set is ingested once per session (~30 s of OCR)
 def test_mask_mode_keeps_masked_images_with_no_identifying_text_left(masked, capsys):
     outcome = Counter("masked" if masked.verdicts.get(c.name) == Verdict.MASKED.value else
                       "refused" if "left after masking" in masked.reasons.get(c.name, "") else "other"
