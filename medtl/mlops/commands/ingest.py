@@ -171,10 +171,14 @@ def log_ingest_run(args: argparse.Namespace, out: Path, summary: Any) -> str:
               **{f"ocr_{k}": v for k, v in ocr.engine_versions().items()}}
     counts = {k: float(v) for k, v in dataclasses.asdict(summary).items() if isinstance(v, int | float)}
     verdicts = shards.verdict_counts(shards.records(out))
-    T.log_params(client, run.info.run_id, params)
-    T.log_metrics(client, run.info.run_id, {**counts, **scan_metrics(verdicts)})
-    for name in (shards.VERDICTS, shards.SKIPPED):
-        if (out / name).is_file():
-            client.log_artifact(run.info.run_id, str(out / name))
+    try:
+        T.log_params(client, run.info.run_id, params)
+        T.log_metrics(client, run.info.run_id, {**counts, **scan_metrics(verdicts)})
+        for name in (shards.VERDICTS, shards.SKIPPED):
+            if (out / name).is_file():
+                client.log_artifact(run.info.run_id, str(out / name))
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
     client.set_terminated(run.info.run_id)
     return run.info.run_id
