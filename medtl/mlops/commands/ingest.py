@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--burned-in", default="refuse", metavar="MODE",
                         help="text found in the pixels: refuse (default) the image, mask the text, or off (no scan)")
     parser.add_argument("--scan-side", type=int, default=512, metavar="PX",
-                        help="long side of the text detector's input; larger images are shrunk to it (default 512)")
+                        help="long side of the text detector's input, at least --image-size; larger images are shrunk to it (default 512)")
     parser.add_argument("--scan-threads", type=int, default=1, metavar="N",
                         help="OCR threads per worker (default 1; --workers scales across cores)")
     parser.add_argument("--source-map", type=Path, metavar="CSV",

@@ -170,7 +170,8 @@ def ingest(
         max_pixels: files with more samples than this are skipped before decoding.
         burned_in: the pixel scan (`pixel_scan.Mode`): `refuse` images with identifying text in
             their pixels, `mask` it (kept only when a second scan finds nothing), or `off`.
-        scan_side: long side in pixels of the text detector's input (larger images are shrunk to it).
+        scan_side: long side in pixels of the text detector's input (larger images are shrunk to it;
+            never below `size`).
         scan_threads: onnxruntime threads of each worker's OCR models.
 
     Raises:
@@ -205,8 +206,9 @@ def ingest(
     shards.check_state(out, key, size)
     shards.clean_temporaries(out)
     summary, start = IngestSummary(scan_mode=mode.value), time.perf_counter()
-    # The scan never looks at fewer pixels than the PNG it lets out: small images are enlarged to the output size.
-    scanner = Scanner(mode, scan_side, scan_threads, min_side=max(ocr.DETECTOR_MIN_SIDE, size))
+    # The scan never looks at fewer pixels than the PNG it lets out: small images are enlarged to the
+    # output size, and the detector's side is at least the output size.
+    scanner = Scanner(mode, max(scan_side, size), scan_threads, min_side=max(ocr.DETECTOR_MIN_SIDE, size))
     init = (str(out), key, size, retry_skipped, allowed, max_pixels, scanner)
     seen_keys: dict[str, str] = {}
     with _quiet_pydicom(), tqdm(total=total, unit="file", file=sys.stderr, disable=not progress,
