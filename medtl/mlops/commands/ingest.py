@@ -165,7 +165,7 @@ def log_ingest_run(args: argparse.Namespace, out: Path, summary: Any) -> str:
         tags[S.NOTE_TAG] = f"WARNING: {OFF_WARNING}."
     run = client.create_run(experiment, run_name=f"ingest-{out.name}", tags={**T.source_tags(), **tags})
     params = {"image_size": args.image_size, "workers": args.workers, "burned_in": summary.scan_mode,
-              "scan_side": args.scan_side, "scan_threads": args.scan_threads, "retry_skipped": args.retry_skipped,
+              "scan_side": max(args.scan_side, args.image_size), "scan_threads": args.scan_threads, "retry_skipped": args.retry_skipped,
               "allow_modality": ",".join(sorted({m.upper() for m in args.allow_modality})) or "none",
               "decode_timeout": args.decode_timeout, "max_pixels": args.max_pixels,
               **{f"ocr_{k}": v for k, v in ocr.engine_versions().items()}}
