@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,evaluation,throughput,faults] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,scan,scan_recall,evaluation,throughput,faults] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -32,7 +32,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "archs": ("Architectures: training images/s and peak memory (issue 3)", "batch 16; the table to plan a grid with"),
     "scheduling": ("Sweep scheduling: gap between trials, 1 vs 2 workers, SQLite vs PostgreSQL (issue 7)", ""),
     "data": ("Datasets: samples/s from the cache vs decoding (issue 5)", ""),
-    "ingest": ("DICOM ingest throughput and memory (issue 4)", ""),
+    "ingest": ("DICOM ingest throughput and memory (issue 4)", "the pixel scan on (the default since issue 22)"),
+    "scan": ("Burned-in text scan: ingest images/s per core with and without it (issue 22)", "target: ratio ≤ 2 on real-sized images; 1 worker, 1 OCR thread"),
+    "scan_recall": ("Burned-in text scan: recall by text size and contrast (issue 22)", "identifying text drawn into real-sized CR plates and CT slices"),
     "evaluation": ("Evaluation report over large stores (issue 8)", "target: 10,000 runs in under 15 s"),
     "throughput": ("Throughput table for `medtl sweep --plan` (issue 13)", "writes benchmarks/throughput.json; CPU rows are rough upper bounds"),
     "runs": ("A run under faults: 60 s tracking outage, exact resume, fixed costs (issues 15, 16)", "target: 0 epochs lost / twice, resume difference 0, system metrics ≤ 0.1 s per run"),

@@ -1,7 +1,8 @@
 """The whole pipeline on a hospital-style export with identifying values planted everywhere a real
 one has them — every patient field, folder and file names, private tags, sequences, descriptions,
-comments, and text burned into the pixels: nothing it writes (PNGs, manifests, skipped list,
-shards, the MLflow store, every artifact, logs, the report) holds one, in any spelling."""
+comments, and text burned into the pixels (of CR and CT files that do not say so, too): nothing it
+writes (PNGs, manifests, skipped list, shards, the MLflow store, every artifact, logs, the report)
+holds one, in any spelling — and no PNG shows one that OCR can read."""
 
 from __future__ import annotations
 
@@ -46,8 +47,22 @@ def _pickle_strings(data: bytes) -> list[str]:
     return out
 
 
+_READER: list = []
+
+
+def _pixel_text(image: Image.Image) -> list[str]:
+    """The text OCR reads in an image (the scan's own engine, at the image's full resolution)."""
+    import numpy as np
+
+    from medtl.training.archive.ocr import TextReader
+
+    if not _READER:
+        _READER.append(TextReader())
+    return [line.text for line in _READER[0].read(np.asarray(image.convert("L")))]
+
+
 def _texts(path: Path) -> list[str]:
-    """Everything human-readable a file holds: names, metadata, cells, text, pickle strings."""
+    """Everything human-readable a file holds: names, metadata, cells, text, pickle strings, text in pixels."""
     texts = [str(path)]
     suffix = path.suffix.lower()
     data = path.read_bytes()
@@ -55,6 +70,7 @@ def _texts(path: Path) -> list[str]:
         with Image.open(path) as image:
             texts += [f"{k}={v}" for k, v in image.info.items()]
             texts += [str(v) for v in (image.text if hasattr(image, "text") else {}).values()]
+            texts += _pixel_text(image)
     elif suffix == ".parquet":
         texts.append(pd.read_parquet(path).to_csv())
     elif suffix == ".db":
@@ -73,13 +89,13 @@ def _texts(path: Path) -> list[str]:
     return texts
 
 
-def _burn_text(pixels, text: str):
-    """Draw `text` into the pixels the way a scanner's overlay does (white, top left)."""
+def _burn_text(pixels, text: str, monochrome1: bool = False):
+    """Draw `text` into the pixels the way a scanner's overlay does (displayed white, top left)."""
     import numpy as np
     from PIL import ImageDraw
 
     image = Image.fromarray((pixels.astype(np.float64) / max(1, pixels.max()) * 255).astype(np.uint8))
-    ImageDraw.Draw(image).text((2, 2), text, fill=255)
+    ImageDraw.Draw(image).text((2, 2), text, fill=0 if monochrome1 else 255)  # MONOCHROME1 shows low values white
     return np.asarray(image).astype(np.uint16) * 16
 
 
@@ -88,8 +104,9 @@ def hospital_export(demo: Path, out: Path) -> tuple[set[str], list[Path]]:
 
     Folders and files are named after the patient (`KOWALCZYK_MARGARETHE_PID1234567/20190417/…`),
     and every file gains a private tag, a RequestAttributesSequence, descriptions and comments
-    quoting the patient. Three more files per patient carry the name in their pixels: an
-    ultrasound frame, a secondary capture and a CT stating BurnedInAnnotation YES.
+    quoting the patient. Five more files per patient carry the name in their pixels: an
+    ultrasound frame, a secondary capture, a CT stating BurnedInAnnotation YES, and a CR and a CT
+    that say nothing about it (only the pixel scan can refuse those two).
     """
     import pydicom
     from pydicom.dataset import Dataset
@@ -125,17 +142,21 @@ def hospital_export(demo: Path, out: Path) -> tuple[set[str], list[Path]]:
         if ds.PatientID in done_patients or int(ds.get("NumberOfFrames") or 1) > 1:
             continue
         done_patients.add(ds.PatientID)
-        ds.PixelData = _burn_text(ds.pixel_array, f"{name} {ds.PatientID}").tobytes()
+        ds.PixelData = _burn_text(ds.pixel_array, f"{name} {ds.PatientID}", ds.PhotometricInterpretation == "MONOCHROME1").tobytes()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         for modality, sop, burned_flag in (("US", "1.2.840.10008.5.1.4.1.1.6.1", None),
                                            ("OT", "1.2.840.10008.5.1.4.1.1.7", None),
-                                           ("CT", "1.2.840.10008.5.1.4.1.1.2", "YES")):
+                                           ("CT", "1.2.840.10008.5.1.4.1.1.2", "YES"),
+                                           ("CR", "1.2.840.10008.5.1.4.1.1.1", None),
+                                           ("CT", "1.2.840.10008.5.1.4.1.1.2", None)):
             ds.Modality, ds.SOPClassUID = modality, sop
             ds.file_meta.MediaStorageSOPClassUID = sop
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{len(burned) + 1}"
             if burned_flag:
                 ds.BurnedInAnnotation = burned_flag
-            burned.append(folder / f"{family}^{given} {modality} capture.dcm")
+            elif "BurnedInAnnotation" in ds:
+                del ds.BurnedInAnnotation
+            burned.append(folder / f"{family}^{given} {modality} {len(burned)} capture.dcm")
             ds.save_as(burned[-1], enforce_file_format=True)
     return planted, burned
 
@@ -205,4 +226,6 @@ def test_hospital_export_pipeline_leaks_no_planted_identifier(tmp_path):
     digests = {hmac.new(key.read_bytes().strip(), f"source\0{hashlib.sha256(p.read_bytes()).hexdigest()}".encode(),
                         hashlib.sha256).hexdigest()[:32] for p in burned}
     assert not digests & set(pd.read_parquet(tmp_path / "set" / "manifest.parquet")["source_key"])
-    assert len(burned) == 18 and len(reasons) >= len(burned)
+    assert len(burned) == 30 and len(reasons) >= len(burned)
+    pixel_refusals = [p for p in burned if reasons[p.relative_to(export).as_posix()].startswith("burned-in text found in the pixels")]
+    assert len(pixel_refusals) == 12  # every CR and CT without a BurnedInAnnotation element

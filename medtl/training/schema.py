@@ -19,6 +19,7 @@ from medtl.training.spec import RunSpec
 class Stage(StrEnum):
     """The value of tag `medtl.stage`: what kind of run it is."""
 
+    INGEST = "ingest"
     PSEUDOLABEL = "pseudolabel"
     PRETRAIN = "pretrain"
     SWEEP = "sweep"

@@ -9,7 +9,9 @@ DESCRIPTION = """\
 Write a synthetic DICOM archive (CT, MR and CR; head, chest, hand and knee; a multi-frame file,
 MONOCHROME1 and RLE-compressed radiographs, series with and without a VOI window) under DIR.
 Every patient-identifying field holds a plausible FAKE value, so the archive exercises
-de-identification; --planted-out writes those values to a file outside DIR for leak scans.
+de-identification; --planted-out writes those values to a file outside DIR for leak scans. Every
+20th patient also has one image with its name and ID drawn into the pixels (no BurnedInAnnotation
+element), which ingest's pixel scan refuses.
 """
 
 
@@ -37,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
     archive = write_demo_archive(out, seed=args.seed, patients=args.patients)
     if args.planted_out is not None:
         write_atomic(args.planted_out, "\n".join(sorted(planted_identifiers(out))) + "\n")
-    print(f"demo-archive: {archive.files} files, {archive.images} images, {archive.patients} patients -> {out}")
+    burned = f" ({archive.burned_in} with the patient's name burned into the pixels: ingest refuses them)" if archive.burned_in else ""
+    print(f"demo-archive: {archive.files} files, {archive.images} images, {archive.patients} patients -> {out}{burned}")
     return 0

@@ -1,9 +1,13 @@
-"""`medtl ingest`: convert a DICOM archive into de-identified 8-bit PNGs and a manifest."""
+"""`medtl ingest`: convert a DICOM archive into de-identified 8-bit PNGs and a manifest, logged to MLflow."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from typing import Any
+
+from medtl.mlops.commands._args import add_tracking_uri
 
 DESCRIPTION = """\
 Walk SRC (a folder tree, or a DICOMDIR file), read every DICOM file, apply the modality LUT and the
@@ -15,15 +19,25 @@ Patient, study and series keys, source keys and every output name are HMAC-SHA25
 secret key: $MEDTL_DEID_KEY, or --key-file PATH (outside DIR, readable by its owner only: chmod 600).
 --ephemeral-key draws a random key kept only in memory: for throw-away demos (a rerun cannot
 resume, and keys cannot be linked to later data). Only an allow-list of technical header fields is
-copied; no source path is written into DIR (--source-map CSV, outside DIR, maps source keys back).
+copied; no source path is written into DIR. Every manifest row and skipped row names its source by
+one key, source_key; --source-map CSV (outside DIR) maps those keys back to paths.
 
 Burned-in text: files with BurnedInAnnotation=YES, document classes, and the modalities that
 commonly carry text in their pixels (US, SC, OT, XA, RF, ES, XC, GM, SM) are skipped with that
 reason. --allow-modality US (repeatable) converts such files when they state BurnedInAnnotation=NO.
+Every other image is scanned for text in its pixels (offline OCR, before the resize): an image whose
+text matches the file's own patient name, ID, dates, accession number or institution, or looks
+like an identifier (a date, 5+ digits, Name^Name, a word outside the overlay allow-list), is
+refused; laterality and technique overlays (L, R, AP, PA, SUPINE, kV/mAs) pass. --burned-in mask
+blacks out the text instead and keeps the image when a second scan finds nothing; --burned-in off
+does not scan (a warning, recorded on the run). --forget KEY... removes sources' images from DIR
+afterwards, for text a reader found that the scan missed.
 
-Each file is decoded in an isolated worker process (--decode-timeout, --max-pixels); a file that
-crashes or hangs its decoder is skipped. Reruns skip sources already converted (by content hash);
-a run killed midway loses nothing already written. See docs/privacy.md.
+Each file is decoded and scanned in an isolated worker process (--decode-timeout, --max-pixels); a
+file that crashes or hangs its decoder or the scan is skipped. Reruns skip sources already
+converted (by content hash); a run killed midway loses nothing already written. The run's counts
+(images kept per scan verdict and modality, files refused per reason) are logged to MLflow
+(experiment medtl/pretrain, medtl.stage=ingest). See docs/privacy.md.
 """
 
 
@@ -32,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ingest", help="DICOM archive -> de-identified PNGs + manifest",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", help="folder of DICOM files (walked recursively) or a DICOMDIR file")
+    parser.add_argument("src", metavar="SRC", nargs="?",
+                        help="folder of DICOM files (walked recursively) or a DICOMDIR file (not with --forget)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reruns resume)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="converting processes (default 1)")
     parser.add_argument("--key-file", type=Path, metavar="PATH", help="file holding the de-identification key (outside DIR)")
@@ -46,13 +61,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-modality", action="append", default=[], metavar="CODE",
         help="convert CODE images (US, SC, OT, XA, RF, ES, XC, GM, SM) that state BurnedInAnnotation=NO; repeatable",
     )
+    parser.add_argument("--burned-in", default="refuse", metavar="MODE",
+                        help="text found in the pixels: refuse (default) the image, mask the text, or off (no scan)")
+    parser.add_argument("--scan-side", type=int, default=512, metavar="PX",
+                        help="long side of the text detector's input, at least --image-size; larger images are shrunk to it (default 512)")
+    parser.add_argument("--scan-threads", type=int, default=1, metavar="N",
+                        help="OCR threads per worker (default 1; --workers scales across cores)")
     parser.add_argument("--source-map", type=Path, metavar="CSV",
                         help="write source_key -> source path here (outside DIR; mode 0600)")
+    parser.add_argument("--forget", nargs="+", metavar="KEY",
+                        help="remove these sources (source_key values) and their images from DIR, for good")
     parser.add_argument("--decode-timeout", type=float, default=300.0, metavar="S",
-                        help="seconds one file may take to decode before it is skipped (default 300)")
+                        help="seconds one file may take to decode and scan before it is skipped (default 300)")
     parser.add_argument("--max-pixels", type=int, default=2**28, metavar="N",
                         help="skip files with more pixel samples than N, before decoding (default 2^28)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 
@@ -60,18 +84,101 @@ def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
     from medtl.training.archive.deid import load_key
     from medtl.training.archive.ingest import check_allowed, check_source_map, ingest
+    from medtl.training.archive.pixel_scan import parse_mode
 
-    src, out = Path(args.src), Path(args.out)
+    out = Path(args.out)
+    if args.forget:
+        return _forget(args, out)
+    if args.src is None:
+        raise UserError("name the source archive: medtl ingest SRC --out DIR (or --forget KEY... --out DIR)")
+    src = Path(args.src)
     if not src.exists():
         raise UserError(f"source {src} does not exist")
     if args.image_size < 16:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
     check_allowed(args.allow_modality)
     check_source_map(args.source_map, out, src)
+    mode = parse_mode(args.burned_in)
     key = load_key(out, key_file=args.key_file, ephemeral=args.ephemeral_key)
     summary = ingest(src, out, key=key, workers=args.workers, size=args.image_size,
                      retry_skipped=args.retry_skipped, progress=not args.no_progress,
                      allow_modalities=args.allow_modality, source_map=args.source_map,
-                     decode_timeout=args.decode_timeout, max_pixels=args.max_pixels)
-    print(summary.line())
+                     decode_timeout=args.decode_timeout, max_pixels=args.max_pixels,
+                     burned_in=mode, scan_side=args.scan_side, scan_threads=args.scan_threads)
+    run_id = log_ingest_run(args, out, summary)
+    print(f"{summary.line()}; MLflow run {run_id}")
     return 0
+
+
+def _forget(args: argparse.Namespace, out: Path) -> int:
+    from medtl.errors import UserError
+    from medtl.training.archive.forget import forget
+
+    if args.src is not None:
+        raise UserError("--forget works on an existing output: medtl ingest --forget KEY... --out DIR (no SRC)")
+    done = forget(out, args.forget)
+    mosaics = f"; {done.mosaics} cluster mosaics deleted (run medtl pseudolabel {out} again to redraw them)" if done.mosaics else ""
+    print(f"ingest --forget: {done.sources} sources and their {done.images} images removed from {out}{mosaics}. "
+          "Images already copied elsewhere (mosaics logged to MLflow, caches, shared copies) are not touched.")
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def scan_metrics(verdicts: list[dict[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of the scan's verdicts: `scan_<verdict>`, `scan_<verdict>_<modality>`, `scan_refused_<reason>`.
+
+    Kept verdicts count images; `refused` and `forgotten` count files. No text, only counts.
+    """
+    metrics: dict[str, float] = {}
+    for row in verdicts:
+        verdict, count = _slug(row["verdict"]), float(row["count"])
+        for name in (f"scan_{verdict}", f"scan_{verdict}_{row['modality']}",
+                     *([f"scan_{verdict}_{_slug(row['reason'])}"] if row["reason"] else [])):
+            metrics[name] = metrics.get(name, 0.0) + count
+    return metrics
+
+
+def log_ingest_run(args: argparse.Namespace, out: Path, summary: Any) -> str:
+    """Log the ingest as an MLflow run (experiment medtl/pretrain, stage ingest); returns its id.
+
+    Params are the run's settings and the OCR engine's versions; metrics the run's counts and the
+    scan's verdicts over the whole output; artifacts `scan_verdicts.csv` and `skipped.csv` (keys and
+    reasons only). The source folder is not logged: hospital exports name folders after patients.
+    """
+    import dataclasses
+
+    import mlflow
+
+    from medtl.mlops.tracking import client as T
+    from medtl.training import schema as S
+    from medtl.training.archive import ocr, shards
+    from medtl.training.archive.ingest import OFF_WARNING
+
+    uri = S.resolve_tracking_uri(args.tracking_uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = T.get_or_create_experiment(client, S.PRETRAIN_EXPERIMENT, uri)
+    tags = {S.STAGE_TAG: S.Stage.INGEST.value, S.DATA_TAG: str(out.resolve()), "medtl.burned_in": summary.scan_mode}
+    if summary.scan_mode == "off":
+        tags[S.NOTE_TAG] = f"WARNING: {OFF_WARNING}."
+    run = client.create_run(experiment, run_name=f"ingest-{out.name}", tags={**T.source_tags(), **tags})
+    params = {"image_size": args.image_size, "workers": args.workers, "burned_in": summary.scan_mode,
+              "scan_side": max(args.scan_side, args.image_size), "scan_threads": args.scan_threads, "retry_skipped": args.retry_skipped,
+              "allow_modality": ",".join(sorted({m.upper() for m in args.allow_modality})) or "none",
+              "decode_timeout": args.decode_timeout, "max_pixels": args.max_pixels,
+              **{f"ocr_{k}": v for k, v in ocr.engine_versions().items()}}
+    counts = {k: float(v) for k, v in dataclasses.asdict(summary).items() if isinstance(v, int | float)}
+    verdicts = shards.verdict_counts(shards.records(out))
+    try:
+        T.log_params(client, run.info.run_id, params)
+        T.log_metrics(client, run.info.run_id, {**counts, **scan_metrics(verdicts)})
+        for name in (shards.VERDICTS, shards.SKIPPED):
+            if (out / name).is_file():
+                client.log_artifact(run.info.run_id, str(out / name))
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -7,7 +7,10 @@ CT is stored in Hounsfield units (rescale intercept -1024), MR as arbitrary sign
 field, CR as 12-bit attenuation. The archive covers a multi-frame (enhanced MR) file with its
 window in functional groups, MONOCHROME1 radiographs, RLE-compressed files, and series with and
 without a VOI window. Every patient-identifying field holds a plausible fake value;
-`planted_identifiers` reads them back so tests can scan outputs for leaks.
+`planted_identifiers` reads them back so tests can scan outputs for leaks. Every 20th patient
+(the 4th, 24th, ...) also has an annotated copy of one radiograph or CT slice with the patient's
+name and ID drawn into the pixels and no `BurnedInAnnotation` element, as some modalities and PACS
+exports write them: ingest's pixel scan refuses it, so the demo shows the scan at work.
 
 Shared structure with the demo tasks, by construction: the anatomy is drawn from the primitives the
 synthetic downstream tasks (`medtl.training.data.synthetic`) are made of — rings (skull), filled
@@ -61,6 +64,7 @@ class DemoArchive:
     files: int
     images: int
     patients: int
+    burned_in: int = 0
 
 
 def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +211,7 @@ def write_demo_archive(out: Path, *, seed: int = 0, patients: int = 6) -> DemoAr
         raise UserError(f"--patients must be at least 1, got {patients}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; choose a new one")
-    files = images = 0
+    files = images = burned = 0
     rng = np.random.default_rng(seed)
     with atomic_dir(out) as tmp:  # an empty folder is replaced too
         for p in range(patients):
@@ -237,7 +241,33 @@ def write_demo_archive(out: Path, *, seed: int = 0, patients: int = 6) -> DemoAr
                     ds.save_as(folder / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
                     files += 1
                     images += pixels.shape[0] if pixels.ndim == 3 else 1
-    return DemoArchive(out, files, images, patients)
+                    if p % BURNED_IN_EVERY == BURNED_IN_FIRST and modality != "MR" and burned == p // BURNED_IN_EVERY:
+                        _annotated(ds).save_as(folder / f"IM{i + 1:04d}_annotated.dcm", enforce_file_format=True)
+                        files, images, burned = files + 1, images + 1, burned + 1
+    return DemoArchive(out, files, images, patients, burned)
+
+
+BURNED_IN_EVERY, BURNED_IN_FIRST = 20, 3
+
+
+def _annotated(ds: Any) -> Any:
+    """A copy of an uncompressed single-frame image with the patient's family name and ID burned in (white)."""
+    from PIL import Image, ImageDraw, ImageFont
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    copy = ds.copy()
+    if copy.file_meta.TransferSyntaxUID.is_compressed:
+        copy.decompress()
+    copy.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pixels = copy.pixel_array.astype(np.uint16)
+    ink = Image.new("L", (pixels.shape[1], pixels.shape[0]), 0)
+    family = str(copy.PatientName).split("^")[0].upper()
+    ImageDraw.Draw(ink).multiline_text((3, 3), f"{family}\n{copy.PatientID}", fill=255, font=ImageFont.load_default(size=11))
+    white = 0 if str(copy.PhotometricInterpretation) == "MONOCHROME1" else 4095
+    pixels[np.asarray(ink) > 127] = white
+    copy.PixelData = pixels.tobytes()
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(copy.SOPInstanceUID), "annotated"])
+    return copy
 
 
 def _style(ds: Any, modality: str, part: str, patient: int, multiframe: bool) -> None:

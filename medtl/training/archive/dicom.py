@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,12 @@ class Frame:
     image: np.ndarray | None
     reason: str | None = None
     window_source: str = ""
+    scan: str = ""
+
+
+FrameScan = Callable[[np.ndarray], tuple[np.ndarray, str]]
+"""A check of each kept frame at full resolution before the resize: returns the image to keep (e.g.
+masked) and a verdict, or raises `SkipFile` to refuse the whole file."""
 
 
 def read_dataset(path: Path, data: bytes | None = None) -> Any:
@@ -219,10 +225,13 @@ def degenerate(image: np.ndarray) -> str | None:
     return None
 
 
-def iter_frames(ds: Any, size: int = IMAGE_SIZE) -> Iterator[Frame]:
+def iter_frames(ds: Any, size: int = IMAGE_SIZE, scan: FrameScan | None = None) -> Iterator[Frame]:
     """Decode frame by frame (memory stays one frame), yielding kept or dropped `Frame`s.
 
-    Raises `SkipFile` when the pixel data cannot be decoded.
+    `scan` sees each kept frame as the windowed 8-bit image at full resolution, before the resize.
+    Only the pixel data is rendered: overlay planes (60xx), graphic annotations and presentation
+    states are never drawn in, and pydicom masks bits above BitsStored (where retired overlays
+    lived). Raises `SkipFile` when the pixel data cannot be decoded, or the one `scan` raised.
     """
     from pydicom.pixels import iter_pixels
 
@@ -238,7 +247,10 @@ def iter_frames(ds: Any, size: int = IMAGE_SIZE) -> Iterator[Frame]:
                         raise SkipFile("pixel data has an unexpected shape")
                     image, source = to_uint8(frame, ds, index)
                     reason = degenerate(image)
-                    yield Frame(index, None if reason else letterbox(image, size), reason, source)
+                    verdict = ""
+                    if reason is None and scan is not None:
+                        image, verdict = scan(image)
+                    yield Frame(index, None if reason else letterbox(image, size), reason, source, verdict)
                     index += 1
     except SkipFile:
         raise

@@ -3,9 +3,10 @@
 The run is put together from one module per concept: `deid` (the key and the keyed hashes that
 stand for every identifier), `convert` (one file → PNGs and its shard record, inside a worker),
 `workers` (the isolated decoding processes that survive crashing and hanging files) and `shards`
-(atomic writes, the shard records and their compaction into the manifest). Nothing in DIR names a
-source path; the readable mapping goes only to a file the user names outside DIR (`source_map`).
-See docs/privacy.md.
+(atomic writes, the shard records and their compaction into the manifest), with `pixel_scan` (the
+burned-in text scan, in the workers) and `forget` (removing a source afterwards). Nothing in DIR
+names a source path; the readable mapping goes only to a file the user names outside DIR
+(`source_map`). See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtl.errors import UserError
-from medtl.training.archive import dicom, header, shards
+from medtl.training.archive import dicom, header, ocr, shards
 from medtl.training.archive.convert import MAX_PIXELS
+from medtl.training.archive.pixel_scan import Mode, Scanner, parse_mode
 from medtl.training.archive.workers import DECODE_TIMEOUT_S, isolated_results
+
+log = logging.getLogger(__name__)
+OFF_WARNING = ("ingest: --burned-in off: the pixels are not scanned for burned-in text; names, IDs and dates "
+               "drawn into CR, DX or CT images will be copied into the output. Review every image before sharing it")
 
 
 @dataclass
@@ -34,18 +40,23 @@ class IngestSummary:
     images: int = 0
     skipped: int = 0
     refused_burned_in: int = 0
+    refused_pixels: int = 0
+    masked: int = 0
     decoder_failures: int = 0
     already_done: int = 0
     dropped_frames: int = 0
     manifest_rows: int = 0
     seconds: float = 0.0
+    scan_mode: str = Mode.REFUSE.value
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
+        scan = ("pixels not scanned (--burned-in off)" if self.scan_mode == Mode.OFF.value else
+                f"{self.refused_pixels} of them found by the pixel scan, {self.masked} images masked")
         return (
             f"ingest: {self.seen} files seen, {self.converted} converted into {self.images} images, "
-            f"{self.skipped} skipped ({self.refused_burned_in} for possible burned-in text, "
-            f"{self.decoder_failures} crashed or timed out the decoder), "
+            f"{self.skipped} skipped ({self.refused_burned_in} for burned-in text: {scan}; "
+            f"{self.decoder_failures} crashed or timed out the decoder or the text scan), "
             f"{self.already_done} already done, {self.dropped_frames} frames "
             f"dropped; manifest has {self.manifest_rows} images ({self.seconds:.1f} s)"
         )
@@ -137,6 +148,9 @@ def ingest(
     source_map: Path | None = None,
     decode_timeout: float = DECODE_TIMEOUT_S,
     max_pixels: int = MAX_PIXELS,
+    burned_in: Mode | str = Mode.REFUSE,
+    scan_side: int = ocr.DETECTOR_SIDE,
+    scan_threads: int = 1,
 ) -> IngestSummary:
     """Convert every DICOM file under `src` into PNGs under `out` and (re)write the manifest.
 
@@ -151,12 +165,19 @@ def ingest(
         allow_modalities: codes of `header.BURNED_IN_MODALITIES` to convert when a file says
             `BurnedInAnnotation = NO` (refused otherwise: they commonly carry burned-in text).
         source_map: CSV file (outside `out`) that receives source key -> source path.
-        decode_timeout: seconds one file may take before its worker is killed and it is skipped.
+        decode_timeout: seconds one file may take (decoding and scanning) before its worker is
+            killed and it is skipped.
         max_pixels: files with more samples than this are skipped before decoding.
+        burned_in: the pixel scan (`pixel_scan.Mode`): `refuse` images with identifying text in
+            their pixels, `mask` it (kept only when a second scan finds nothing), or `off`.
+        scan_side: long side in pixels of the text detector's input (larger images are shrunk to it;
+            never below `size`).
+        scan_threads: onnxruntime threads of each worker's OCR models.
 
     Raises:
         UserError: `src` does not exist, no readable DICOM image was found in it, an unknown
-            `allow_modalities` code, or a source map inside `out`.
+            `allow_modalities` code or scan mode, a source map inside `out`, or the OCR engine is
+            missing while the scan is on.
     """
     from tqdm import tqdm
 
@@ -171,14 +192,24 @@ def ingest(
         raise UserError(f"--decode-timeout and --max-pixels must be positive, got {decode_timeout} and {max_pixels}")
     allowed = check_allowed(allow_modalities)
     check_source_map(source_map, out, src)
+    mode = parse_mode(burned_in)
+    if scan_side < 64 or scan_threads < 1:
+        raise UserError(f"--scan-side must be at least 64 and --scan-threads at least 1, got {scan_side} and {scan_threads}")
+    if mode is Mode.OFF:
+        log.warning(OFF_WARNING)
+    else:
+        ocr.model_dir()  # the engine and its models are installed, before any worker starts
     total = sum(1 for _ in iter_sources(src))
     if total == 0:
         raise UserError(f"no files under {src}: nothing to ingest")
     out.mkdir(parents=True, exist_ok=True)
     shards.check_state(out, key, size)
     shards.clean_temporaries(out)
-    summary, start = IngestSummary(), time.perf_counter()
-    init = (str(out), key, size, retry_skipped, allowed, max_pixels)
+    summary, start = IngestSummary(scan_mode=mode.value), time.perf_counter()
+    # The scan never looks at fewer pixels than the PNG it lets out: small images are enlarged to the
+    # output size, and the detector's side is at least the output size.
+    scanner = Scanner(mode, max(scan_side, size), scan_threads, min_side=max(ocr.DETECTOR_MIN_SIDE, size))
+    init = (str(out), key, size, retry_skipped, allowed, max_pixels, scanner)
     seen_keys: dict[str, str] = {}
     with _quiet_pydicom(), tqdm(total=total, unit="file", file=sys.stderr, disable=not progress,
                                  desc="ingest", mininterval=0.5) as bar:
@@ -189,9 +220,11 @@ def ingest(
                 summary.converted += 1
                 summary.images += result["images"]
                 summary.dropped_frames += result["dropped"]
+                summary.masked += result.get("masked", 0)
             elif status == "skipped":
                 summary.skipped += 1
                 summary.refused_burned_in += bool(result.get("burned_in"))
+                summary.refused_pixels += bool(result.get("pixel_refusal"))
                 summary.decoder_failures += bool(result.get("decoder_failure"))
             else:
                 summary.already_done += 1

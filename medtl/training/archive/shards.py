@@ -5,9 +5,10 @@ place). Each source file, once handled, leaves one shard record (`DIR/.shards/<k
 written after its PNGs; the manifest and the skipped list are compacted from all shards at the end
 of a run. A run killed midway therefore loses nothing already recorded, and a rerun recovers from
 the shards and skips every source whose content hash already has one; a shard that cannot be read
-is treated as missing and rebuilt. Nothing in DIR names a source path: `skipped.csv` and the shards
-hold a keyed hash of it (`source_key`), and the readable mapping goes only to a file the user names
-outside DIR (`write_source_map`).
+is treated as missing and rebuilt. Nothing in DIR names a source path: the manifest, `skipped.csv`
+and the shards hold one keyed hash of it (`source_key`, the same key in all three), and the readable
+mapping goes only to a file the user names outside DIR (`write_source_map`). The pixel scan's verdicts
+are counted per source in its shard and summed here (`verdict_counts`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ SHARDS = ".shards"
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.csv"
 SKIPPED_COLUMNS = ("source_key", "reason")
+VERDICTS = "scan_verdicts.csv"
+VERDICT_COLUMNS = ("verdict", "modality", "reason", "count")
 LEADING_COLUMNS = ("image_path", "modality", "body_part", "patient_key", "study_key", "series_key", "frame")
 
 log = logging.getLogger(__name__)
@@ -81,37 +84,67 @@ def clean_temporaries(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def compact(out: Path) -> tuple[int, int]:
-    """Rebuild `manifest.parquet` and `skipped.csv` from the shards, atomically.
+def records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every readable shard record of `out` with its path (an unreadable one is removed and rebuilt later)."""
+    found = []
+    for shard in sorted((out / SHARDS).rglob("*.json")):
+        record = read_shard(shard)
+        if record is not None:
+            found.append((shard, record))
+    return found
 
-    Removes PNGs that no shard references (left by a run killed between image and shard).
-    Returns (manifest rows, skipped rows). Without any image, no manifest is written.
+
+def write_skipped(out: Path, shard_records: list[tuple[Path, dict[str, Any]]]) -> int:
+    """Write `skipped.csv` (source_key, reason) from the records, atomically; returns its rows."""
+    import pandas as pd
+
+    skipped = [{"source_key": s.get("source_key", ""), "reason": s["reason"]}
+               for _, record in shard_records for s in record["skipped"]]
+    skipped.sort(key=lambda s: (s["source_key"], s["reason"]))
+    write_atomic(out / SKIPPED, pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False).encode())
+    return len(skipped)
+
+
+def verdict_counts(shard_records: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The pixel scan's verdicts over the records: images kept per verdict and files refused per reason.
+
+    One dict a (verdict, modality, reason) with its count; `reason` is empty for kept images
+    (`compact` writes them to `scan_verdicts.csv`).
+    """
+    totals: dict[tuple[str, str, str], int] = {}
+    for _, record in shard_records:
+        for name, count in (record.get("scan") or {}).items():
+            verdict, modality, reason = (name.split("|") + ["", ""])[:3]
+            totals[(verdict, modality, reason)] = totals.get((verdict, modality, reason), 0) + int(count)
+    return [dict(zip(VERDICT_COLUMNS, (*k, n))) for k, n in sorted(totals.items())]
+
+
+def compact(out: Path) -> tuple[int, int]:
+    """Rebuild `manifest.parquet`, `skipped.csv` and `scan_verdicts.csv` from the shards, atomically.
+
+    Removes PNGs that no shard references (left by a run killed between image and shard, or by a
+    source refused on a later scan). Returns (manifest rows, skipped rows). Without any image, no
+    manifest is written.
     """
     import pandas as pd
 
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    for shard in sorted((out / SHARDS).rglob("*.json")):
-        record = read_shard(shard)  # an unreadable one is removed: its source converts on the next run
-        if record is None:
-            continue
-        rows.extend(record["rows"])
-        skipped.extend({"source_key": s.get("source_key", ""), "reason": s["reason"]} for s in record["skipped"])
-    skipped.sort(key=lambda s: (s["source_key"], s["reason"]))
-    buffer = pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False).encode()
-    write_atomic(out / SKIPPED, buffer)
+    shard_records = records(out)
+    rows = [row for _, record in shard_records for row in record["rows"]]
+    skipped = write_skipped(out, shard_records)
+    write_atomic(out / VERDICTS, pd.DataFrame(verdict_counts(shard_records), columns=list(VERDICT_COLUMNS)).to_csv(index=False).encode())
     referenced = {r["image_path"] for r in rows}
     for png in (out / "images").rglob("*.png") if (out / "images").is_dir() else ():
         if png.relative_to(out).as_posix() not in referenced:
             png.unlink()
     if not rows:
-        return 0, len(skipped)
+        (out / MANIFEST).unlink(missing_ok=True)
+        return 0, skipped
     frame = pd.DataFrame(rows).sort_values(["patient_key", "study_key", "series_key", "image_path"])
     frame = frame[list(LEADING_COLUMNS) + [c for c in frame.columns if c not in LEADING_COLUMNS]]
     buffer = io.BytesIO()
     frame.reset_index(drop=True).to_parquet(buffer, index=False)
     write_atomic(out / MANIFEST, buffer.getvalue())
-    return len(frame), len(skipped)
+    return len(frame), skipped
 
 
 def write_source_map(path: Path, mapping: dict[str, str]) -> None:

@@ -1,9 +1,10 @@
 """Ingest's isolated decoding processes: a file that crashes or hangs its worker is skipped, not fatal.
 
-Files are decoded in worker processes, never in the process that supervises the run, each with a
-time limit (and, in `convert`, a pixel-count limit checked before decoding). A file that crashes
-its worker (a decoder fault, the kernel's OOM killer) or runs past the limit is recorded as skipped
-and the worker replaced. Before a file is handed out an in-progress marker (`DIR/.inprogress/`,
+Files are decoded and scanned for burned-in text in worker processes, never in the process that
+supervises the run, each with a time limit (and, in `convert`, a pixel-count limit checked before
+decoding). A file that crashes its worker (a decoder or OCR fault, the kernel's OOM killer) or runs
+past the limit is recorded as skipped, with whether the decoder or the text scan was running, and
+the worker replaced. Before a file is handed out an in-progress marker (`DIR/.inprogress/`,
 holding how many runs it was in flight in) is written and removed once its record exists. When the
 whole run dies (the machine's OOM killer taking the supervisor, a power cut), the rerun tries the
 files in flight once more, and skips a file that was in flight when `RUN_DEATHS` runs died instead
@@ -21,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medtl.errors import UserError
 from medtl.training.archive import convert
 from medtl.training.archive.deid import keyed, path_key
 from medtl.training.archive.shards import read_shard, shard_path, write_shard
 
 IN_PROGRESS = ".inprogress"
 DECODE_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 120.0  # a worker loads the OCR models before it takes a file
 # A file in flight when this many runs died (markers left behind) is skipped: an innocent file is
 # finished early in the rerun (files before it are already done), a culprit kills the rerun again.
 RUN_DEATHS = 2
@@ -34,13 +37,19 @@ RUN_DEATHS = 2
 log = logging.getLogger(__name__)
 
 
-def _serve(conn: multiprocessing.connection.Connection, init: tuple) -> None:
+def _serve(conn: multiprocessing.connection.Connection, init: tuple, stage: Any) -> None:
     """A decoding worker: converts the files it is sent until it is sent None."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
-    convert.init_worker(*init)
+    convert.init_worker(*init, stage=stage)
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):  # the supervisor is gone
+        try:
+            convert.warm_up()  # the OCR models load before the first file's clock starts
+        except Exception as exc:
+            conn.send(("failed", type(exc).__name__))
+            return
+        conn.send(("ready", ""))
         while True:
             task = conn.recv()
             if task is None:
@@ -53,15 +62,26 @@ class _Worker:
 
     def __init__(self, ctx: Any, init: tuple) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, init), daemon=True)
+        self.stage = ctx.Value("i", convert.STAGE_DECODING, lock=False)  # set by the worker: decoding or scanning
+        self.proc = ctx.Process(target=_serve, args=(child, init, self.stage), daemon=True)
         self.proc.start()
         child.close()
         self.task: tuple[str, str, str] | None = None  # (path, rel, path key)
         self.started = 0.0
+        state, detail = self.conn.recv() if self.conn.poll(START_TIMEOUT_S) else ("silent", "")
+        if state != "ready":
+            self.kill()
+            raise UserError(f"an ingest worker could not load the OCR engine ({detail or f'no answer in {START_TIMEOUT_S:g} s'}); "
+                            "reinstall rapidocr and onnxruntime, or pass --burned-in off")
 
     def give(self, path: str, rel: str, pkey: str) -> None:
         self.task, self.started = (path, rel, pkey), time.monotonic()
+        self.stage.value = convert.STAGE_DECODING
         self.conn.send((path, rel))
+
+    def doing(self) -> str:
+        """What the worker was doing, as a reason names it: the decoder or the text scan."""
+        return "text scan" if self.stage.value == convert.STAGE_SCANNING else "decoder"
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -83,11 +103,11 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _crash_reason(exitcode: int | None) -> str:
+def _crash_reason(exitcode: int | None, doing: str = "decoder") -> str:
     """A skip reason for a worker that died: SIGKILL is, in practice, the kernel's OOM killer."""
     if exitcode == -9:
-        return "decoder crashed (worker exit code -9: killed, most likely out of memory)"
-    return f"decoder crashed (worker exit code {exitcode})"
+        return f"{doing} crashed (worker exit code -9: killed, most likely out of memory)"
+    return f"{doing} crashed (worker exit code {exitcode})"
 
 
 def _attempts(marker: Path) -> int:
@@ -117,11 +137,12 @@ def isolated_results(
     markers.mkdir(exist_ok=True)
     stale = {m.name: _attempts(m) for m in markers.iterdir()}
     ctx = _context()
-    idle = [_Worker(ctx, init) for _ in range(workers)]
+    idle: list[_Worker] = []
     busy: list[_Worker] = []
     sources = iter(sources)
     exhausted = False
     try:
+        idle += [_Worker(ctx, init) for _ in range(workers)]
         while True:
             while idle and not exhausted:
                 item = next(sources, None)
@@ -163,7 +184,7 @@ def isolated_results(
                         result = worker.conn.recv()
                     except (EOFError, OSError):
                         worker.proc.join(1)
-                        reason = _crash_reason(worker.proc.exitcode)
+                        reason = _crash_reason(worker.proc.exitcode, worker.doing())
                     else:
                         busy.remove(worker)
                         idle.append(worker)
@@ -172,9 +193,9 @@ def isolated_results(
                         continue
                 elif worker.proc.sentinel in ready or not worker.proc.is_alive():
                     worker.proc.join(1)
-                    reason = _crash_reason(worker.proc.exitcode)
+                    reason = _crash_reason(worker.proc.exitcode, worker.doing())
                 elif time.monotonic() - worker.started > timeout:
-                    reason = f"decoder timed out after {timeout:g} s"
+                    reason = f"{worker.doing()} timed out after {timeout:g} s"
                 if reason is None:
                     continue
                 worker.kill()

@@ -1,4 +1,4 @@
-"""`medtl demo-archive` → `ingest` → `pseudolabel` end to end: outputs, MLflow run, leaks, bad input."""
+"""`medtl demo-archive` → `ingest` → `pseudolabel` end to end: outputs, MLflow runs, leaks, bad input, --forget."""
 
 from __future__ import annotations
 
@@ -28,16 +28,31 @@ def test_pipeline_logs_a_pseudolabel_run_and_leaks_nothing(workdir, capsys, capl
     assert main(["pseudolabel", "data", "--clusters", "6"]) == 0  # default store: ./mlflow.db
     captured = capsys.readouterr()
     assert "60 images" in captured.out and "pseudolabel: 6 clusters" in captured.out
+    assert "1 skipped (1 for burned-in text: 1 of them found by the pixel scan" in captured.out  # the annotated copy
     manifest = pd.read_parquet(workdir / "data" / "manifest.parquet")
     assert "label" in manifest and (manifest["label"] >= 0).all()
+    assert set(manifest["pixel_scan"]) <= {"clean", "allowed-text"}
 
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["medtl/pretrain"], output_format="list")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.tags["medtl.stage"] == "pseudolabel"
+    by_stage = {r.data.tags["medtl.stage"]: r for r in runs}
+    assert len(runs) == 2 and set(by_stage) == {"ingest", "pseudolabel"}
+    ingested = by_stage["ingest"]
+    assert ingested.data.params["burned_in"] == "refuse" and ingested.data.params["scan_side"] == "512"
+    assert ingested.data.params["ocr_rapidocr"] == "3.10.0" and ingested.data.params["scan_threads"] == "1"
+    metrics = ingested.data.metrics
+    assert metrics["images"] == 60 and metrics["refused_pixels"] == 1 == metrics["scan_refused"]
+    assert metrics["scan_clean"] + metrics.get("scan_allowed_text", 0) == 60
+    assert sum(v for k, v in metrics.items() if k.startswith("scan_clean_")) == metrics["scan_clean"]
+    refusals = {k: v for k, v in metrics.items() if k.startswith("scan_refused_")}
+    assert sum(v for k, v in refusals.items() if k in ("scan_refused_CR", "scan_refused_CT")) == 1
+    assert {"scan_refused_patient_name", "scan_refused_patient_id"} & set(refusals)
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(ingested.info.run_id)}
+    assert artifacts == {"scan_verdicts.csv", "skipped.csv"}
+    assert "archive" not in str(ingested.data.tags) + str(ingested.data.params)  # the source folder is never logged
+    run = by_stage["pseudolabel"]
     experiment = mlflow.get_experiment(run.info.experiment_id)  # created by medtl: artifacts beside the store
     assert "mlartifacts" in experiment.artifact_location and not (workdir / "mlruns").exists()
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -100,7 +115,47 @@ def test_bad_input_exits_2_with_one_line(workdir, capsys, monkeypatch):
         assert "--clusters must be between 2" in _error(capsys)
     assert main(["pseudolabel", "nowhere", "--clusters", "3"]) == 2
     assert "does not exist" in _error(capsys)
+    assert main(["ingest", "archive", "--out", "o6", "--burned-in", "blur"]) == 2
+    assert "unknown --burned-in 'blur'; choose from refuse, mask, off" in _error(capsys)
+    assert main(["ingest", "--out", "o6"]) == 2
+    assert "name the source archive" in _error(capsys)
+    assert main(["ingest", "archive", "--out", "o4", "--forget", "0" * 32]) == 2
+    assert "no SRC" in _error(capsys)
+    assert main(["ingest", "--out", "o4", "--forget", "0" * 32]) == 2
+    assert "is not in o4" in _error(capsys)
+    assert not (workdir / "o6").exists()
     assert main(["demo-archive", "--out", "archive"]) == 2
     assert "not an empty folder" in _error(capsys)
     assert main(["demo-archive", "--out", "a2", "--planted-out", "a2/p.txt"]) == 2
     assert "inside the archive" in _error(capsys)
+
+
+def test_scan_off_warns_and_says_so_on_the_run_and_forget_removes_a_source(workdir, capsys, caplog):
+    assert main(["demo-archive", "--out", "archive", "--patients", "4"]) == 0
+    assert main(["ingest", "archive", "--out", "data", "--no-progress", "--burned-in", "off",
+                 "--source-map", "map.csv"]) == 0
+    captured = capsys.readouterr()
+    assert "pixels not scanned (--burned-in off)" in captured.out
+    assert "--burned-in off: the pixels are not scanned for burned-in text" in caplog.text
+    manifest = pd.read_parquet(workdir / "data" / "manifest.parquet")
+    assert len(manifest) == 43 and set(manifest["pixel_scan"]) == {"off"}  # the annotated copy too: nothing scanned
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["medtl/pretrain"], output_format="list")
+    assert run.data.tags["medtl.burned_in"] == "off" and run.data.params["burned_in"] == "off"
+    assert run.data.tags["mlflow.note.content"].startswith("WARNING: ingest: --burned-in off")
+    assert run.data.metrics["scan_off"] == 43
+    # A reader finds the name in an image: its row's source_key names the file through the source map.
+    sources = dict(pd.read_csv(workdir / "map.csv").itertuples(index=False))
+    annotated = next(k for k, path in sources.items() if path.endswith("_annotated.dcm"))
+    row = manifest[manifest["source_key"] == annotated]
+    assert len(row) == 1
+    assert main(["ingest", "--forget", annotated, "--out", "data"]) == 0
+    assert "1 sources and their 1 images removed from data" in capsys.readouterr().out
+    assert not (workdir / "data" / row.iloc[0]["image_path"]).exists()
+    assert annotated not in set(pd.read_parquet(workdir / "data" / "manifest.parquet")["source_key"])
+    assert main(["ingest", "archive", "--out", "data", "--no-progress"]) == 0  # the scan on now: the rest is scanned
+    out = capsys.readouterr().out
+    assert "manifest has 42 images" in out and "0 of them found by the pixel scan" in out

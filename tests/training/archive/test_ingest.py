@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from medtl.errors import UserError
-from medtl.training.archive.deid import KEY_ENV, DeidKeyError, keyed, load_key, path_key
+from medtl.training.archive.deid import KEY_ENV, DeidKeyError, load_key, path_key
 from medtl.training.archive.demo_archive import planted_identifiers, write_demo_archive
 from medtl.training.archive.ingest import ingest
 
@@ -65,14 +64,17 @@ def _reasons(out: Path, src: Path) -> dict[str, str]:
 
 
 def test_pydicom_test_files_are_each_converted_or_skipped(pydicom_files, tmp_path):
-    summary = ingest(pydicom_files, tmp_path / "out", key=KEY, progress=False)
+    summary = ingest(pydicom_files, tmp_path / "out", key=KEY, progress=False, source_map=tmp_path / "map.csv")
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     sources = sorted(p.relative_to(pydicom_files).as_posix() for p in pydicom_files.rglob("*") if p.is_file())
     per_source = manifest.groupby("source_key").size()
     reasons = _reasons(tmp_path / "out", pydicom_files)
+    # One key per source: every manifest row and every skipped row resolves through the source map.
+    mapping = dict(pd.read_csv(tmp_path / "map.csv").itertuples(index=False))
+    assert set(manifest["source_key"]) | set(pd.read_csv(tmp_path / "out" / "skipped.csv")["source_key"]) <= set(mapping)
+    assert sorted(mapping.values()) == sources
     for rel in sources:
-        digest = hashlib.sha256((pydicom_files / rel).read_bytes()).hexdigest()
-        converted = keyed(KEY, "source", digest) in per_source.index
+        converted = path_key(KEY, rel) in per_source.index
         assert converted or rel in reasons, rel
         assert not (converted and rel in reasons) or reasons[rel].startswith("duplicate"), rel
     assert "truncated" in reasons.get("MR_truncated.dcm", "") or "cannot decode" in reasons["MR_truncated.dcm"]
@@ -85,8 +87,7 @@ def test_pydicom_test_files_are_each_converted_or_skipped(pydicom_files, tmp_pat
     assert summary.converted >= 35 and summary.skipped >= 100
 
     def rows_of(rel: str) -> int:
-        digest = hashlib.sha256((pydicom_files / rel).read_bytes()).hexdigest()
-        return int(per_source.get(keyed(KEY, "source", digest), 0))
+        return int(per_source.get(path_key(KEY, rel), 0))
 
     assert reasons["ExplVR_LitEndNoMeta.dcm"] == "no pixel data"  # read without a preamble
     for rel in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"):
@@ -120,19 +121,20 @@ def test_opted_in_modalities_convert_only_when_they_state_no_burned_in_text(pydi
     per_source = manifest.groupby("source_key").size()
 
     def rows_of(name: str) -> int:
-        digest = hashlib.sha256((src / name).read_bytes()).hexdigest()
-        return int(per_source.get(keyed(KEY, "source", digest), 0))
+        return int(per_source.get(path_key(KEY, name), 0))
 
     # Multi-frame → several PNGs; compressed syntaxes decode.
-    assert rows_of("clean_examples_ybr_color.dcm") == 30 and rows_of("clean_SC_rgb_rle_2frame.dcm") == 2
+    assert rows_of("clean_SC_rgb_rle_2frame.dcm") == 2
     assert rows_of("clean_JPEG2000.dcm") == 1 and rows_of("clean_JPGExtended.dcm") == 1
+    # A real ultrasound that states BurnedInAnnotation NO, wrongly: the patient's name is in its pixels.
+    assert reasons["clean_examples_ybr_color.dcm"] == "burned-in text found in the pixels (patient name)"
     for rel in files:
         assert "allowed, but BurnedInAnnotation is not NO" in reasons[f"silent_{rel}"], rel
     assert reasons["mr_yes.dcm"] == "burned-in text: BurnedInAnnotation is YES"
-    assert (summary.converted, summary.refused_burned_in) == (4, 5)
+    assert (summary.converted, summary.refused_burned_in, summary.refused_pixels) == (3, 6, 1)
     # A refusal is re-examined when the user opts in later, without --retry-skipped.
-    again = ingest(src, tmp_path / "default", key=KEY, progress=False, allow_modalities=["US"])
-    assert (again.converted, again.refused_burned_in, again.already_done) == (1, 1, 7)
+    again = ingest(src, tmp_path / "default", key=KEY, progress=False, allow_modalities=["SC"])
+    assert (again.converted, again.refused_burned_in, again.already_done) == (3, 3, 3)
 
 
 def test_demo_archive_ingest_and_rerun_skips_everything(archive, reference):
@@ -140,8 +142,10 @@ def test_demo_archive_ingest_and_rerun_skips_everything(archive, reference):
     assert len(manifest) == 60 and manifest["image_path"].is_unique
     assert set(manifest["modality"]) == {"CT", "MR", "CR"}
     assert (manifest.groupby("source_key").size() == 4).sum() >= 2  # the multi-frame MR files
+    skipped = pd.read_csv(reference / "skipped.csv")  # the demo's one annotated copy, found by the scan
+    assert list(skipped["reason"]) == ["burned-in text found in the pixels (patient ID)"]
     again = ingest(archive, reference, key=KEY, progress=False)
-    assert again.already_done == again.seen == 51 and again.converted == 0
+    assert again.already_done == again.seen == 52 and again.converted == 0
     assert pd.read_parquet(reference / "manifest.parquet").equals(manifest)
 
 
@@ -182,9 +186,9 @@ def test_killed_run_loses_nothing_and_rerun_duplicates_nothing(archive, referenc
         proc.kill()
     assert not (out / "manifest.parquet").exists()
     done = len(list((out / ".shards").rglob("*.json")))
-    assert 12 <= done < 51
+    assert 12 <= done < 52
     summary = ingest(archive, out, key=KEY, progress=False)
-    assert summary.already_done >= done and summary.converted == 51 - summary.already_done
+    assert summary.already_done >= done and summary.converted + summary.skipped == 52 - summary.already_done
     resumed = pd.read_parquet(out / "manifest.parquet")
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(reference / "manifest.parquet"))
     assert _pngs(out) == set(resumed["image_path"]) and resumed["image_path"].is_unique
