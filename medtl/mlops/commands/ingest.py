@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-from typing import Any
 
 from medtl.mlops.commands._args import add_tracking_uri
 
@@ -105,7 +103,14 @@ def run(args: argparse.Namespace) -> int:
                      allow_modalities=args.allow_modality, source_map=args.source_map,
                      decode_timeout=args.decode_timeout, max_pixels=args.max_pixels,
                      burned_in=mode, scan_side=args.scan_side, scan_threads=args.scan_threads)
-    run_id = log_ingest_run(args, out, summary)
+    from medtl.mlops.tracking.ingest_run import log_ingest_run
+
+    settings = {"image_size": args.image_size, "workers": args.workers, "burned_in": summary.scan_mode,
+                "scan_side": max(args.scan_side, args.image_size), "scan_threads": args.scan_threads,
+                "retry_skipped": args.retry_skipped,
+                "allow_modality": ",".join(sorted({m.upper() for m in args.allow_modality})) or "none",
+                "decode_timeout": args.decode_timeout, "max_pixels": args.max_pixels}
+    run_id = log_ingest_run(out, summary, settings, args.tracking_uri)
     print(f"{summary.line()}; MLflow run {run_id}")
     return 0
 
@@ -121,64 +126,3 @@ def _forget(args: argparse.Namespace, out: Path) -> int:
     print(f"ingest --forget: {done.sources} sources and their {done.images} images removed from {out}{mosaics}. "
           "Images already copied elsewhere (mosaics logged to MLflow, caches, shared copies) are not touched.")
     return 0
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
-
-
-def scan_metrics(verdicts: list[dict[str, Any]]) -> dict[str, float]:
-    """MLflow metrics of the scan's verdicts: `scan_<verdict>`, `scan_<verdict>_<modality>`, `scan_refused_<reason>`.
-
-    Kept verdicts count images; `refused` and `forgotten` count files. No text, only counts.
-    """
-    metrics: dict[str, float] = {}
-    for row in verdicts:
-        verdict, count = _slug(row["verdict"]), float(row["count"])
-        for name in (f"scan_{verdict}", f"scan_{verdict}_{row['modality']}",
-                     *([f"scan_{verdict}_{_slug(row['reason'])}"] if row["reason"] else [])):
-            metrics[name] = metrics.get(name, 0.0) + count
-    return metrics
-
-
-def log_ingest_run(args: argparse.Namespace, out: Path, summary: Any) -> str:
-    """Log the ingest as an MLflow run (experiment medtl/pretrain, stage ingest); returns its id.
-
-    Params are the run's settings and the OCR engine's versions; metrics the run's counts and the
-    scan's verdicts over the whole output; artifacts `scan_verdicts.csv` and `skipped.csv` (keys and
-    reasons only). The source folder is not logged: hospital exports name folders after patients.
-    """
-    import dataclasses
-
-    import mlflow
-
-    from medtl.mlops.tracking import client as T
-    from medtl.training import schema as S
-    from medtl.training.archive import ocr, shards
-    from medtl.training.archive.ingest import OFF_WARNING
-
-    uri = S.resolve_tracking_uri(args.tracking_uri)
-    client = mlflow.MlflowClient(uri)
-    experiment = T.get_or_create_experiment(client, S.PRETRAIN_EXPERIMENT, uri)
-    tags = {S.STAGE_TAG: S.Stage.INGEST.value, S.DATA_TAG: str(out.resolve()), "medtl.burned_in": summary.scan_mode}
-    if summary.scan_mode == "off":
-        tags[S.NOTE_TAG] = f"WARNING: {OFF_WARNING}."
-    run = client.create_run(experiment, run_name=f"ingest-{out.name}", tags={**T.source_tags(), **tags})
-    params = {"image_size": args.image_size, "workers": args.workers, "burned_in": summary.scan_mode,
-              "scan_side": max(args.scan_side, args.image_size), "scan_threads": args.scan_threads, "retry_skipped": args.retry_skipped,
-              "allow_modality": ",".join(sorted({m.upper() for m in args.allow_modality})) or "none",
-              "decode_timeout": args.decode_timeout, "max_pixels": args.max_pixels,
-              **{f"ocr_{k}": v for k, v in ocr.engine_versions().items()}}
-    counts = {k: float(v) for k, v in dataclasses.asdict(summary).items() if isinstance(v, int | float)}
-    verdicts = shards.verdict_counts(shards.records(out))
-    try:
-        T.log_params(client, run.info.run_id, params)
-        T.log_metrics(client, run.info.run_id, {**counts, **scan_metrics(verdicts)})
-        for name in (shards.VERDICTS, shards.SKIPPED):
-            if (out / name).is_file():
-                client.log_artifact(run.info.run_id, str(out / name))
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
