@@ -12,7 +12,6 @@ import numpy as np
 from sklearn import metrics as skm
 
 from medtl.calibration import brier_score, expected_calibration_error
-
 from medtl.training.spec import TaskType
 
 
