@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
@@ -47,3 +48,19 @@ def test_an_unknown_model_is_one_line_naming_the_registered_ones(client):
     client.create_registered_model("finetuned-a")
     with pytest.raises(UserError, match="no registered model 'nope'; registered models: .*finetuned-a"):
         H.read(client, "nope")
+
+
+@pytest.mark.integration
+def test_entries_fit_postgresql_through_the_server_and_read_back_in_order(mlflow_server):
+    """MLflow validates registered-model tag values up to 100,000 characters, but its PostgreSQL column holds 5,000."""
+    client = MlflowClient(mlflow_server.uri)
+    name = "history-on-postgres"
+    client.create_registered_model(name)
+    with pytest.raises(MlflowException):  # the limit the log is designed around
+        client.set_registered_model_tag(name, "too-long", "x" * 6000)
+    big = _entry(0, model=name, reason="r" * 3000, evidence={"metric": "best_val_f1", "margin": 0.1, "blob": "b" * 3000})
+    for entry in (big, _entry(1, model=name), _entry(2, model=name)):
+        H.append(client, entry)
+    entries = H.read(client, name)
+    assert [e.candidate_run for e in entries] == ["run-0", "run-1", "run-2"]
+    assert entries[0].evidence["truncated"] is True and entries[1].reason == "entry 1"
