@@ -19,6 +19,8 @@ metric over the seeds of the candidate's grid point (same cell, fingerprint, arm
 with fewer than 2 seeds there is no interval and the gate refuses. --margin X uses X (metric units;
 0: any improvement). --force --reason TEXT moves it regardless (a forced move without a reason is
 refused). A run is registered only when it takes the alias; the old holder becomes previous-champion.
+Pretraining registers every version and offers it champion through the same gate; --model NAME
+--version N offers one registered version (pretrained-<arch> or finetuned-<task>-<arch>) the same way.
 
 Every decision — moved, forced, refused, kept — is appended to the model's alias history in the
 registry (who, when, from and to version, why, the numbers); --history NAME prints it, oldest first.
