@@ -1,7 +1,7 @@
 """Task metrics on numpy arrays: classification, regression and segmentation.
 
 Precision and recall are computed as `(y_true, y_pred)` — the study's code swapped them.
-AUC needs probabilities, which is why every run keeps them per sample.
+AUC and calibration need probabilities, which is why every run keeps them per sample.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
+from medtl.calibration import brier_score, expected_calibration_error
 from medtl.training.spec import TaskType
 
 
 def classification_metrics(targets: np.ndarray, probs: np.ndarray, task_type: TaskType) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 (macro for multiclass) and AUC.
+    """Accuracy, precision, recall, F1 (macro for multiclass), AUC, ECE and Brier score.
 
     `probs` is `(N,)` positive-class probabilities for binary, `(N, C)` for multiclass.
-    AUC is NaN when the targets hold a single class (it is undefined there).
+    AUC is NaN when the targets hold a single class (it is undefined there). `ece` is the expected
+    calibration error over ten equal-mass bins and `brier` the Brier score (`medtl.calibration`);
+    both are NaN when a probability is not finite (a diverged network).
     """
     targets = np.asarray(targets).astype(np.int64)
     if task_type is TaskType.BINARY:
@@ -33,9 +36,15 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, task_type: Ta
         "recall": float(skm.recall_score(targets, preds, average=average, labels=labels, zero_division=0)),
         "f1": float(skm.f1_score(targets, preds, average=average, labels=labels, zero_division=0)),
         "auc": math.nan,
+        "ece": math.nan,
+        "brier": math.nan,
     }
+    finite = bool(np.isfinite(probs).all())
+    if finite and len(targets):
+        out["ece"] = expected_calibration_error(targets, probs)
+        out["brier"] = brier_score(targets, probs)
     present = np.unique(targets)
-    if len(present) > 1 and np.isfinite(probs).all():
+    if len(present) > 1 and finite:
         if task_type is TaskType.BINARY:
             out["auc"] = float(skm.roc_auc_score(targets, probs))
         elif len(present) == probs.shape[1]:

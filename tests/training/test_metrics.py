@@ -40,3 +40,25 @@ def test_regression_and_segmentation_known_answers():
     probs = np.array([[[0.9, 0.2], [0.8, 0.1]]])
     # predicted {(0,0), (1,0)}, true {(0,0), (0,1)}: intersection 1, sizes 2 + 2, union 3
     assert segmentation_metrics(targets, probs) == pytest.approx({"dice": 0.5, "iou": 1 / 3})
+
+
+def test_classification_metrics_carry_calibration_known_answers():
+    # 100 samples in ten equal-mass bins of ten (tied confidences keep their order, so each bin of ten
+    # holds the same mix). Calibrated: confidence 0.8 and 8 of every 10 positive → ECE 0;
+    # Brier 0.8·0.2² + 0.2·0.8² = 0.16.
+    targets = np.tile([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], 10)
+    calibrated = classification_metrics(targets, np.full(100, 0.8), TaskType.BINARY)
+    assert calibrated["ece"] == pytest.approx(0.0) and calibrated["brier"] == pytest.approx(0.16)
+    # Over-confident: 0.9 everywhere, half positive → ECE |0.5 − 0.9| = 0.4; Brier 0.5·0.01 + 0.5·0.81.
+    over = classification_metrics(np.tile([1, 0], 50), np.full(100, 0.9), TaskType.BINARY)
+    assert over["ece"] == pytest.approx(0.4) and over["brier"] == pytest.approx(0.41)
+    # Multiclass: the top label's confidence 0.7 and right 7 times in every 10 → ECE 0.
+    probs = np.tile([0.7, 0.2, 0.1], (100, 1))
+    multi = classification_metrics(np.tile([0] * 7 + [1] * 3, 10), probs, TaskType.MULTICLASS)
+    assert multi["ece"] == pytest.approx(0.0)
+    assert multi["brier"] == pytest.approx(0.7 * (0.09 + 0.04 + 0.01) + 0.3 * (0.49 + 0.64 + 0.01))
+
+
+def test_calibration_is_nan_for_a_diverged_network():
+    out = classification_metrics(np.array([0, 1]), np.array([np.nan, 0.5]), TaskType.BINARY)
+    assert np.isnan(out["ece"]) and np.isnan(out["brier"])

@@ -1,13 +1,17 @@
-"""Promotion: the best validation run of each (task, architecture) becomes `finetuned-<task>-<arch>@champion`.
+"""Promotion: the best validation run of each (task, architecture) is offered `finetuned-<task>-<arch>@champion`.
 
 Never the test set: runs are ranked by `best_val_<primary>` (MAE down, F1 and Dice up), ties broken
-by the lower validation loss, then the earlier run. Idempotent: a run already registered is not
-registered again, and the aliases move only when the champion changes.
+by the lower validation loss, then the earlier run. The same identity as the statistics: only runs of
+one protocol fingerprint (`RunSpec.fingerprint`) and full training data compete, unless told otherwise
+(`fingerprint=`, `fraction=`); when a cell holds several fingerprints, the one of its most recently
+started run is used and the choice is reported.
 
-The same identity as the statistics: only runs of one protocol fingerprint (`RunSpec.fingerprint`)
-and full training data compete, unless told otherwise (`fingerprint=`, `fraction=`). When a cell
-holds several fingerprints, the one of its most recently started run is used and the choice is
-reported. Model version tags name the study and the fingerprint.
+The best run then passes the gate (`gate.decide`): the alias moves only when the candidate has the
+holder's fingerprint and beats the holder's validation metric by more than the margin (default: the
+half-width of the seed interval of the candidate's grid point), or when forced with a reason. A run is
+registered only when it takes the alias; every decision, refusals included, is appended to the model's
+alias history, and every registered version gets a model card. Idempotent: promoting again without a
+better run moves nothing, and the history says so.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -23,25 +27,45 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.evaluation.collect import list_studies
 from medtl.evaluation.selection import validation_rank_key
-from medtl.mlops.tracking.registry import (
-    champion,
-    log_registered_version,
-    move_champion_if_better,
+from medtl.mlops.tracking import alias_history
+from medtl.mlops.tracking.champion import (
+    apply,
+    family_values,
+    offer,
+    primary_of,
+    run_fingerprint,
+    run_side,
+    version_side,
 )
+from medtl.mlops.tracking.gate import Decision, Margin, decide
+from medtl.mlops.tracking.model_card import has_card, write_card
+from medtl.mlops.tracking.registry import CHAMPION, champion, register_version
 from medtl.training import schema as S
-from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec, protocol_fingerprint
+from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec
 
 
 @dataclass(frozen=True)
 class Promotion:
+    """What promotion did for one registered model: the gate's action, why, and where `champion` is now."""
+
     model: str
     run_id: str
     metric_name: str
     metric: float
-    action: str  # "registered", "champion moved", "unchanged", "would register" (dry run)
+    action: str
+    """`moved`, `forced`, `refused` or `kept`; `would move`, ... in a dry run."""
     version: str | None
+    """The candidate's version (None: a run not registered)."""
+    reason: str
+    champion: str | None = None
+    """The version holding `champion` after this promotion."""
+    holder: str | None = None
+    """The version that held `champion` before it."""
     fingerprint: str = ""
     other_fingerprints: int = 0  # fingerprints of the cell that did not compete
+    registered: bool = False
+    card: str | None = None
+    """The artifact URI of a model card written by this promotion."""
 
 
 def study_experiment(client: MlflowClient, study: str):
@@ -58,18 +82,6 @@ def validation_rank(metric: str, higher_is_better: bool):
     return lambda r: validation_rank_key(
         r.data.metrics[metric], r.data.metrics.get("best_val_loss", math.inf), r.info.start_time, higher_is_better
     )
-
-
-def run_fingerprint(run) -> str:  # noqa: ANN001 - an MLflow Run
-    """The run's protocol fingerprint: its tag, else recomputed from its params (older stores)."""
-    tagged = run.data.tags.get(S.FINGERPRINT_TAG)
-    if tagged:
-        return tagged
-    params = run.data.params
-    try:
-        return protocol_fingerprint(params, params.get("data_digest", ""))
-    except (UserError, ValueError, TypeError):  # params that no longer make a RunSpec: a protocol of their own
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,9 @@ def version_tags(study: str, spec: RunSpec, run, fingerprint: str) -> dict[str, 
     }
 
 
+_DRY = {"moved": "would move", "forced": "would force", "refused": "would refuse", "kept": "would keep"}
+
+
 def promote(
     study: str,
     *,
@@ -154,60 +169,140 @@ def promote(
     dry_run: bool = False,
     fingerprint: str | None = None,
     fraction: float | None = 1.0,
+    margin: Margin | None = None,
+    force: bool = False,
+    reason: str = "",
+    card_template: str | None = None,
 ) -> list[Promotion]:
-    """Promote the best validation run of every (task, arch) of `study`; returns what was done.
+    """Offer the best validation run of every (task, arch) of `study` its model's `champion`; returns what was done.
 
-    Only runs of one protocol fingerprint and full training data compete unless `fingerprint`
-    or `fraction` say otherwise (see `candidates`).
+    Args:
+        study: the study name.
+        tracking_uri: MLflow tracking URI (default: `resolve_tracking_uri`).
+        dry_run: decide and report, write nothing (no version, alias, tag, history entry or card).
+        fingerprint: rank only runs of this protocol fingerprint (see `candidates`).
+        fraction: rank only runs of this training-data fraction (None: any).
+        margin: the gate's margin (default `auto`: the candidate's seed interval's half-width).
+        force: move the alias whatever the gate says; needs `reason`.
+        reason: why (recorded in the history; required with `force`).
+        card_template: Markdown for the cards' "Intended use and limitations" (None: the default).
+
+    Raises:
+        UserError: unknown study, no run qualifies, or `force` without `reason`.
     """
-    from medtl.training.inference import load_predictor
-
+    if force and not reason.strip():
+        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
     uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     done = []
     for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):
-        run, fp, others = cand.run, cand.fingerprint, cand.other_fingerprints
-        name = f"finetuned-{task}-{arch}"
-        spec = RunSpec.from_params(run.data.params)
-        primary, higher = PRIMARY_METRIC[TASKS[spec.task].type]
-        metric_name = f"best_val_{primary}"
-        metric = run.data.metrics[metric_name]
-        current = champion(client, name)
-        if current is not None and current.tags.get(S.RUN_TAG) == run.info.run_id:
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, "unchanged", str(current.version), fp, others))
-            continue
-        existing = _version_of_run(client, name, run.info.run_id)
+        run, name = cand.run, f"finetuned-{task}-{arch}"
+        metric_name, _ = primary_of(run)
+        decision = _decide(client, name, run, margin, force, reason)
+        holder = None if decision.holder is None else decision.holder.version
+        common = dict(model=name, run_id=run.info.run_id, metric_name=metric_name, metric=decision.candidate.metric,
+                      reason=decision.reason, fingerprint=cand.fingerprint, other_fingerprints=cand.other_fingerprints,
+                      holder=holder)
         if dry_run:
-            action = "would register" if existing is None else "would move champion"
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, action, existing, fp, others))
+            after = decision.candidate.version if decision.moves else holder
+            done.append(Promotion(action=_DRY[decision.action], version=decision.candidate.version, champion=after, **common))
             continue
-        if existing is not None:
-            moved, _ = move_champion_if_better(client, name, existing, metric, higher)
-            done.append(Promotion(name, run.info.run_id, metric_name, metric, "champion moved" if moved else "unchanged", existing, fp, others))
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", tmp))
-            predictor = load_predictor(best)
-            registered = log_registered_version(
-                client,
-                tracking_uri=uri,
-                experiment_id=run.info.experiment_id,
-                name=name,
-                network=predictor.network,
-                best_path=best,
-                image_size=predictor.image_size,
-                run_id=run.info.run_id,
-                metric_name=metric_name,
-                metric=metric,
-                higher_is_better=higher,
-                tags=version_tags(study, spec, run, fp),
-                extras=len(predictor.extra_inputs),
-            )
-        done.append(
-            Promotion(name, run.info.run_id, metric_name, metric, "registered, champion" if registered.champion else "registered",
-                      registered.version, fp, others)
-        )
+        registered = decision.moves and decision.candidate.version is None
+        if registered:
+            number = _register(client, uri, study, run, cand.fingerprint)
+            decision = replace(decision, candidate=replace(decision.candidate, version=number))
+        apply(client, name, decision, study=study)
+        card = _card_if_missing(client, name, decision.candidate.version if registered else None, card_template, uri)
+        after = champion(client, name)
+        done.append(Promotion(action=decision.action, version=decision.candidate.version, registered=registered,
+                              champion=None if after is None else str(after.version), card=card, **common))
     return done
+
+
+def _decide(client: MlflowClient, name: str, run, margin: Margin | None, force: bool, reason: str) -> Decision:  # noqa: ANN001
+    metric_name, higher = primary_of(run)
+    current = champion(client, name)
+    return decide(
+        run_side(run, metric_name, _version_of_run(client, name, run.info.run_id)),
+        None if current is None else version_side(client, current),
+        alias=CHAMPION, metric_name=metric_name, higher_is_better=higher,
+        family=family_values(client, run, metric_name), margin=margin, force=force, reason=reason,
+    )
+
+
+def _card_if_missing(client: MlflowClient, name: str, new: str | None, template: str | None, uri: str) -> str | None:
+    """The card of a version just registered, else of a champion without one (older stores); None if neither."""
+    if new is None:
+        holder = champion(client, name)
+        if holder is None or has_card(holder):
+            return None
+        new = str(holder.version)
+    return write_card(client, name, new, template=template, tracking_uri=uri)
+
+
+def promote_version(
+    name: str,
+    version: str,
+    *,
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    margin: Margin | None = None,
+    force: bool = False,
+    reason: str = "",
+    card_template: str | None = None,
+) -> Promotion:
+    """Offer registered `version` of `name` (fine-tuned or pretrained) `champion` through the same gate.
+
+    Raises:
+        UserError: an unknown model or version, or `force` without `reason`.
+    """
+    if force and not reason.strip():
+        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+    uri = S.resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    alias_history.read(client, name)  # an unknown model: one line listing the registered ones
+    decision, _ = offer(client, name, str(version), margin=margin, force=force, reason=reason, dry_run=dry_run)
+    side = decision.candidate
+    holder = None if decision.holder is None else decision.holder.version
+    common = dict(model=name, run_id=side.run_id, metric_name=decision.metric_name, metric=side.metric,
+                  version=side.version, reason=decision.reason, fingerprint=side.fingerprint, holder=holder)
+    if dry_run:
+        return Promotion(action=_DRY[decision.action], champion=side.version if decision.moves else holder, **common)
+    card = _card_if_missing(client, name, None, card_template, uri)
+    after = champion(client, name)
+    return Promotion(action=decision.action, champion=None if after is None else str(after.version), card=card, **common)
+
+
+def history(name: str, tracking_uri: str | None = None) -> list[alias_history.Entry]:
+    """The alias history of registered model `name`, oldest first (UserError if it is not registered)."""
+    return alias_history.read(MlflowClient(S.resolve_tracking_uri(tracking_uri)), name)
+
+
+def _register(client: MlflowClient, uri: str, study: str, run, fingerprint: str) -> str:  # noqa: ANN001
+    """Register `run`'s best checkpoint as a new version of its cell's model; returns the version number."""
+    from medtl.training.inference import load_predictor
+
+    spec = RunSpec.from_params(run.data.params)
+    primary, higher = PRIMARY_METRIC[TASKS[spec.task].type]
+    metric_name = f"best_val_{primary}"
+    with tempfile.TemporaryDirectory() as tmp:
+        best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", tmp))
+        predictor = load_predictor(best)
+        return register_version(
+            client,
+            tracking_uri=uri,
+            experiment_id=run.info.experiment_id,
+            name=f"finetuned-{spec.task.value}-{spec.arch.value}",
+            network=predictor.network,
+            best_path=best,
+            image_size=predictor.image_size,
+            run_id=run.info.run_id,
+            metric_name=metric_name,
+            metric=run.data.metrics[metric_name],
+            higher_is_better=higher,
+            tags=version_tags(study, spec, run, fingerprint),
+            extras=len(predictor.extra_inputs),
+        )
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
@@ -221,4 +316,4 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     return None
 
 
-__all__ = ["Candidate", "Promotion", "best_runs", "candidates", "promote", "version_tags"]
+__all__ = ["Candidate", "Promotion", "best_runs", "candidates", "history", "promote", "promote_version", "version_tags"]

@@ -7,16 +7,17 @@ state_dict as an extra file: medtl itself only ever reads that file, with `weigh
 `weights_only=False`): that runs code named in the file, so load a model that way only from a
 registry you trust. Its recorded requirements pin torch and the medtl version that wrote it
 (`medtl==<installed version>`), since the pickle names medtl's classes.
-Aliases, never the deprecated stages: `champion` and `previous-champion`.
+Aliases, never the deprecated stages: `champion` and `previous-champion`, moved only through the
+promotion gate (`champion.offer`), every decision kept in the model's alias history.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class ResolvedWeights:
     path: Path
 
 
-def log_registered_version(
+def register_version(
     client: MlflowClient,
     *,
     tracking_uri: str,
@@ -81,12 +82,17 @@ def log_registered_version(
     tags: dict[str, str],
     extras: int = 0,
     description: str = "",
-) -> Registered:
-    """Log `network` as an MLflow model, register it as a new version of `name`, move `champion`
-    only if `metric` beats the current champion's (direction-aware). `description` is the version's
-    one-line description in the MLflow UI."""
+) -> str:
+    """Log `network` as an MLflow model and register it as a new version of `name`; no alias moves.
+
+    The version is tagged with the run, its validation metric and direction, its protocol
+    fingerprint (recomputed from the run when `tags` do not name it) and `tags`. Returns the
+    version number.
+    """
     import mlflow
     from mlflow.models import infer_signature
+
+    from medtl.mlops.tracking.champion import run_fingerprint
 
     mlflow.set_tracking_uri(tracking_uri)
     network = network.cpu().eval()
@@ -118,12 +124,31 @@ def log_registered_version(
         S.METRIC_TAG: repr(float(metric)),
         S.HIGHER_TAG: str(higher_is_better),
     }
+    if S.FINGERPRINT_TAG not in version_tags:
+        version_tags[S.FINGERPRINT_TAG] = run_fingerprint(client.get_run(run_id))
     version = client.create_model_version(
         name, info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id, description=description or None
     )
-    number = str(version.version)
-    promoted, previous = move_champion_if_better(client, name, number, metric, higher_is_better)
-    return Registered(name, number, promoted, previous)
+    return str(version.version)
+
+
+def log_registered_version(client: MlflowClient, *, card_template: str | None = None, **registration: Any) -> Registered:
+    """Register a version (`register_version`'s arguments), offer it `champion` through the gate, write its card.
+
+    The gate (`champion.offer`, default margin) moves the alias only when the version's protocol
+    fingerprint is the holder's and its validation metric beats the holder's by more than its
+    seeds' interval; the decision is appended to the model's alias history either way. The model
+    card (`model_card.write_card`) becomes the version's description and artifacts.
+    """
+    from medtl.mlops.tracking.champion import offer
+    from medtl.mlops.tracking.model_card import write_card
+
+    name = registration["name"]
+    number = register_version(client, **registration)
+    decision, _ = offer(client, name, number)
+    write_card(client, name, number, template=card_template)
+    previous = decision.holder.version if decision.moves and decision.holder is not None else None
+    return Registered(name, number, decision.moves, previous)
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -142,28 +167,6 @@ def champion(client: MlflowClient, name: str):
         return client.get_model_version_by_alias(name, CHAMPION)
     except Exception:
         return None
-
-
-def _better(new: float, old: float, higher_is_better: bool) -> bool:
-    if not math.isfinite(new):
-        return False
-    if not math.isfinite(old):
-        return True
-    return new > old if higher_is_better else new < old
-
-
-def move_champion_if_better(
-    client: MlflowClient, name: str, version: str, metric: float, higher_is_better: bool
-) -> tuple[bool, str | None]:
-    """Give `version` the alias `champion` if it beats the holder; the old holder becomes `previous-champion`."""
-    current = champion(client, name)
-    if current is not None:
-        old = float(current.tags.get(S.METRIC_TAG, "nan"))
-        if str(current.version) == str(version) or not _better(metric, old, higher_is_better):
-            return False, None
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return True, None if current is None else str(current.version)
 
 
 _WEIGHTS: dict[tuple[str, ...], Path] = {}

@@ -12,12 +12,24 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.cli import main
+from medtl.mlops.tracking.model_card import CARD_TAG
 from medtl.mlops.tracking.pretraining import run_pretrain as pretrain
-from medtl.mlops.tracking.promote import promote
-from medtl.mlops.tracking.registry import CHAMPION, PREVIOUS, move_champion_if_better
+from medtl.mlops.tracking.promote import history, promote, promote_version
+from medtl.mlops.tracking.registry import CHAMPION, PREVIOUS
 from medtl.mlops.tracking.runner import run_spec
-from medtl.training.schema import METRIC_TAG, RUN_TAG
+from medtl.training import schema as S
+from medtl.training.archive.deid import keyed
 from medtl.training.spec import PretrainSpec, RunSpec
+
+KEY = b"test-key-0123456789abcdef"
+
+
+def _card(client: MlflowClient, name: str, version: str, folder: Path) -> tuple[str, dict]:
+    """The Markdown and JSON of a version's model card, downloaded from its run's artifacts."""
+    uri = client.get_model_version(name, version).tags[CARD_TAG]
+    run_id, path = uri.removeprefix("runs:/").split("/", 1)
+    local = Path(client.download_artifacts(run_id, path.rsplit("/", 1)[0], str(folder)))
+    return (local / "model_card.md").read_text(), json.loads((local / "model_card.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +40,7 @@ def archive_set(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("archive")
     write_demo_archive(root / "archive")
-    ingest(root / "archive", root / "set", key=b"test-key-0123456789abcdef", progress=False)
+    ingest(root / "archive", root / "set", key=KEY, progress=False)
     pseudolabel(root / "set", clusters=6)
     return root / "set"
 
@@ -48,7 +60,7 @@ def store(tmp_path_factory, archive_set):
     return uri, outcome, registered, folder
 
 
-def test_pretraining_registers_a_champion(store):
+def test_pretraining_registers_a_champion(store, archive_set):
     uri, outcome, registered, _ = store
     client = MlflowClient(uri)
     run = client.get_run(outcome.run_id)
@@ -58,10 +70,20 @@ def test_pretraining_registers_a_champion(store):
     assert [m.step for m in client.get_metric_history(outcome.run_id, "val_loss")] == [1, 2]
     assert registered.name == "pretrained-resnet18" and registered.version == "1" and registered.champion
     version = client.get_model_version_by_alias("pretrained-resnet18", CHAMPION)
-    assert str(version.version) == "1" and version.tags[RUN_TAG] == outcome.run_id
+    assert str(version.version) == "1" and version.tags[S.RUN_TAG] == outcome.run_id
     assert outcome.result is not None and outcome.result.best_checkpoint.name == "best.pt"
-    assert version.description.startswith("Pretraining of resnet18") and outcome.run_id in version.description
     assert run.data.tags["mlflow.note.content"].startswith("Pretraining of resnet18")
+    # The model card: the version's description, and artifacts of its run; the archive named by its key id.
+    md, card = _card(client, "pretrained-resnet18", "1", store[3] / "card")
+    assert version.description == md and md.startswith("# pretrained-resnet18 — version 1")
+    deid = card["deidentification"]
+    assert deid["key_id"] == keyed(KEY, "key-check", "medtl") and deid["patients"] > 0 and "CT" in deid["modalities"]
+    assert version.tags["medtl.deid.key_id"] == deid["key_id"] and version.tags[S.FINGERPRINT_TAG] == card["protocol"]["fingerprint"]
+    assert card["calibration"]["status"] == "measured on the test split" and card["calibration"]["test_ece"] is not None
+    for text in (md, json.dumps(card)):
+        assert KEY.decode() not in text and str(archive_set) not in text and str(store[3]) not in text
+    (entry,) = history("pretrained-resnet18", uri)
+    assert (entry.action, entry.to_version) == ("moved", "1") and "first" in entry.reason
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -91,6 +113,13 @@ def test_domain_finetune_loads_the_whole_backbone_from_the_registry(store, monke
 
     body, _ = build_body(get_arch("resnet18"))
     assert report["loaded"] == len(body.state_dict())
+    # Its model card names the pretrained source version and the de-identification it carried.
+    (done,) = promote("reg", tracking_uri=uri)
+    assert (done.action, done.champion) == ("moved", "1")
+    _, card = _card(client, "finetuned-demo-binary-resnet18", "1", folder / "card-reg")
+    assert card["initialisation"]["pretrained_version"] == "pretrained-resnet18/1"
+    assert card["deidentification"]["key_id"] == keyed(KEY, "key-check", "medtl")
+    assert card["deidentification"]["applies_to"] == "the pretraining archive of pretrained-resnet18/1"
 
 
 def test_domain_without_a_registered_model_says_which_pretrain_to_run(store, monkeypatch, capsys):
@@ -108,17 +137,22 @@ def test_promote_picks_best_validation_run_and_is_idempotent(store, monkeypatch)
     for seed in (0, 1):
         run_spec(RunSpec(task="demo-multiclass", arch="mobilenet_v3_small", max_epochs=1, image_size=32, seed=seed), study="promo", tracking_uri=uri)
     first = promote("promo", tracking_uri=uri)
-    assert len(first) == 1 and first[0].action.startswith("registered")
+    assert len(first) == 1 and (first[0].action, first[0].registered) == ("moved", True)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("medtl/promo")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`medtl.stage` = 'finetune'")
     best = max(runs, key=lambda r: (r.data.metrics["best_val_f1"], -r.data.metrics["best_val_loss"]))
     version = client.get_model_version_by_alias("finetuned-demo-multiclass-mobilenet_v3_small", CHAMPION)
-    assert version.tags[RUN_TAG] == best.info.run_id
+    assert version.tags[S.RUN_TAG] == best.info.run_id
     assert "spec.lr" in version.tags and "metric.test_f1" in version.tags
     second = promote("promo", tracking_uri=uri)
-    assert [p.action for p in second] == ["unchanged"]
+    assert [p.action for p in second] == ["kept"]
     assert len(client.search_model_versions("name = 'finetuned-demo-multiclass-mobilenet_v3_small'")) == 1
+    entries = history("finetuned-demo-multiclass-mobilenet_v3_small", uri)
+    assert [e.action for e in entries] == ["moved", "kept"] and "already holds champion" in entries[1].reason
+    md, card = _card(client, "finetuned-demo-multiclass-mobilenet_v3_small", "1", folder / "card-promo")
+    assert card["verdict"]["text"].startswith("unavailable") or "demo-multiclass / mobilenet_v3_small" in card["verdict"]["text"]
+    assert card["metrics"]["test"]["test_f1"] == best.data.metrics["test_f1"] and "test_ece" in card["metrics"]["test"]
     # The promoted model answers `medtl predict`.
     import numpy as np
     from PIL import Image
@@ -143,28 +177,31 @@ def test_missing_model_uri_is_one_line(store, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "models:/finetuned-nope@champion does not exist" in err
 
 
-def test_champion_moves_only_for_a_better_version(store, archive_set, monkeypatch):
+def test_pretraining_moves_champion_only_through_the_gate(store, archive_set, monkeypatch, capsys):
     uri, outcome, registered, folder = store
     monkeypatch.chdir(folder)
     client = MlflowClient(uri)
-    old = client.get_model_version_by_alias("pretrained-resnet18", CHAMPION)
+    # Another budget (max_epochs 1, not 2) is another protocol: never compared, whatever its metric.
     spec = PretrainSpec(arch="resnet18", data=str(archive_set), max_epochs=1, image_size=32, batch_size=16, seed=5, lr=3e-3)
     _, again = pretrain(spec, tracking_uri=uri)
-    new_metric = float(client.get_model_version("pretrained-resnet18", again.version).tags[METRIC_TAG])
-    better = new_metric > float(old.tags[METRIC_TAG])
-    assert again.champion == better
-    holder = str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version)
-    assert holder == (again.version if better else str(old.version))
-    # Direction and bookkeeping, on the real registered versions with metrics set by hand.
-    client.set_model_version_tag("pretrained-resnet18", again.version, METRIC_TAG, "0.99")
-    client.set_model_version_tag("pretrained-resnet18", holder, METRIC_TAG, "0.5") if holder != again.version else None
-    moved, previous = move_champion_if_better(client, "pretrained-resnet18", again.version, 0.99, True)
-    assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == again.version
-    if moved:
-        assert str(client.get_model_version_by_alias("pretrained-resnet18", PREVIOUS).version) == previous
-    worse, _ = move_champion_if_better(client, "pretrained-resnet18", old.version, 0.10, True)
-    assert not worse
-    assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == again.version
+    assert not again.champion and again.previous_champion is None
+    assert str(client.get_model_version_by_alias("pretrained-resnet18", CHAMPION).version) == "1"
+    refusal = history("pretrained-resnet18", uri)[-1]
+    assert (refusal.action, refusal.candidate_version, refusal.to_version) == ("refused", again.version, "1")
+    assert "not comparable" in refusal.reason
+    assert CARD_TAG in client.get_model_version("pretrained-resnet18", again.version).tags  # a card either way
+    # The same gate answers `medtl promote --model/--version`: a dry run says so and writes nothing, a forced
+    # move records its reason, and moving back is refused for the same fingerprint reason.
+    assert main(["promote", "--model", "pretrained-resnet18", "--version", again.version, "--dry-run", "--tracking-uri", uri]) == 0
+    assert "would refuse; champion stays at 1" in capsys.readouterr().out
+    forced = promote_version("pretrained-resnet18", again.version, tracking_uri=uri, force=True, reason="longer budget agreed")
+    assert (forced.action, forced.champion, forced.holder) == ("forced", again.version, "1")
+    assert str(client.get_model_version_by_alias("pretrained-resnet18", PREVIOUS).version) == "1"
+    back = promote_version("pretrained-resnet18", "1", tracking_uri=uri)
+    assert back.action == "refused" and back.champion == again.version
+    actions = [e.action for e in history("pretrained-resnet18", uri)]
+    assert actions[-3:] == ["refused", "forced", "refused"] and actions[0] == "moved"
+    assert main(["promote", "--model", "pretrained-resnet18", "--version", "1", "--force", "--tracking-uri", uri]) == 2
 
 
 def test_registered_weights_are_downloaded_once_per_version_and_follow_the_alias(store, archive_set, monkeypatch):

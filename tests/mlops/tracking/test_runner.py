@@ -15,10 +15,10 @@ SPEC_FIELDS = {
     "task", "dataset", "arch", "init", "init_source", "pretrain_modality", "lr", "seed", "data_fraction",
     "max_epochs", "patience", "batch_size", "image_size", "normalization",
 }
-CLASSIFICATION_VAL = {"val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc"}
+CLASSIFICATION_VAL = {"val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc", "val_ece", "val_brier"}
 FINAL = {
     "epochs_to_convergence", "epochs_run", "best_val_f1", "best_val_loss", "test_accuracy", "test_precision",
-    "test_recall", "test_f1", "test_auc", "emissions_kg", "energy_kwh", "duration_s", "diverged",
+    "test_recall", "test_f1", "test_auc", "test_ece", "test_brier", "emissions_kg", "energy_kwh", "duration_s", "diverged",
 }
 
 
@@ -98,6 +98,16 @@ def test_run_artifacts_are_complete(tracked):
     assert len(rows) == 128
     assert set(rows[0]) == {"id", "target", "prediction", "prob_disc", "prob_square", "prob_ring", "prob_stripes"}
     assert all(abs(sum(float(r[f"prob_{c}"]) for c in ("disc", "square", "ring", "stripes")) - 1) < 1e-4 for r in rows)
+    # The calibration logged at the end is what evaluation recomputes from the predictions file.
+    import numpy as np
+
+    from medtl.calibration import brier_score, expected_calibration_error
+
+    probs = np.array([[float(r[f"prob_{c}"]) for c in ("disc", "square", "ring", "stripes")] for r in rows])
+    targets = np.array([int(r["target"]) for r in rows])
+    metrics = client.get_run(outcome.run_id).data.metrics
+    assert metrics["test_ece"] == pytest.approx(expected_calibration_error(targets, probs), abs=1e-5)
+    assert metrics["test_brier"] == pytest.approx(brier_score(targets, probs), abs=1e-5)
     best = client.download_artifacts(outcome.run_id, "checkpoints/best.pt", str(folder / "dl"))
     from medtl.training.checkpoint import load_checkpoint
 
