@@ -32,15 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
-    from medtl.mlops.sweeps.study import load_study
+    from medtl.mlops.sweeps.lr_selection import resolve_study
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    load_study(args.study, tracking_uri=args.tracking_uri)  # refuse a bad study file before importing the heavy libraries
+    # A bad study file is refused before the heavy libraries load; `from_study` rates are read once, here.
+    study = resolve_study(args.study, args.tracking_uri)
     if args.plan:
         from medtl.mlops.sweeps.plan import print_plan
 
-        print_plan(args.study, tracking_uri=args.tracking_uri)
+        print_plan(study, tracking_uri=args.tracking_uri)
         return 0
     from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_REQUEUES: one line, exit 2, nothing written
     try:
-        result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
+        result = sweep(study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
     except StopRequested as stop:
         print(
             f"medtl sweep: stopped by {stop.signal_name}; the interrupted points are back in the queue "

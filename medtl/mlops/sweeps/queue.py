@@ -33,7 +33,15 @@ from optuna.trial import FrozenTrial, TrialState
 from medtl.errors import UserError
 from medtl.knobs import Knobs, knobs
 from medtl.mlops.retry import is_connection_error, one_line, retry
-from medtl.mlops.sweeps.study import Study, StudyError, load_study, study_attrs, study_from_attrs
+from medtl.mlops.sweeps.study import (
+    Study,
+    StudyError,
+    load_study,
+    lr_sources,
+    study_attrs,
+    study_from_attrs,
+    study_name,
+)
 from medtl.redact import mask_url
 from medtl.training.spec import RunSpec
 
@@ -119,20 +127,22 @@ def _is_study_file(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
 
 
-def join_queue(
-    ref: str, storage: optuna.storages.BaseStorage, tracking_uri: str | None = None
-) -> tuple[Study, optuna.Study]:
+def join_queue(ref: str, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
     """The study and its Optuna queue for a worker, from a study name or (as before) a study file.
 
     A name is looked up in `storage`; the study comes from the queue's user attributes, so no
-    study file is needed on the worker's machine. A path to a study file is parsed as before.
+    study file is needed on the worker's machine. A path to a study file is parsed as before, except
+    one that takes learning rates `from_study`: its grid is the one the sweep resolved and published,
+    so the worker joins the queue by the file's study name and reads no tracking store.
 
     Raises:
         UserError: no sweep of that name in the storage (the known ones listed), or a bad study file.
     """
     if _is_study_file(ref):
-        study = load_study(ref, tracking_uri=tracking_uri)
-        return study, open_optuna_study(study, storage, publish=False)
+        if not lr_sources(ref):
+            study = load_study(ref)
+            return study, open_optuna_study(study, storage, publish=False)
+        ref = study_name(ref)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     queue_name = optuna_study_name(ref)
     names = set(optuna.get_all_study_names(storage))

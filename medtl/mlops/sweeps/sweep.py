@@ -37,7 +37,7 @@ from medtl.mlops.sweeps.queue import (
     quietly,
     reclaim,
 )
-from medtl.mlops.sweeps.study import Study, load_study
+from medtl.mlops.sweeps.study import Study
 from medtl.mlops.sweeps.worker import InfrastructureDown, WorkerStats, install_stop_handlers, work
 from medtl.mlops.tracking import client as T
 from medtl.training import schema as SC
@@ -132,6 +132,14 @@ def _open_parent_run(
     return parent_id
 
 
+def lr_selection_tags(study: Study) -> dict[str, str]:
+    """The parent run's record of where `from_study` learning rates came from: studies and fingerprints."""
+    return {
+        SC.LRS_FROM_STUDY_TAG: ",".join(s.study for s in study.lr_selections),
+        SC.LRS_FROM_FINGERPRINT_TAG: ",".join(f for s in study.lr_selections for f in s.fingerprints),
+    }
+
+
 @dataclass
 class DeadWorker:
     pid: int
@@ -221,7 +229,7 @@ def _stop_wait_s() -> float:
 
 
 def sweep(
-    study_path: str | Path,
+    study_path: Study | str | Path,
     *,
     workers: int = 1,
     storage_url: str | None = None,
@@ -230,6 +238,9 @@ def sweep(
 ) -> SweepResult:
     """Enqueue the study's missing points, run them with `workers` local processes, end the parent run.
 
+    `study_path` is a loaded study (`lr_selection.resolve_study`) or a study file, loaded here; its
+    `from_study` learning rates are read once either way, and named on the parent run.
+
     Raises:
         UserError: bad knobs, an unreachable storage or tracking store.
         medtl.mlops.signals.StopRequested: SIGTERM/SIGINT; the points went back to the queue and
@@ -237,7 +248,12 @@ def sweep(
     """
     settings = knobs()
     install_stop_handlers()
-    study = load_study(study_path, tracking_uri=tracking_uri)
+    if isinstance(study_path, Study):
+        study = study_path
+    else:
+        from medtl.mlops.sweeps.lr_selection import resolve_study
+
+        study = resolve_study(study_path, tracking_uri)
     uri = T.resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(uri)
     storage = open_storage(storage_url, settings)
@@ -259,6 +275,10 @@ def sweep(
     pins = pin_init_sources(optuna_study, client, readiness.ready)
     enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_requeues)
     parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
+    for selection in study.lr_selections:
+        print(f"[sweep] {selection.describe()}", flush=True)
+    if study.lr_selections:
+        T.set_tags(client, parent_id, lr_selection_tags(study))
     if pins:
         T.set_tags(client, parent_id, {f"{SC.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
     kwargs = dict(study=study.name, storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)

@@ -87,7 +87,7 @@ def work(
     settings = knobs()
     install_stop_handlers()
     storage = open_storage(storage_url, settings)
-    queued, optuna_study = join_queue(study, storage, tracking_uri)
+    queued, optuna_study = join_queue(study, storage)
     client = MlflowClient(tracking_uri)
     owner = worker_token()
     pins = dict(optuna_study.user_attrs.get(PINS_ATTR, {}))
