@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -20,10 +23,12 @@ from optuna.trial import TrialState
 from medtl.errors import UserError
 from medtl.knobs import INFRA_PATIENCE_ENV, Knobs, knobs
 from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
+from medtl.mlops.sweeps.placement import Placement
 from medtl.mlops.sweeps.queue import (
     OWNER_ATTR,
     PINS_ATTR,
     Claim,
+    check_connection_room,
     claim_next,
     fail_stale,
     finish,
@@ -41,6 +46,9 @@ from medtl.mlops.tracking.runner import ClaimLost, run_spec
 from medtl.training import schema as SC
 from medtl.training.spec import RunSpec
 
+if TYPE_CHECKING:
+    from medtl.mlops.sweeps.local import DeadWorker
+
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +60,15 @@ class WorkerStats:
     requeued: int = 0  # put back for an infrastructure fault or a stop signal, uncharged
     lost: int = 0  # claims taken over while this worker was frozen or cut off
     seconds: float = 0.0
+    claim_s: list[float] = field(default_factory=list)  # each successful claim's round trip to the database
+
+    def claim_summary(self) -> str:
+        """`median X ms, p95 Y ms over N claims` (how long taking a point from the queue took)."""
+        if not self.claim_s:
+            return "none made"
+        ordered = sorted(self.claim_s)
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms over {len(ordered)} claims"
 
 
 class InfrastructureDown(RuntimeError):
@@ -97,7 +114,10 @@ def work(
     backoff = Backoff()
     while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
         fail_stale(optuna_study, settings)
+        asked = time.perf_counter()
         trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
+        if trial_id is not None:
+            stats.claim_s.append(time.perf_counter() - asked)
         if trial_id is None:
             if _others_running(optuna_study, owner, settings):
                 time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
@@ -127,6 +147,37 @@ def work(
             print_progress(optuna_study, started, stats)
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def work_on_gpus(
+    study: str,
+    storage_url: str,
+    tracking_uri: str,
+    placements: Sequence[Placement],
+    *,
+    max_trials: int | None = None,
+    device: str = "auto",
+) -> list[DeadWorker]:
+    """`medtl worker --gpus`: one `work` process per placement (its own GPU and share of the cores).
+
+    The server's free connection slots are checked first; a dead process's point goes back at once.
+
+    Raises:
+        UserError: the study is not in the storage, or the database has fewer free connection slots
+            than processes (nothing claimed).
+        medtl.mlops.signals.StopRequested: a stop signal, forwarded to every process.
+    """
+    from medtl.mlops.sweeps.local import run_local_workers
+
+    settings = knobs()
+    install_stop_handlers()
+    storage = open_storage(storage_url, settings)
+    check_connection_room(storage, len(placements) + 1)
+    _, optuna_study = join_queue(study, storage)
+    for number, placement in enumerate(placements):
+        print(f"[worker] process {number}: {placement.describe()}", flush=True)
+    kwargs = dict(study=study, storage_url=storage_url, tracking_uri=tracking_uri, max_trials=max_trials, device=device)
+    return run_local_workers(kwargs, placements, optuna_study, settings, who="worker")
 
 
 def _others_running(optuna_study: optuna.Study, owner: str, settings: Knobs) -> bool:
