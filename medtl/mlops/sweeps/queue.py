@@ -116,8 +116,9 @@ def open_storage(url: str, settings: Knobs | None = None) -> optuna.storages.Bas
         return storage
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if _refused_for_load(str(exc)):
-            raise UserError(mask_url(f"the Optuna database at {url} refuses more connections ({reason[:120]}); {_ROOM_HINT}")) from None
+        refusal = _refused_for_load(str(exc))
+        if refusal:
+            raise UserError(mask_url(f"the Optuna database at {url} refuses more connections ({refusal}); {_ROOM_HINT}")) from None
         raise UserError(mask_url(f"cannot open Optuna storage {url}: {reason[:200]}")) from None
 
 
@@ -127,20 +128,22 @@ _ROOM_HINT = (
 )
 
 
-def _refused_for_load(message: str) -> bool:
-    """PostgreSQL's refusals when its connection slots (server-wide, per role or per database) are used up."""
-    return any(
-        phrase in message
-        for phrase in ("too many clients already", "remaining connection slots are reserved", "too many connections for")
-    )
+def _refused_for_load(message: str) -> str | None:
+    """PostgreSQL's refusal when its connection slots (server-wide, per role or per database) are used up, else None."""
+    phrases = ("too many clients already", "remaining connection slots are reserved", "too many connections for")
+    for line in message.splitlines():
+        if any(phrase in line for phrase in phrases):
+            return line.split("FATAL:", 1)[-1].strip()[:120]
+    return None
 
 
 def check_connection_room(storage: optuna.storages.BaseStorage, processes: int) -> None:
     """Refuse, before anything is enqueued or claimed, to start `processes` that the server cannot connect.
 
-    PostgreSQL only: the free slots are `max_connections` less the reserved ones and those in use,
-    and at most the role's and the database's own limits. Each process needs one connection to work
-    at all (and holds up to the pool's peak); fewer free slots than processes is refused.
+    PostgreSQL only: the free slots are `max_connections` less the reserved ones and those in use
+    (this process's own included), and at most the role's and the database's own limits. Each new
+    process needs one connection to work at all (and holds up to the pool's peak); fewer free slots
+    than new processes is refused.
 
     Raises:
         UserError: fewer free connection slots than processes.

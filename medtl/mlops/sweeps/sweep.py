@@ -184,7 +184,8 @@ def sweep(
     storage_url = storage_url or default_storage(uri)
     placements = plan_workers(workers) if isinstance(workers, int) else list(workers)
     storage = open_storage(storage_url, settings)
-    check_connection_room(storage, len(placements) + 1)  # before anything is enqueued or claimed
+    # before anything is enqueued or claimed; one in-process worker uses the sweep's own connections
+    check_connection_room(storage, len(placements) if len(placements) > 1 else 0)
     optuna_study = open_optuna_study(study, storage)
     client = MlflowClient(uri)
     try:

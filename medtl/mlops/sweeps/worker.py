@@ -172,7 +172,7 @@ def work_on_gpus(
     settings = knobs()
     install_stop_handlers()
     storage = open_storage(storage_url, settings)
-    check_connection_room(storage, len(placements) + 1)
+    check_connection_room(storage, len(placements))
     _, optuna_study = join_queue(study, storage)
     for number, placement in enumerate(placements):
         print(f"[worker] process {number}: {placement.describe()}", flush=True)
