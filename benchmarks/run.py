@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,evaluation,throughput,faults] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,evaluation,throughput,faults,workers] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -37,6 +37,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "throughput": ("Throughput table for `medtl sweep --plan` (issue 13)", "writes benchmarks/throughput.json; CPU rows are rough upper bounds"),
     "runs": ("A run under faults: 60 s tracking outage, exact resume, fixed costs (issues 15, 16)", "target: 0 epochs lost / twice, resume difference 0, system metrics ≤ 0.1 s per run"),
     "faults": ("Fault table: a PostgreSQL + MLflow-server sweep under worker and service faults (issue 15)", "target: every count 0, no tracebacks"),
+    "workers": ("Many workers: 16 and 32 `medtl worker` processes on PostgreSQL + one MLflow server (issue 24)", "target: every point trained exactly once, no server errors; limits in docs/scaling.md"),
 }
 
 

@@ -118,6 +118,7 @@ def work(
         trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
         if trial_id is not None:
             stats.claim_s.append(time.perf_counter() - asked)
+            log.info("claimed trial %d in %.1f ms", trial_id, stats.claim_s[-1] * 1000)
         if trial_id is None:
             if _others_running(optuna_study, owner, settings):
                 time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
