@@ -16,8 +16,9 @@ each) work it to the end. Reported:
 - peak RSS per worker (median, max), and what dominates it: the RSS of an idle Python after
   `import torch`, and after importing the worker's modules (`medtl.mlops.sweeps.worker`).
 
-Queue capacity is measured apart (`--probe-claims`): claimers with no training claim and finish empty
-trials as fast as they can, which is the rate at which the queue saturates.
+Capacities are measured apart (`--probe-claims N`): N claimer processes with no training claim and
+finish empty trials as fast as they can (the rate at which the queue saturates), and N client threads
+send one epoch's `log_batch` in a loop (the rate at which one MLflow server process saturates).
 
 Usage: python benchmarks/bench_workers.py [--workers 16,32] [--points-per-worker 2] [--probe-claims 32]
 """
@@ -255,7 +256,7 @@ def import_rss() -> dict:
 def probe_claims(lab: Lab, claimers: int, seconds: float, folder: Path) -> dict:
     """Queue capacity: `claimers` processes claim and complete empty trials for `seconds`; claims/s in all."""
     name = f"probe{claimers}"
-    points = 4000
+    points = 1500  # more than 32 claimers finish in 20 s on 2 cores (~50/s)
     path = _enqueue(lab, name, points, folder)
     code = (
         "import sys, time, os\n"
@@ -277,6 +278,36 @@ def probe_claims(lab: Lab, claimers: int, seconds: float, folder: Path) -> dict:
     return {"claimers": claimers, "seconds": seconds, "claims+completes": done, "per second": round(done / seconds, 1)}
 
 
+def probe_server(lab: Lab, clients: int, seconds: float) -> dict:
+    """Server capacity: `clients` threads each log one epoch's `log_batch` (5 metrics) in a loop for `seconds`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(lab.uri)
+    experiment = client.create_experiment(f"probe-{os.getpid()}-{time.time_ns()}")
+    end = time.monotonic() + seconds
+
+    def hammer(number: int) -> tuple[int, int]:
+        run_id = client.create_run(experiment).info.run_id
+        done = errors = step = 0
+        while time.monotonic() < end:
+            step += 1
+            metrics = [Metric(k, 0.5, int(time.time() * 1000), step) for k in ("train_loss", "val_loss", "val_f1", "val_auc", "lr")]
+            try:
+                client.log_batch(run_id, metrics=metrics)
+                done += 1
+            except Exception:
+                errors += 1
+        return done, errors
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(hammer, range(clients)))
+    done, errors = sum(r[0] for r in results), sum(r[1] for r in results)
+    return {"clients": clients, "log_batch/s": round(done / seconds, 1), "errors": errors}
+
+
 def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="medtl-workers-") as tmp:
@@ -291,8 +322,12 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
             if probe:
                 capacity = probe_claims(lab, probe, 20.0, folder)
                 print(f"  queue probe: {capacity}", file=sys.stderr, flush=True)
+                server = probe_server(lab, probe, 20.0)
+                print(f"  server probe: {server}", file=sys.stderr, flush=True)
+                rows = rows or [{"workers": 0}]
                 for row in rows:
                     row["queue capacity claims/s"] = capacity["per second"]
+                    row["server capacity log_batch/s"] = server["log_batch/s"]
         finally:
             lab.close()
     memory = import_rss()
@@ -303,11 +338,14 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped bench still stops its PostgreSQL and server
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="16,32", help="comma-separated worker counts")
+    parser.add_argument("--workers", default="16,32", help="comma-separated worker counts (empty: the probes only)")
     parser.add_argument("--points-per-worker", type=int, default=2)
     parser.add_argument("--probe-claims", type=int, default=32, help="claimer processes of the queue probe (0: skip)")
     args = parser.parse_args()
-    for result in main(tuple(int(w) for w in args.workers.split(",")), args.points_per_worker, args.probe_claims):
+    for result in main(tuple(int(w) for w in args.workers.split(",") if w.strip()), args.points_per_worker, args.probe_claims):
         print(result)
     print(import_rss())
