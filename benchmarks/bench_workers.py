@@ -18,7 +18,8 @@ each) work it to the end. Reported:
 
 Capacities are measured apart (`--probe-claims N`): N claimer processes with no training claim and
 finish empty trials as fast as they can (the rate at which the queue saturates), and N client threads
-send one epoch's `log_batch` in a loop (the rate at which one MLflow server process saturates).
+send one epoch's `log_batch` in a loop (the rate at which one MLflow server process saturates), and 4
+threads upload 32 MB checkpoints through the server's artifact proxy (MB/s).
 
 Usage: python benchmarks/bench_workers.py [--workers 16,32] [--points-per-worker 2] [--probe-claims 32]
 """
@@ -289,6 +290,8 @@ def probe_server(lab: Lab, clients: int, seconds: float) -> dict:
     experiment = client.create_experiment(f"probe-{os.getpid()}-{time.time_ns()}")
     end = time.monotonic() + seconds
 
+    kinds: Counter = Counter()
+
     def hammer(number: int) -> tuple[int, int]:
         run_id = client.create_run(experiment).info.run_id
         done = errors = step = 0
@@ -298,14 +301,39 @@ def probe_server(lab: Lab, clients: int, seconds: float) -> dict:
             try:
                 client.log_batch(run_id, metrics=metrics)
                 done += 1
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                kinds[str(exc).splitlines()[0][:160]] += 1
         return done, errors
 
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(hammer, range(clients)))
     done, errors = sum(r[0] for r in results), sum(r[1] for r in results)
-    return {"clients": clients, "log_batch/s": round(done / seconds, 1), "errors": errors}
+    return {"clients": clients, "log_batch/s": round(done / seconds, 1), "errors": errors, "error kinds": dict(kinds.most_common(3))}
+
+
+def probe_artifacts(lab: Lab, clients: int = 4, megabytes: int = 32, uploads: int = 3) -> dict:
+    """The server's artifact proxy: `clients` threads each upload `uploads` files of `megabytes` MB (a last.pt)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(lab.uri)
+    experiment = client.create_experiment(f"artifacts-{os.getpid()}-{time.time_ns()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = Path(tmp) / "last.pt"
+        blob.write_bytes(os.urandom(megabytes * 2**20))
+
+        def upload(number: int) -> None:
+            run_id = client.create_run(experiment).info.run_id
+            for _ in range(uploads):
+                client.log_artifact(run_id, str(blob), "checkpoints")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(upload, range(clients)))
+        seconds = time.perf_counter() - started
+    return {"clients": clients, "MB/s": round(clients * uploads * megabytes / seconds, 1)}
 
 
 def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32) -> list[dict]:
@@ -324,10 +352,14 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
                 print(f"  queue probe: {capacity}", file=sys.stderr, flush=True)
                 server = probe_server(lab, probe, 20.0)
                 print(f"  server probe: {server}", file=sys.stderr, flush=True)
+                artifacts = probe_artifacts(lab)
+                print(f"  artifact probe: {artifacts}", file=sys.stderr, flush=True)
                 rows = rows or [{"workers": 0}]
                 for row in rows:
                     row["queue capacity claims/s"] = capacity["per second"]
                     row["server capacity log_batch/s"] = server["log_batch/s"]
+                    row["server probe errors"] = server["errors"]
+                    row["server artifact MB/s"] = artifacts["MB/s"]
         finally:
             lab.close()
     memory = import_rss()
