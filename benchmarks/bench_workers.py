@@ -171,7 +171,7 @@ def run_workers(lab: Lab, workers: int, points_per_worker: int, folder: Path) ->
 
     name = f"workers{workers}"
     available = psutil.virtual_memory().available / 2**20
-    needed = workers * WORKER_MIB + 1024  # + the MLflow server and PostgreSQL
+    needed = workers * WORKER_MIB + 768  # + the MLflow server and PostgreSQL
     if available < needed:  # never push a shared machine into the OOM killer
         return {"workers": workers, "points": 0, "trained exactly once": f"not run: needs ~{needed / 1024:.1f} GiB, "
                 f"{available / 1024:.1f} GiB available"}

@@ -21,8 +21,14 @@ from sqlalchemy.engine import URL, make_url
 
 from medtl.errors import UserError
 
-# Lean server settings (DESIGN.md): one worker, no job-execution processes.
-MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# Lean server settings (DESIGN.md): one worker, no job-execution processes. A database pool of 20 + 20
+# per store: with SQLAlchemy's default (5 + 10) one server process collapsed under 32 concurrent clients
+# (2 requests/s, "QueuePool limit … reached" after 30 s) and answers ~100/s with this (docs/scaling.md).
+MLFLOW_SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20",
+}
 PASSWORD_ENV = "PGPASSWORD"
 
 
