@@ -171,7 +171,7 @@ def run_workers(lab: Lab, workers: int, points_per_worker: int, folder: Path) ->
 
     name = f"workers{workers}"
     available = psutil.virtual_memory().available / 2**20
-    needed = workers * WORKER_MIB + 768  # + the MLflow server and PostgreSQL
+    needed = workers * WORKER_MIB + 2048  # + the MLflow server, PostgreSQL and room for the others on a shared machine
     if available < needed:  # never push a shared machine into the OOM killer
         return {"workers": workers, "points": 0, "trained exactly once": f"not run: needs ~{needed / 1024:.1f} GiB, "
                 f"{available / 1024:.1f} GiB available"}
@@ -344,8 +344,10 @@ def probe_artifacts(lab: Lab, clients: int = 4, megabytes: int = 32, uploads: in
     return {"clients": clients, "MB/s": round(clients * uploads * megabytes / seconds, 1)}
 
 
-def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32) -> list[dict]:
-    rows: list[dict] = []
+def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32) -> dict[str, dict]:
+    """One row per measure, one column per worker count; the probes and import costs as rows of their own."""
+    runs: list[dict] = []
+    probes: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="medtl-workers-") as tmp:
         folder = Path(tmp)
         lab = Lab(folder)
@@ -353,28 +355,30 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
             lab.start_mlflow()
             for count in workers:
                 print(f"bench workers: {count} workers ...", file=sys.stderr, flush=True)
-                rows.append(run_workers(lab, count, points_per_worker, folder))
-                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+                runs.append(run_workers(lab, count, points_per_worker, folder))
+                print(f"  {runs[-1]}", file=sys.stderr, flush=True)
             if probe:
                 capacity = probe_claims(lab, probe, 20.0, folder)
-                print(f"  queue probe: {capacity}", file=sys.stderr, flush=True)
                 server = probe_server(lab, probe, 20.0)
-                print(f"  server probe: {server}", file=sys.stderr, flush=True)
                 artifacts = probe_artifacts(lab)
-                print(f"  artifact probe: {artifacts}", file=sys.stderr, flush=True)
-                rows = rows or [{"workers": 0}]
-                for row in rows:
-                    row["queue capacity claims/s"] = capacity["per second"]
-                    row["server capacity log_batch/s"] = server["log_batch/s"]
-                    row["server probe errors"] = server["errors"]
-                    row["server artifact MB/s"] = artifacts["MB/s"]
+                print(f"  probes: {capacity} {server} {artifacts}", file=sys.stderr, flush=True)
+                probes[f"queue capacity: claim + complete/s, {probe} claimer processes"] = {"value": capacity["per second"]}
+                probes[f"server capacity: log_batch/s, {probe} client threads"] = {"value": server["log_batch/s"]}
+                probes["server capacity: errors"] = {"value": f"{server['errors']} {server['error kinds'] or ''}".strip()}
+                probes["server artifact proxy: MB/s, 4 uploads of 32 MB at once"] = {"value": artifacts["MB/s"]}
         finally:
             lab.close()
-    memory = import_rss()
-    for row in rows:
-        row["after import torch MiB"] = memory["import torch"]
-        row["after worker imports MiB"] = memory["worker modules (medtl.mlops.sweeps.worker)"]
-    return rows
+    for label, cost in import_rss().items():
+        probes[f"memory of a fresh process, MiB: {label}"] = {"value": cost}
+    table: dict[str, dict] = {}
+    for run in runs:
+        column = f"{run['workers']} workers"
+        for key, value in run.items():
+            if key != "workers":
+                table.setdefault(key, {})[column] = value
+    for key, value in probes.items():
+        table[key] = {f"{runs[0]['workers']} workers" if runs else "value": value["value"]}
+    return table
 
 
 if __name__ == "__main__":
@@ -386,6 +390,5 @@ if __name__ == "__main__":
     parser.add_argument("--points-per-worker", type=int, default=2)
     parser.add_argument("--probe-claims", type=int, default=32, help="claimer processes of the queue probe (0: skip)")
     args = parser.parse_args()
-    for result in main(tuple(int(w) for w in args.workers.split(",") if w.strip()), args.points_per_worker, args.probe_claims):
-        print(result)
-    print(import_rss())
+    for measure, values in main(tuple(int(w) for w in args.workers.split(",") if w.strip()), args.points_per_worker, args.probe_claims).items():
+        print(f"{measure}: {values}")

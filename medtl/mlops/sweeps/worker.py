@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import threading
 import time
@@ -37,6 +38,7 @@ from medtl.mlops.sweeps.queue import (
     put_back,
     queue_counts,
     quietly,
+    reclaim,
     requeue_failed,
     worker_token,
 )
@@ -47,6 +49,7 @@ from medtl.training import schema as SC
 from medtl.training.spec import RunSpec
 
 if TYPE_CHECKING:
+    from medtl.mlops.signals import StopRequested
     from medtl.mlops.sweeps.local import DeadWorker
 
 log = logging.getLogger(__name__)
@@ -112,42 +115,69 @@ def work(
     started = time.perf_counter()
     infra_since: float | None = None  # start of the current run of infrastructure failures
     backoff = Backoff()
-    while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
-        fail_stale(optuna_study, settings)
-        asked = time.perf_counter()
-        trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
-        if trial_id is not None:
-            stats.claim_s.append(time.perf_counter() - asked)
-            log.info("claimed trial %d in %.1f ms", trial_id, stats.claim_s[-1] * 1000)
-        if trial_id is None:
-            if _others_running(optuna_study, owner, settings):
-                time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
+    try:
+        while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
+            fail_stale(optuna_study, settings)
+            asked = time.perf_counter()
+            trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
+            if trial_id is not None:
+                stats.claim_s.append(time.perf_counter() - asked)
+                log.info("claimed trial %d in %.1f ms", trial_id, stats.claim_s[-1] * 1000)
+            if trial_id is None:
+                if _others_running(optuna_study, owner, settings):
+                    time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
+                    continue
+                break
+            with Claim(optuna_study, trial_id, owner, settings) as claim:
+                outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
+            if outcome == "infra":
+                stats.requeued += 1
+                infra_since = infra_since or time.monotonic()
+                if time.monotonic() - infra_since > settings.infra_patience_s:
+                    raise InfrastructureDown(
+                        f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
+                        f"({INFRA_PATIENCE_ENV}); the points are still queued"
+                    )
+                wait = backoff.next()
+                log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)
+                time.sleep(wait)
                 continue
-            break
-        with Claim(optuna_study, trial_id, owner, settings) as claim:
-            outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
-        if outcome == "infra":
-            stats.requeued += 1
-            infra_since = infra_since or time.monotonic()
-            if time.monotonic() - infra_since > settings.infra_patience_s:
-                raise InfrastructureDown(
-                    f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
-                    f"({INFRA_PATIENCE_ENV}); the points are still queued"
-                )
-            wait = backoff.next()
-            log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)
-            time.sleep(wait)
-            continue
-        infra_since = None
-        backoff.reset()
-        if outcome == "lost":
-            stats.lost += 1
-        else:
-            setattr(stats, outcome, getattr(stats, outcome) + 1)
-        if progress and outcome in ("done", "failed"):
-            print_progress(optuna_study, started, stats)
+            infra_since = None
+            backoff.reset()
+            if outcome == "lost":
+                stats.lost += 1
+            else:
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+            if progress and outcome in ("done", "failed"):
+                print_progress(optuna_study, started, stats)
+    except BaseException as exc:
+        stop = stop_in_chain(exc)
+        if stop is None:
+            raise
+        # A stop that landed inside a database call: the library may have turned it into its own error.
+        quietly(lambda: reclaim(optuna_study, os.getpid()), "putting this worker's point back", 15,
+                "it returns to the queue after the grace")
+        raise stop from None
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def stop_in_chain(exc: BaseException) -> StopRequested | None:
+    """The stop signal behind `exc`: itself, or one a library turned into its own error while cleaning up.
+
+    SQLAlchemy's pool, interrupted by the signal's exception in the middle of a call, resets the connection
+    and raises that reset's error instead, with the stop only in the exception chain.
+    """
+    from medtl.mlops.signals import StopRequested
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # a chain is short; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, StopRequested):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def work_on_gpus(
@@ -202,7 +232,6 @@ def _run_claimed(
     settings: Knobs,
 ) -> str:
     """Run one claimed trial; returns done, failed, skipped, infra (put back) or lost."""
-    from medtl.mlops.signals import StopRequested
 
     patience = settings.infra_patience_s
     trial_id, owner = claim.trial_id, claim.owner
@@ -222,14 +251,17 @@ def _run_claimed(
             init_pin=pins.get(spec.init_source),
             owns_claim=claim.owns,
         )
-    except StopRequested as stop:
-        why = f"worker stopped by {stop.signal_name}"
-        back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), "putting a point back", 15,
-                       "it returns to the queue after the grace")
-        where = "back in the queue" if back else "not put back now (it returns after the grace)"
-        log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
-        raise
-    except Exception as exc:
+    except BaseException as exc:
+        stop = stop_in_chain(exc)  # a stop, or one a library wrapped in its own error: never the point's fault
+        if stop is not None:
+            why = f"worker stopped by {stop.signal_name}"
+            back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), "putting a point back", 15,
+                           "it returns to the queue after the grace")
+            where = "back in the queue" if back else "not put back now (it returns after the grace)"
+            log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
+            raise stop from None
+        if not isinstance(exc, Exception):
+            raise
         if isinstance(exc, ClaimLost) or not claim.owns():
             log.warning("trial %d was taken over by another worker (%s); leaving it to that worker", trial_id, one_line(exc))
             return "lost"
