@@ -124,7 +124,7 @@ def open_storage(url: str, settings: Knobs | None = None) -> optuna.storages.Bas
 
 _ROOM_HINT = (
     "raise the server's max_connections (POSTGRES_MAX_CONNECTIONS) or run fewer workers; "
-    "each worker process holds up to MEDTL_DB_POOL_SIZE + MEDTL_DB_MAX_OVERFLOW (docs/scaling.md, Sizing)"
+    "each worker process holds up to MEDTL_DB_POOL_SIZE + MEDTL_DB_MAX_OVERFLOW (docs/scaling.md, Sizing and limits)"
 )
 
 
