@@ -116,7 +116,7 @@ def plan_workers(
     Args:
         workers: `auto` (one per visible GPU, else one on the CPU), a count (today's behaviour: that many
             processes sharing the machine, threads divided, devices untouched), or `gpus` to place
-            one worker on each GPU of `gpus`.
+            one worker on each GPU of `gpus`. A `MEDTL_TORCH_THREADS` already set is kept.
         gpus: with `workers="gpus"`, the visible-device indexes to use (None: all of them).
         devices: the visible GPUs' ids (default `visible_gpus`; tests inject a fake list).
         cpus: the usable cores (default `usable_cpus`; tests inject a count).
@@ -130,7 +130,7 @@ def plan_workers(
     if isinstance(workers, int):
         if workers < 1:
             raise UserError(f"--workers must be 'auto' or at least 1, got {workers}")
-        return [Placement(None, max(1, cores // workers))] * workers
+        return [Placement(None, torch_threads() or max(1, cores // workers))] * workers
     if workers not in ("auto", "gpus"):
         raise UserError(f"--workers must be 'auto' or a whole number >= 1, got {workers!r}")
     ids = (devices or visible_gpus)()
@@ -147,7 +147,8 @@ def plan_workers(
         return [_cpu_only(cores)]
     share = max(1, cores // len(chosen))
     loaders = min(MAX_LOADER_WORKERS, share - 1)
-    return [Placement(gpu, max(1, share - loaders), loaders) for gpu in chosen]
+    threads = torch_threads() or max(1, share - loaders)  # a MEDTL_TORCH_THREADS the user set wins
+    return [Placement(gpu, threads, loaders) for gpu in chosen]
 
 
 def _cpu_only(cores: int) -> Placement:

@@ -22,7 +22,8 @@ def _cores(n: float):
     return lambda: n
 
 
-def test_auto_gives_each_visible_gpu_a_worker_and_an_equal_share_of_the_cores():
+def test_auto_gives_each_visible_gpu_a_worker_and_an_equal_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("MEDTL_TORCH_THREADS", raising=False)
     placements = plan_workers("auto", devices=_gpus("0", "1", "2", "3"), cpus=_cores(16))
     assert [p.gpu for p in placements] == ["0", "1", "2", "3"]
     assert {(p.threads, p.loader_workers) for p in placements} == {(1, 3)}  # 4 cores each: 3 loaders feed the GPU
@@ -31,6 +32,8 @@ def test_auto_gives_each_visible_gpu_a_worker_and_an_equal_share_of_the_cores():
     assert {(p.threads, p.loader_workers) for p in wide} == {(28, 4)}  # at most 4 loaders, the rest threads
     crowded = plan_workers("auto", devices=_gpus(*map(str, range(8))), cpus=_cores(4))
     assert len(crowded) == 8 and {(p.threads, p.loader_workers) for p in crowded} == {(1, 0)}
+    monkeypatch.setenv("MEDTL_TORCH_THREADS", "2")  # the user's choice wins
+    assert {p.threads for p in plan_workers("auto", devices=_gpus("0", "1"), cpus=_cores(64))} == {2}
 
 
 def test_an_allocation_of_gpus_by_uuid_is_kept(monkeypatch):
@@ -51,7 +54,10 @@ def test_cpu_only_machines_keep_one_worker_on_every_core(monkeypatch):
     assert plan_workers("auto", devices=_gpus(), cpus=_cores(2)) == [Placement(None, 2, 0)]
     monkeypatch.setenv("MEDTL_TORCH_THREADS", "1")
     assert plan_workers("auto", devices=_gpus(), cpus=_cores(2)) == [Placement(None, 1, 0)]
-    # a count is today's behaviour: that many processes, the cores divided, devices and loaders untouched
+    # a count is today's behaviour: that many processes, the cores divided, devices and loaders untouched,
+    # and a thread count the user set is kept
+    assert plan_workers(3, devices=_gpus("0"), cpus=_cores(7)) == [Placement(None, 1)] * 3
+    monkeypatch.delenv("MEDTL_TORCH_THREADS")
     assert plan_workers(3, devices=_gpus("0"), cpus=_cores(7)) == [Placement(None, 2)] * 3
     assert "MEDTL_LOADER_WORKERS" not in Placement(None, 2).env()
 
@@ -145,6 +151,7 @@ def test_a_sweep_on_two_fake_gpus_runs_a_worker_on_each_share(tmp_path, monkeypa
     study.write_text(study_text("gpus", seeds=(0, 1), max_epochs=1, patience=1, batch_size=16, image_size=32))
     monkeypatch.setattr(P, "visible_gpus", _gpus("0", "1"))
     monkeypatch.setattr(P, "usable_cpus", _cores(4))  # 2 cores a worker: 1 loader, 1 thread
+    monkeypatch.delenv("MEDTL_TORCH_THREADS", raising=False)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert main(["sweep", "--study", str(study), "--storage", storage, "--tracking-uri", tracking_uri, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
