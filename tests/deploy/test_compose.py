@@ -611,8 +611,10 @@ def test_k8s_postgres_runs_the_init_script_compose_mounts():
     init = k8s_object("ConfigMap", "postgres-init")
     assert init["source"] == {"10-init-databases.sh": "init-databases.sh"}
     assert init["data"]["10-init-databases.sh"] == INIT_SCRIPT.read_text()
-    mounts = pod_spec(k8s_object("StatefulSet", "postgres"))["containers"][0]["volumeMounts"]
-    assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in mounts
+    spec = pod_spec(k8s_object("StatefulSet", "postgres"))
+    assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "init")
+    assert volume["configMap"]["defaultMode"] & 0o111 == 0o111  # run by the entrypoint, not sourced into it
     listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
     assert {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} == listed - {"../postgres"}  # nothing forgotten
 
