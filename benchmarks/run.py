@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write BENCHMARKS.md (medians and ratios from one run).
 
-Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,scan,scan_recall,evaluation,throughput,faults] [--out BENCHMARKS.md]
+Usage: python benchmarks/run.py [--only loop,optimizer,sweep,demo,archs,scheduling,data,ingest,scan,scan_recall,evaluation,throughput,faults,gpu,workers] [--out BENCHMARKS.md]
 Sections not selected keep their previous text in the file, so one section can be re-measured alone.
 """
 
@@ -39,6 +39,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "throughput": ("Throughput table for `medtl sweep --plan` (issue 13)", "writes benchmarks/throughput.json; CPU rows are rough upper bounds"),
     "runs": ("A run under faults: 60 s tracking outage, exact resume, fixed costs (issues 15, 16)", "target: 0 epochs lost / twice, resume difference 0, system metrics ≤ 0.1 s per run"),
     "faults": ("Fault table: a PostgreSQL + MLflow-server sweep under worker and service faults (issue 15)", "target: every count 0, no tracebacks"),
+    "gpu": ("GPU check: resnet50 at 224², bare PyTorch vs medtl's loop, data pipeline vs GPU (issue 24)", "benchmarks/gpu_check.py on a CUDA machine; kept as is when run without one"),
+    "workers": ("Many workers: 16 and 32 `medtl worker` processes on PostgreSQL + one MLflow server (issue 24)", "target: every point trained exactly once, no server errors; limits in docs/scaling.md"),
 }
 
 
@@ -82,7 +84,12 @@ def bench_sweep() -> dict:
     return {"study": "configs/demo.yaml", "wall_s": round(seconds, 1), "wall_min": round(seconds / 60, 2)}
 
 
-def run_section(name: str) -> str:
+def run_section(name: str) -> str | None:
+    """The section's Markdown table; None when it cannot be measured here (the GPU check without CUDA)."""
+    if name == "gpu":
+        import gpu_check
+
+        return gpu_check.section()
     if name == "sweep":
         result = bench_sweep()
     else:
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             table = run_section(name)
         except Exception:
             table = "Failed:\n\n```\n" + traceback.format_exc(limit=3) + "```\n"
+        if table is None:  # not measurable on this machine: the section keeps its previous text
+            if name in previous:
+                body[name] = previous[name]
+            continue
         note = f"_{target}_ — " if target else ""
         body[name] = f"## {title}\n\n{note}measured {stamp}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n\n{table}"
     text = "# Benchmarks\n\nWritten by `make bench` (`benchmarks/run.py`). Medians and ratios come from one run on the machine named in each section; these machines are noisy, so compare ratios, not absolute times across sections.\n\n"

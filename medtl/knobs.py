@@ -156,3 +156,57 @@ def checkpoint_upload_every(default: int) -> int:
 def torchrun_world() -> tuple[int, int]:
     """(`$WORLD_SIZE`, `$LOCAL_RANK`) as torchrun sets them; (1, 0) outside torchrun."""
     return env_whole("WORLD_SIZE", 1, minimum=1), env_whole("LOCAL_RANK", 0, minimum=0)
+
+
+# --- local workers --------------------------------------------------------------------------------
+
+LOADER_WORKERS_ENV = "MEDTL_LOADER_WORKERS"
+
+
+def loader_workers() -> int | None:
+    """`$MEDTL_LOADER_WORKERS` (DataLoader worker processes per training process, >= 0), or None when unset.
+
+    Set by `medtl sweep --workers auto` and `medtl worker --gpus` for each local worker, so the
+    machine's cores are divided between them; unset, the runtime picks (4 on CUDA, 0 on CPU).
+    """
+    if not os.environ.get(LOADER_WORKERS_ENV, "").strip():
+        return None
+    return env_whole(LOADER_WORKERS_ENV, 0, minimum=0)
+
+
+# --- the Optuna database's connection pool ---------------------------------------------------------
+
+DB_POOL_SIZE_ENV = "MEDTL_DB_POOL_SIZE"
+DB_MAX_OVERFLOW_ENV = "MEDTL_DB_MAX_OVERFLOW"
+DB_POOL_RECYCLE_ENV = "MEDTL_DB_POOL_RECYCLE_S"
+
+
+@dataclass(frozen=True)
+class DbPool:
+    """Each worker process's pool of PostgreSQL connections to the Optuna queue (see `db_pool`)."""
+
+    size: int = 2
+    max_overflow: int = 2
+    recycle_s: float = 300.0
+
+    @property
+    def peak(self) -> int:
+        """The most connections one process can hold: the pool plus its overflow."""
+        return self.size + self.max_overflow
+
+
+def db_pool() -> DbPool:
+    """`MEDTL_DB_POOL_SIZE` (>= 1), `MEDTL_DB_MAX_OVERFLOW` (>= 0), `MEDTL_DB_POOL_RECYCLE_S` (> 0), validated.
+
+    Raises:
+        UserError: a value is not a whole number in range, or the recycle time is not positive.
+    """
+    default = DbPool()
+    recycle = env_seconds(DB_POOL_RECYCLE_ENV, default.recycle_s)
+    if recycle <= 0:
+        raise UserError(f"{DB_POOL_RECYCLE_ENV} must be a positive number of seconds, got {recycle:g}")
+    return DbPool(
+        env_whole(DB_POOL_SIZE_ENV, default.size, minimum=1),
+        env_whole(DB_MAX_OVERFLOW_ENV, default.max_overflow, minimum=0),
+        recycle,
+    )

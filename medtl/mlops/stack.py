@@ -1,7 +1,8 @@
 """The service commands of a medtl deployment, defined once.
 
-`make ui`, the integration tests and `docker-compose.yml` run these exact commands; a test compares
-the compose file against them so the native stack and the containers cannot drift apart.
+`make ui`, the integration tests, `docker-compose.yml`, the Kubernetes manifests (`deploy/k8s/`) and the
+SLURM script (`deploy/slurm/`) run these exact commands; `tests/deploy/` compares each of them with
+these so the native stack, the containers and the clusters cannot drift apart.
 
 No database password is ever part of a command (command lines are visible to every user of the
 machine in `ps` and land in shell histories and logs): URLs carry the user, host and database, and
@@ -20,8 +21,14 @@ from sqlalchemy.engine import URL, make_url
 
 from medtl.errors import UserError
 
-# Lean server settings (DESIGN.md): one worker, no job-execution processes.
-MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# Lean server settings (DESIGN.md): one worker, no job-execution processes. A database pool of 20 + 20
+# per store: with SQLAlchemy's default (5 + 10) one server process collapsed under 32 concurrent clients
+# (2 requests/s, "QueuePool limit … reached" after 30 s) and answers ~100/s with this (docs/scaling.md).
+MLFLOW_SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20",
+}
 PASSWORD_ENV = "PGPASSWORD"
 
 
@@ -64,8 +71,14 @@ def mlflow_server_command(
     port: int = 5000,
     allowed_hosts: str | None = None,
     basic_auth: bool = False,
+    workers: int | str = 1,
 ) -> list[str]:
     """`mlflow server` with a database backend and proxied artifacts, bound to `host`.
+
+    Artifacts go through the server (`--serve-artifacts`) to `artifacts_destination` (a folder, a
+    shared mount, `s3://bucket/prefix` on S3 or MinIO): clients upload over HTTP and never hold the
+    store's credentials. `workers` is the server's process count (one answers ~90 requests/s here,
+    docs/scaling.md); compose and Kubernetes pass `MLFLOW_SERVER_WORKERS`.
 
     Raises:
         UserError: the backend URI carries a password (use `mlflow_server_launch` to split it off).
@@ -83,7 +96,7 @@ def mlflow_server_command(
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     ]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
@@ -113,6 +126,17 @@ def wait_healthy(uri: str, timeout: float, proc: subprocess.Popen | None = None)
         time.sleep(0.3)
 
 
+def optuna_schema_command(storage: str) -> list[str]:
+    """Create the Optuna tables once, before any worker could race to (compose's and Kubernetes' one-off job)."""
+    storage = _refuse_password(storage, "the Optuna storage URL")
+    return ["python", "-c", "import sys; from medtl.mlops.sweeps.queue import open_storage; open_storage(sys.argv[1])", storage]
+
+
+def evaluation_command(host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+    """`medtl serve`: the evaluation service."""
+    return ["medtl", "serve", "--host", host, "--port", str(port)]
+
+
 def worker_command(study: str, storage: str, tracking_uri: str) -> list[str]:
     """A sweep worker on any machine: pulls points from the shared Optuna queue.
 
@@ -122,7 +146,7 @@ def worker_command(study: str, storage: str, tracking_uri: str) -> list[str]:
     return ["medtl", "worker", "--study", study, "--storage", storage, "--tracking-uri", tracking_uri]
 
 
-def sweep_command(study: str, storage: str, tracking_uri: str, workers: int = 1) -> list[str]:
+def sweep_command(study: str, storage: str, tracking_uri: str, workers: int | str = 1) -> list[str]:
     """`medtl sweep` against a shared storage (its password in `PGPASSWORD`, never in the URL)."""
     return [
         "medtl",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtl.knobs import torch_threads
+from medtl.knobs import loader_workers, torch_threads
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ def resolve_runtime(device: str = "auto", num_workers: int | None = None) -> Run
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device.startswith("cuda")
+    if num_workers is None:
+        num_workers = loader_workers()  # set per local worker when several share the machine
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if cuda else 0
     threads = torch_threads()

@@ -22,8 +22,10 @@ import yaml
 
 from medtl.mlops.stack import (
     MLFLOW_SERVER_ENV,
+    evaluation_command,
     mlflow_server_command,
     mlflow_server_launch,
+    optuna_schema_command,
     sweep_command,
     without_password,
     worker_command,
@@ -239,10 +241,10 @@ def test_workers_and_sweep_run_the_stack_commands():
     assert command(services["worker-gpu"]) == expected
     assert command(services["sweep"]) == sweep_command("configs/paper.yaml", storage, "http://mlflow:5000", workers=3)
     assert command(services["optuna-dashboard"]) == ["optuna-dashboard", storage, "--host", "0.0.0.0", "--port", "8080"]
-    assert storage in command(services["optuna-schema"])
+    assert command(services["optuna-schema"]) == optuna_schema_command(storage)
     for name in ("worker", "sweep", "evaluation"):
         assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert command(services["evaluation"]) == ["medtl", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert command(services["evaluation"]) == evaluation_command("0.0.0.0", 8000)
 
 
 def test_the_server_accepts_the_host_names_it_is_reached_by():
@@ -437,3 +439,246 @@ def test_make_targets_use_the_compose_services(tmp_path):
     assert refused.returncode != 0 and "configs/" in refused.stderr
     helps = re.findall(r"^([a-z-]+):.*## ", (ROOT / "deploy" / "compose.mk").read_text(), re.M)
     assert {"up", "down", "dashboard", "sweep-remote"} <= set(helps)
+
+
+# --- Kubernetes (deploy/k8s) and SLURM (deploy/slurm) run the same commands ----------------------------
+
+K8S = ROOT / "deploy" / "k8s"
+SLURM = ROOT / "deploy" / "slurm" / "medtl-workers.sbatch"
+_K8S_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines (kustomize's `envs:` files and `kubectl create secret --from-env-file`)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if re.match(r"[A-Z_][A-Z0-9_]*=", line))
+    return {k: v for k, v in pairs}
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    """Every object `kubectl apply -k deploy/k8s` creates, generated ConfigMaps included (kustomize's rules for what it uses)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        path = (K8S / resource).resolve()
+        if path.is_dir():  # a kustomization of its own: here, the PostgreSQL init script's ConfigMap
+            sub = yaml.safe_load((path / "kustomization.yaml").read_text())
+            for generator in sub["configMapGenerator"]:
+                files = dict(f.split("=", 1) for f in generator["files"])
+                docs.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]},
+                             "data": {k: (path / v).read_text() for k, v in files.items()}, "source": files})
+            continue
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for generator in kustomization["configMapGenerator"]:
+        docs.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]},
+                     "data": {k: v for f in generator["envs"] for k, v in env_file(K8S / f).items()}})
+    return docs
+
+
+def k8s_object(kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]
+
+
+def container_env(container: dict[str, Any], settings: Mapping[str, str], secrets: Mapping[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: values (with earlier `$(VAR)`s), ConfigMap and Secret keys."""
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = k8s_expand(entry["value"], env)
+            continue
+        ref = entry["valueFrom"]
+        if "configMapKeyRef" in ref:
+            assert ref["configMapKeyRef"]["name"] == "medtl-settings", entry
+            env[entry["name"]] = settings[ref["configMapKeyRef"]["key"]]
+        else:
+            key = ref["secretKeyRef"]
+            assert key["name"] == "medtl-secrets", entry
+            env[entry["name"]] = secrets.get(key["key"], "")
+    return env
+
+
+def k8s_expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion in command, args and env values: defined names only, `$$` escapes."""
+    return _K8S_VAR.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+def k8s_command(kind: str, name: str, **overrides: str) -> tuple[list[str], dict[str, str]]:
+    """(command or args, environment) of the first container of an object, expanded."""
+    settings = {**env_file(K8S / "settings.env"), **overrides}
+    container = pod_spec(k8s_object(kind, name))["containers"][0]
+    env = container_env(container, settings, SECRETS)
+    words = [k8s_expand(str(w), env) for w in container.get("command", container.get("args", []))]
+    assert not any("$(" in w for w in words), words  # every reference resolved
+    return words, env
+
+
+def test_k8s_runs_the_stack_commands():
+    settings = env_file(K8S / "settings.env")
+    storage = f"postgresql+psycopg://{settings['OPTUNA_DB_USER']}@postgres:5432/{settings['OPTUNA_DB']}"
+    backend = f"postgresql+psycopg://{settings['MLFLOW_DB_USER']}@postgres:5432/{settings['MLFLOW_DB']}"
+    mlflow, env = k8s_command("Deployment", "mlflow")
+    assert mlflow == mlflow_server_command(
+        backend, settings["MLFLOW_ARTIFACTS_DESTINATION"], host="0.0.0.0", port=5000,
+        allowed_hosts=settings["MLFLOW_ALLOWED_HOSTS"], basic_auth=True, workers=settings["MLFLOW_SERVER_WORKERS"])
+    assert env["PGPASSWORD"] == SECRETS["MLFLOW_DB_PASSWORD"] and MLFLOW_SERVER_ENV.items() <= env.items()
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("admin", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+    worker, env = k8s_command("Job", "medtl-workers", MEDTL_STUDY="configs/lab/paper.yaml")
+    assert worker == worker_command("configs/lab/paper.yaml", storage, "http://mlflow:5000")
+    assert env["PGPASSWORD"] == SECRETS["OPTUNA_DB_PASSWORD"] and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    sweep, _ = k8s_command("Job", "medtl-sweep", SWEEP_WORKERS="2")
+    assert sweep == sweep_command(settings["MEDTL_STUDY"], storage, "http://mlflow:5000", workers=2)
+    assert k8s_command("Job", "optuna-schema")[0] == optuna_schema_command(storage)
+    assert k8s_command("Deployment", "evaluation")[0] == evaluation_command("0.0.0.0", 8000)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "service"),
+    [("Deployment", "mlflow", "mlflow"), ("Job", "medtl-workers", "worker"), ("Job", "medtl-workers", "worker-gpu"),
+     ("Job", "medtl-sweep", "sweep"), ("Job", "optuna-schema", "optuna-schema"), ("Deployment", "evaluation", "evaluation"),
+     ("StatefulSet", "postgres", "postgres")],
+)
+def test_k8s_and_compose_run_the_same_command(kind, name, service):
+    settings = env_file(K8S / "settings.env")
+    shared = {k: v for k, v in settings.items() if k in documented()}  # the same names, the same values
+    words, _ = k8s_command(kind, name)
+    assert words == command(config(**shared)["services"][service])
+
+
+def test_k8s_settings_and_secrets_match_the_compose_names():
+    settings, secrets = env_file(K8S / "settings.env"), env_file(K8S / "secrets.env.example")
+    assert set(SECRETS) <= set(secrets) and all(v == "" for v in secrets.values())  # no secret has a value
+    assert set(settings) <= documented() | {"MLFLOW_ALLOWED_HOSTS", "EVALUATION_ALLOWED_HOSTS", "MEDTL_STUDY"}
+    defaults = example_env()
+    for key in ("POSTGRES_USER", "POSTGRES_MAX_CONNECTIONS", "MLFLOW_DB", "MLFLOW_DB_USER", "OPTUNA_DB", "OPTUNA_DB_USER",
+                "MEDTL_STUDY", "SWEEP_WORKERS", "MEDTL_COUNTRY_ISO_CODE"):
+        assert settings[key] == defaults[key], key
+    assert "deploy/k8s/secrets.env" in (ROOT / ".gitignore").read_text().splitlines()
+    used = {"configMapKeyRef": set(), "secretKeyRef": set()}
+    for doc in k8s_documents():
+        if "template" not in doc.get("spec", {}):
+            continue
+        for container in pod_spec(doc)["containers"]:
+            for entry in container.get("env", []):
+                if "value" in entry:
+                    assert not re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|DEID_KEY", entry["name"]), entry  # never a literal
+                for kind, ref in entry.get("valueFrom", {}).items():
+                    used[kind].add(ref["key"])
+                    if kind == "secretKeyRef" and ref["key"] not in SECRETS:
+                        assert ref.get("optional") is True, entry  # only the five secrets are required
+    assert used["configMapKeyRef"] <= set(settings) and used["secretKeyRef"] == set(secrets)
+
+
+def test_k8s_binds_nothing_publicly_and_passes_no_password_in_a_url():
+    docs = k8s_documents()
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"Ingress", "IngressRoute", "Gateway", "HTTPRoute"}
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP" and "externalIPs" not in doc["spec"], doc["metadata"]
+            assert all("nodePort" not in p for p in doc["spec"]["ports"])
+        if "template" in doc.get("spec", {}):
+            spec = pod_spec(doc)
+            assert not spec.get("hostNetwork") and not spec.get("hostPID"), doc["metadata"]
+            assert spec.get("automountServiceAccountToken") is False, doc["metadata"]
+            for container in spec["containers"]:
+                assert all("hostPort" not in p for p in container.get("ports", [])), doc["metadata"]
+                words = " ".join(str(w) for w in container.get("command", []) + container.get("args", []))
+                assert not re.search(r"://[^/@\s]+:[^@\s]*@", words), words
+            if doc["metadata"]["name"] != "postgres":
+                assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in p["spec"] for p in policies)
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["labels"][0]["pairs"] == {"app.kubernetes.io/part-of": "medtl"}  # what the allow rule admits
+    assert kustomization["labels"][0]["includeTemplates"] is True
+
+
+def test_k8s_workers_are_an_indexed_job_with_a_gpu_each():
+    for name in ("medtl-workers", "medtl-sweep"):
+        job = k8s_object("Job", name)
+        container = pod_spec(job)["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, name
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/data"]["readOnly"] is True and "/dev/shm" in mounts and "/srv/cache" in mounts
+    workers = k8s_object("Job", "medtl-workers")["spec"]
+    assert workers["completionMode"] == "Indexed" and workers["completions"] == workers["parallelism"] >= 1
+
+
+def test_k8s_postgres_runs_the_init_script_compose_mounts():
+    init = k8s_object("ConfigMap", "postgres-init")
+    assert init["source"] == {"10-init-databases.sh": "init-databases.sh"}
+    assert init["data"]["10-init-databases.sh"] == INIT_SCRIPT.read_text()
+    spec = pod_spec(k8s_object("StatefulSet", "postgres"))
+    assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "init")
+    assert volume["configMap"]["defaultMode"] & 0o111 == 0o111  # run by the entrypoint, not sourced into it
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} == listed - {"../postgres"}  # nothing forgotten
+
+
+def _slurm_worker_line() -> list[str]:
+    text = SLURM.read_text()
+    line = next(line for line in text.splitlines() if " worker " in line and line.lstrip().startswith(".venv/bin/medtl"))
+    values = {"STUDY": "paper", "PG": "15432", "ML": "15000"}
+    words = shlex.split(line.rstrip("&").strip())
+    return [re.sub(r"\$\{?([A-Z]+)\}?", lambda m: values[m.group(1)], w) for w in words]
+
+
+def test_slurm_runs_the_stack_worker_command():
+    words = _slurm_worker_line()
+    expected = worker_command("paper", "postgresql+psycopg://medtl_optuna@127.0.0.1:15432/optuna", "http://127.0.0.1:15000")
+    assert [Path(words[0]).name, *words[1:len(expected)]] == expected
+    assert words[len(expected):] == ["--max-trials", "5"]
+    text = SLURM.read_text()
+    assert "#SBATCH --gres=gpu:1" in text and "PGPASSWORD=$(cat" in text  # a GPU a task; the password from a file
+    assert "MEDTL_TORCH_THREADS=4 MEDTL_LOADER_WORKERS=4" in text and "#SBATCH --cpus-per-task=8" in text
+    defaults = example_env()  # the roles and databases compose creates
+    assert f"{defaults['OPTUNA_DB_USER']}@127.0.0.1:${{PG}}/{defaults['OPTUNA_DB']}" in text
+    subprocess.run(["bash", "-n", str(SLURM)], check=True)  # it parses
+
+
+# --- storage at scale: artifacts only through the MLflow server --------------------------------------
+
+ARTIFACT_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL"}
+
+
+def test_only_the_mlflow_server_holds_artifact_store_credentials():
+    services = config(MLFLOW_ARTIFACTS_DESTINATION="s3://lab-bucket/medtl")["services"]
+    for name, service in services.items():
+        env = set(service.get("environment") or {})
+        assert (env & ARTIFACT_CREDENTIALS == ARTIFACT_CREDENTIALS) if name == "mlflow" else not env & ARTIFACT_CREDENTIALS, name
+        if name in ("worker", "worker-gpu", "sweep", "evaluation"):
+            assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name  # artifacts over HTTP
+    words = command(services["mlflow"])
+    assert words[words.index("--artifacts-destination") + 1] == "s3://lab-bucket/medtl" and "--serve-artifacts" in words
+    for doc in k8s_documents():
+        if "template" not in doc.get("spec", {}):
+            continue
+        env = {e["name"] for c in pod_spec(doc)["containers"] for e in c.get("env", [])}
+        holds = env & ARTIFACT_CREDENTIALS
+        assert holds == (ARTIFACT_CREDENTIALS if doc["metadata"]["name"] == "mlflow" else set()), doc["metadata"]["name"]
+    words, _ = k8s_command("Deployment", "mlflow", MLFLOW_ARTIFACTS_DESTINATION="s3://lab-bucket/medtl")
+    assert words[words.index("--artifacts-destination") + 1] == "s3://lab-bucket/medtl"
+
+
+@pytest.mark.integration
+def test_a_client_without_store_credentials_uploads_through_the_server(postgres, start_mlflow_server, tmp_path, monkeypatch):
+    """The native stack's server (the command compose and Kubernetes run) puts a worker's artifacts in its destination."""
+    from mlflow.tracking import MlflowClient
+
+    for name in ARTIFACT_CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    server = start_mlflow_server(postgres.mlflow_url)
+    destination = Path(server.command[server.command.index("--artifacts-destination") + 1])
+    client = MlflowClient(server.uri)
+    run = client.create_run(client.create_experiment(f"proxied-{os.urandom(3).hex()}"))
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # the client is told to go through the server
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(os.urandom(4096))
+    client.log_artifact(run.info.run_id, str(checkpoint), "checkpoints")
+    stored = list(destination.rglob("best.pt"))
+    assert len(stored) == 1 and stored[0].read_bytes() == checkpoint.read_bytes()
+    assert run.info.run_id in str(stored[0])

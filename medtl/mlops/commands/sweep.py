@@ -20,7 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--study", required=True, help="study file, e.g. configs/demo.yaml")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="local worker processes: a number, or auto (default): one per visible GPU, each with its own "
+        "CUDA_VISIBLE_DEVICES and share of the cores; one on a machine without GPUs",
+    )
     p.add_argument(
         "--storage", default=None, help="Optuna storage URL (default: sqlite optuna.db beside mlflow.db)"
     )
@@ -30,27 +35,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _workers(text: str) -> int | str:
+    """`--workers`: `auto` or a whole number >= 1."""
     from medtl.errors import UserError
-    from medtl.mlops.sweeps.study import load_study
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    load_study(args.study, tracking_uri=args.tracking_uri)  # refuse a bad study file before importing the heavy libraries
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        raise UserError(f"--workers must be 'auto' or a whole number >= 1, got {text!r}") from None
+    if count < 1:
+        raise UserError(f"--workers must be 'auto' or at least 1, got {count}")
+    return count
+
+
+def run(args: argparse.Namespace) -> int:
+    from medtl.mlops.sweeps.lr_selection import resolve_study
+
+    workers = _workers(args.workers)
+    # A bad study file is refused before the heavy libraries load; `from_study` rates are read once, here.
+    study = resolve_study(args.study, args.tracking_uri)
     if args.plan:
         from medtl.mlops.sweeps.plan import print_plan
 
-        print_plan(args.study, tracking_uri=args.tracking_uri)
+        print_plan(study, tracking_uri=args.tracking_uri)
         return 0
     from medtl.knobs import knobs
     from medtl.mlops.signals import StopRequested
+    from medtl.mlops.sweeps.placement import plan_workers
     from medtl.mlops.sweeps.sweep import sweep
     from medtl.redact import mask_url
     from medtl.training import schema as S
 
     knobs()  # bad MEDTL_HEARTBEAT_S / MEDTL_GRACE_S / MEDTL_MAX_REQUEUES: one line, exit 2, nothing written
+    placements = plan_workers(workers)  # no GPU and no CPU to spare: one line, exit 2, nothing enqueued
     try:
-        result = sweep(args.study, workers=args.workers, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
+        result = sweep(study, workers=placements, storage_url=args.storage, tracking_uri=args.tracking_uri, device=args.device)
     except StopRequested as stop:
         print(
             f"medtl sweep: stopped by {stop.signal_name}; the interrupted points are back in the queue "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from medtl.mlops.sweeps.study import load_study
+from medtl.mlops.sweeps.study import Study
 from medtl.mlops.tracking import client as T
 from medtl.redact import mask_url
 from medtl.training import schema as S
@@ -97,8 +97,15 @@ def _finished_costs(client: MlflowClient, study_name: str) -> tuple[set[str], di
     return done, costs
 
 
-def print_plan(study_path: str | Path, *, tracking_uri: str | None = None) -> None:
-    study = load_study(study_path, tracking_uri=tracking_uri)
+def print_plan(study: Study | str | Path, *, tracking_uri: str | None = None) -> None:
+    """Print the grid per (task, arch, arm): points, done, estimated time and CO2e on one worker.
+
+    `study` is a loaded study or a study file (its `from_study` learning rates read here).
+    """
+    if not isinstance(study, Study):
+        from medtl.mlops.sweeps.lr_selection import resolve_study
+
+        study = resolve_study(study, tracking_uri)
     client = MlflowClient(S.resolve_tracking_uri(tracking_uri))
     try:
         done, costs = _finished_costs(client, study.name)

@@ -31,9 +31,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from medtl.errors import UserError
-from medtl.knobs import Knobs, knobs
+from medtl.knobs import DbPool, Knobs, db_pool, knobs
 from medtl.mlops.retry import is_connection_error, one_line, retry
-from medtl.mlops.sweeps.study import Study, StudyError, load_study, study_attrs, study_from_attrs
+from medtl.mlops.sweeps.study import (
+    Study,
+    StudyError,
+    load_study,
+    lr_sources,
+    study_attrs,
+    study_from_attrs,
+    study_name,
+)
 from medtl.redact import mask_url
 from medtl.training.spec import RunSpec
 
@@ -58,28 +66,49 @@ def default_storage(tracking_uri: str) -> str:
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
 
+def engine_kwargs(url: str, pool: DbPool | None = None) -> dict[str, Any] | None:
+    """SQLAlchemy engine settings for an Optuna storage URL: a small bounded pool on PostgreSQL.
+
+    PostgreSQL: each process holds at most `pool.peak` connections (`MEDTL_DB_POOL_SIZE` +
+    `MEDTL_DB_MAX_OVERFLOW`), tested before each use (`pool_pre_ping`: a connection the server or a
+    firewall dropped while idle, optuna#5600, is replaced, not raised), recycled after
+    `MEDTL_DB_POOL_RECYCLE_S`, with TCP keepalives. SQLite: a 60 s busy timeout.
+    """
+    if url.startswith("postgresql"):
+        pool = pool or db_pool()
+        return {
+            "pool_pre_ping": True,
+            "pool_size": pool.size,
+            "max_overflow": pool.max_overflow,
+            "pool_recycle": pool.recycle_s,
+            # libpq keepalives (ignored on a Unix socket): a NAT or firewall keeps the idle connection open
+            "connect_args": {"keepalives": 1, "keepalives_idle": 60, "keepalives_interval": 10, "keepalives_count": 5},
+        }
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return None
+
+
 def open_storage(url: str, settings: Knobs | None = None) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats and re-queueing of stale trials; one line naming the URL if unreachable.
 
     SQLite is switched to write-ahead logging with a 60 s busy timeout, so several local workers
-    wait for each other's short transactions instead of failing on a lock.
+    wait for each other's short transactions instead of failing on a lock. PostgreSQL gets the
+    bounded pool of `engine_kwargs`.
+
+    Raises:
+        UserError: the storage cannot be opened (the reason in one line; a server that refuses more
+            connections is named as such, with the knobs that size the pool).
     """
     settings = settings or knobs()
-    if url.startswith("postgresql"):
-        # Each worker process holds its own small pool: many workers stay well under
-        # PostgreSQL's max_connections (100 by default), and dead connections are replaced.
-        engine_kwargs: dict[str, Any] | None = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
-    elif url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = None
+    kwargs = engine_kwargs(url)
     try:
         storage = optuna.storages.RDBStorage(
             url,
             heartbeat_interval=settings.heartbeat_s,
             grace_period=settings.grace_s,
             heartbeat_stale_trial_callback=_requeue_lost,
-            engine_kwargs=engine_kwargs,
+            engine_kwargs=kwargs,
         )
         if url.startswith("sqlite") and ":memory:" not in url:
             with storage.engine.connect() as connection:  # persistent in the file: once is enough
@@ -87,7 +116,65 @@ def open_storage(url: str, settings: Knobs | None = None) -> optuna.storages.Bas
         return storage
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        refusal = _refused_for_load(str(exc))
+        if refusal:
+            raise UserError(mask_url(f"the Optuna database at {url} refuses more connections ({refusal}); {_ROOM_HINT}")) from None
         raise UserError(mask_url(f"cannot open Optuna storage {url}: {reason[:200]}")) from None
+
+
+_ROOM_HINT = (
+    "raise the server's max_connections (POSTGRES_MAX_CONNECTIONS) or run fewer workers; "
+    "each worker process holds up to MEDTL_DB_POOL_SIZE + MEDTL_DB_MAX_OVERFLOW (docs/scaling.md, Sizing and limits)"
+)
+
+
+def _refused_for_load(message: str) -> str | None:
+    """PostgreSQL's refusal when its connection slots (server-wide, per role or per database) are used up, else None."""
+    phrases = ("too many clients already", "remaining connection slots are reserved", "too many connections for")
+    for line in message.splitlines():
+        if any(phrase in line for phrase in phrases):
+            return line.split("FATAL:", 1)[-1].strip()[:120]
+    return None
+
+
+def check_connection_room(storage: optuna.storages.BaseStorage, processes: int) -> None:
+    """Refuse, before anything is enqueued or claimed, to start `processes` that the server cannot connect.
+
+    PostgreSQL only: the free slots are `max_connections` less the reserved ones and those in use
+    (this process's own included), and at most the role's and the database's own limits. Each new
+    process needs one connection to work at all (and holds up to the pool's peak); fewer free slots
+    than new processes is refused.
+
+    Raises:
+        UserError: fewer free connection slots than processes.
+    """
+    rdb = getattr(storage, "_backend", storage)
+    engine = getattr(rdb, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as connection:
+        free = connection.exec_driver_sql(_FREE_SLOTS_SQL).scalar()
+    if free is not None and free < processes:
+        raise UserError(
+            f"the Optuna database has {max(free, 0)} free connection slot(s) for {processes} process(es) "
+            f"(the sweep and its workers); {_ROOM_HINT}"
+        )
+
+
+# Free slots for this role in this database: the server's, the role's and the database's limits (-1: none).
+_FREE_SLOTS_SQL = """
+SELECT LEAST(
+  current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+    - COALESCE(NULLIF(current_setting('reserved_connections', true), '')::int, 0)
+    - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+  (SELECT CASE WHEN rolconnlimit < 0 THEN 2147483647
+          ELSE rolconnlimit - (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user) END
+     FROM pg_roles WHERE rolname = current_user),
+  (SELECT CASE WHEN datconnlimit < 0 THEN 2147483647
+          ELSE datconnlimit - (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()) END
+     FROM pg_database WHERE datname = current_database())
+)
+"""
 
 
 def optuna_study_name(study: Study | str) -> str:
@@ -119,20 +206,22 @@ def _is_study_file(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
 
 
-def join_queue(
-    ref: str, storage: optuna.storages.BaseStorage, tracking_uri: str | None = None
-) -> tuple[Study, optuna.Study]:
+def join_queue(ref: str, storage: optuna.storages.BaseStorage) -> tuple[Study, optuna.Study]:
     """The study and its Optuna queue for a worker, from a study name or (as before) a study file.
 
     A name is looked up in `storage`; the study comes from the queue's user attributes, so no
-    study file is needed on the worker's machine. A path to a study file is parsed as before.
+    study file is needed on the worker's machine. A path to a study file is parsed as before, except
+    one that takes learning rates `from_study`: its grid is the one the sweep resolved and published,
+    so the worker joins the queue by the file's study name and reads no tracking store.
 
     Raises:
         UserError: no sweep of that name in the storage (the known ones listed), or a bad study file.
     """
     if _is_study_file(ref):
-        study = load_study(ref, tracking_uri=tracking_uri)
-        return study, open_optuna_study(study, storage, publish=False)
+        if not lr_sources(ref):
+            study = load_study(ref)
+            return study, open_optuna_study(study, storage, publish=False)
+        ref = study_name(ref)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     queue_name = optuna_study_name(ref)
     names = set(optuna.get_all_study_names(storage))

@@ -15,16 +15,17 @@ A task may override `lrs`, `seeds`, `fractions`, `arms` and any default (`optimi
 each task type's, see `RunSpec`). An arm may carry its own learning rates,
 `{arm: domain-CR, lrs: [1.0e-3, 1.0e-4, 1.0e-5]}` (the paper's single-modality arms). `lrs` may also be
 `{from_study: paper}`: each (task, arch, arm) then trains at the learning rate the finished full-data
-study's validation selected (read from the tracking store). Every error names the file, the key and
-the valid choices.
+study's validation selected. This module only parses: those rates come in as `LrSelection`s, read
+from the tracking store once by `sweeps.lr_selection.resolve_study`. Every error names the file, the
+key and the valid choices.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,36 @@ class StudyError(UserError):
 
 
 @dataclass(frozen=True)
+class LrSelection:
+    """The learning rates a finished study's validation selected, and the runs they came from.
+
+    `lrs` maps (task, arch, arm) to a learning rate; `fingerprints` are the protocol fingerprints of
+    the full-data runs they were selected from (one per task and protocol).
+    """
+
+    study: str
+    fingerprints: tuple[str, ...]
+    lrs: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: which study, which protocol fingerprints, how many cells."""
+        prints = ", ".join(f[:12] for f in self.fingerprints) or "none"
+        return f"learning rates from study {self.study!r} (protocol fingerprint {prints}; {len(self.lrs)} task/arch/arm cells)"
+
+
+@dataclass(frozen=True)
 class Study:
-    """A validated study: its grid points and, optionally, how to pretrain what the domain arms need."""
+    """A validated study: its grid points and, optionally, how to pretrain what the domain arms need.
+
+    `lr_selections` name the finished studies whose selected learning rates the grid took.
+    """
 
     name: str
     path: Path
     description: str
     specs: tuple[RunSpec, ...]
     pretrain: dict[str, Any] | None = None
+    lr_selections: tuple[LrSelection, ...] = ()
 
     def tasks(self) -> list[str]:
         return sorted({s.task.value for s in self.specs})
@@ -123,37 +146,15 @@ def _from_study(path: Path, where: str, lrs: list[Any]) -> str | None:
     return None
 
 
-def selected_lrs(study: str, tracking_uri: str | None, path: Path) -> dict[tuple[str, str, str], float]:
-    """(task, arch, arm) → the learning rate a finished study's validation selected, at full data.
-
-    The runs go through the evaluation's selection first (one run per grid point; a cell with
-    several protocols is not used), then `stats.select_learning_rates`.
-    """
-    from medtl.evaluation.collect import collect
-    from medtl.evaluation.selection import select_runs
-    from medtl.evaluation.stats import select_learning_rates
-
-    try:
-        runs = select_runs(collect(study, tracking_uri).runs, allow_mixed_pretrained=True).runs
-    except UserError as exc:
-        raise StudyError(f"{path}: lrs.from_study {study!r}: {exc}") from None
-    full = runs[(runs["data_fraction"] == 1.0) & (runs["protocol"] == "")]
-    if full.empty:
-        return {}
-    chosen = select_learning_rates(full)
-    return {(r.task, r.arch, r.group): float(r.lr) for r in chosen.itertuples() if r.lr == r.lr and r.lr is not None}
-
-
-def _selected_lr(
-    path: Path, where: str, selected: dict[tuple[str, str, str], float], source: str, task: Task, arch: Any, arm: str
-) -> float:
+def _selected_lr(path: Path, where: str, selection: LrSelection, task: Task, arch: Any, arm: str) -> float:
     key = (task.value, str(arch), arm)
-    if key not in selected:
+    source = selection.study
+    if key not in selection.lrs:
         raise StudyError(
             f"{path}: {where}: study {source!r} has selected no learning rate for {task.value} {arch} {arm} "
             "(no finished full-data run of one protocol with a validation metric); finish it, or give lrs as a list"
         )
-    return selected[key]
+    return selection.lrs[key]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -171,10 +172,46 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def study_name(path: str | Path) -> str:
+    """The name a study file gives its study (`name:`, else the file's stem); parses only.
+
+    Raises:
+        StudyError: no such file, bad YAML, or a name with characters other than letters, digits, `_.-`.
+    """
+    path = Path(path)
+    return _name(path, _read(path))
+
+
+def _name(path: Path, data: dict[str, Any]) -> str:
+    name = str(data.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise StudyError(f"{path}: name {name!r} may hold only letters, digits, '_', '.', '-'")
+    return name
+
+
+def lr_sources(path: str | Path) -> list[str]:
+    """The studies a study file takes learning rates from (`lrs: {from_study: NAME}`), in order; parses only.
+
+    Raises:
+        StudyError: no such file, bad YAML, or a malformed `from_study` mapping.
+    """
+    path = Path(path)
+    data = _read(path)
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    names: list[str] = []
+    for where, value in [("study", data.get("lrs")), *((f"tasks.{t}", (c or {}).get("lrs") if isinstance(c, dict) else None) for t, c in tasks.items())]:
+        if value is None:
+            continue
+        source = _from_study(path, where, value if isinstance(value, list) else [value])
+        if source is not None and source not in names:
+            names.append(source)
+    return names
+
+
 def study_archs(path: str | Path) -> list[str]:
     """The architecture names a study file's tasks list, in order, without expanding the grid.
 
-    Needs no tracking store (unlike `load_study` for `lrs: {from_study: ...}`), so `medtl weights
+    Needs no learning rates (unlike `load_study` for `lrs: {from_study: ...}`), so `medtl weights
     fetch --study` works on a machine that only downloads. An entry `{name: ..., arms: [...]}` counts
     by its name.
 
@@ -198,18 +235,21 @@ def study_archs(path: str | Path) -> list[str]:
     return names
 
 
-def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
+def load_study(path: str | Path, *, selections: Mapping[str, LrSelection] | None = None) -> Study:
     """Parse and validate a study file; every grid point is a valid RunSpec or this raises.
 
-    `tracking_uri` is read only when the file takes learning rates `from_study`.
+    Reads nothing but the file. A file that takes learning rates `from_study` needs them in
+    `selections` (by study name): `sweeps.lr_selection.resolve_study` reads them once and calls this.
+
+    Raises:
+        StudyError: the file is invalid, or a `from_study` source is missing from `selections`.
     """
     path = Path(path)
-    selected: dict[str, dict[tuple[str, str, str], float]] = {}
+    selections = selections or {}
+    used: dict[str, LrSelection] = {}
     data = _read(path)
     _check_keys("the study", data, TOP_KEYS, path)
-    name = str(data.get("name") or path.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise StudyError(f"{path}: name {name!r} may hold only letters, digits, '_', '.', '-'")
+    name = _name(path, data)
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise StudyError(f"{path}: defaults must be a mapping of {', '.join(sorted(DEFAULT_KEYS))}")
@@ -239,8 +279,15 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
         if axes["lrs"] == [None]:
             raise StudyError(f"{path}: lrs is missing (give it at the top or in {where})")
         source = _from_study(path, where, axes["lrs"])
-        if source is not None and source not in selected:
-            selected[source] = selected_lrs(source, tracking_uri, path)
+        if source is not None:
+            if not source:
+                raise StudyError(f"{path}: {where}: lrs.from_study names no study; give the finished study's name")
+            if source not in selections:
+                raise StudyError(
+                    f"{path}: lrs.from_study {source!r}: the study's selected learning rates were not read "
+                    "(medtl sweep reads them from the tracking store; in code: sweeps.lr_selection.resolve_study)"
+                )
+            used[source] = selections[source]
         settings = {**defaults, **{k: v for k, v in task_cfg.items() if k in DEFAULT_KEYS}}
         dataset = str(task_cfg.get("data", ""))
         for entry in axes["archs"]:
@@ -254,7 +301,7 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
             for arm_entry in arm_axis:
                 arm, lrs = _arm_entry(path, where, arm_entry, axes["lrs"])
                 if source is not None and _from_study(path, where, lrs) is not None:
-                    lrs = [_selected_lr(path, where, selected[source], source, task, arch_name, arm)]
+                    lrs = [_selected_lr(path, where, used[source], task, arch_name, arm)]
                 for lr, seed, fraction in itertools.product(lrs, axes["seeds"], axes["fractions"]):
                     specs.append(_spec(path, where, task, arch_name, arm, lr, seed, fraction, dataset, settings))
     pretrain = data.get("pretrain")
@@ -266,9 +313,13 @@ def load_study(path: str | Path, *, tracking_uri: str | None = None) -> Study:
     if len(set(keys)) != len(keys):
         raise StudyError(f"{path}: the grid names the same point twice (a value repeated on an axis)")
     return Study(
-        name=name, path=path, description=str(data.get("description", "")), specs=tuple(specs), pretrain=pretrain
+        name=name,
+        path=path,
+        description=str(data.get("description", "")),
+        specs=tuple(specs),
+        pretrain=pretrain,
+        lr_selections=tuple(used.values()),
     )
-
 
 
 def study_text(
@@ -299,6 +350,7 @@ def study_attrs(study: Study) -> dict[str, Any]:
         "description": study.description,
         "specs": [spec.to_params() for spec in study.specs],
         "pretrain": study.pretrain,
+        "lrs_from": [{"study": s.study, "fingerprints": list(s.fingerprints)} for s in study.lr_selections],
     }
 
 
@@ -324,4 +376,6 @@ def study_from_attrs(attrs: dict[str, Any]) -> Study:
         description=str(attrs.get("description", "")),
         specs=specs,
         pretrain=attrs.get("pretrain"),
+        # the record of where the learning rates came from; the rates themselves are in the specs
+        lr_selections=tuple(LrSelection(str(s["study"]), tuple(s.get("fingerprints", ()))) for s in attrs.get("lrs_from", ())),
     )

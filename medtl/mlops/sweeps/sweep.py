@@ -1,33 +1,34 @@
 """`medtl sweep`: a study's missing grid points enqueued once, run by local worker processes.
 
 The study's domain sources are pinned once per study (`pin_init_sources`), one parent run per study
-gathers the points' runs, and the sweep process watches its local workers (`sweeps.worker`): one that
-dies has its point put back at once and is replaced. SIGTERM and SIGINT reach every worker, which puts
+gathers the points' runs, and the sweep process watches its local workers (`sweeps.local`, one per GPU
+with `--workers auto`, `sweeps.placement`): one that dies has its point put back at once and is replaced. SIGTERM and SIGINT reach every worker, which puts
 its point back; the parent run ends KILLED. The queue itself is `sweeps.queue`.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from medtl.errors import UserError
-from medtl.knobs import Knobs, knobs
-from medtl.mlops.retry import is_connection_error, retry
+from medtl.knobs import knobs
+from medtl.mlops.retry import is_connection_error
+from medtl.mlops.sweeps.local import DeadWorker, run_local_workers
+from medtl.mlops.sweeps.placement import Placement, plan_workers
 from medtl.mlops.sweeps.queue import (
     PINS_ATTR,
     RUN_KEY_ATTR,
+    check_connection_room,
     default_storage,
     enqueue_missing,
     fail_stale,
@@ -35,10 +36,9 @@ from medtl.mlops.sweeps.queue import (
     open_storage,
     queue_counts,
     quietly,
-    reclaim,
 )
-from medtl.mlops.sweeps.study import Study, load_study
-from medtl.mlops.sweeps.worker import InfrastructureDown, WorkerStats, install_stop_handlers, work
+from medtl.mlops.sweeps.study import Study
+from medtl.mlops.sweeps.worker import WorkerStats, install_stop_handlers, work
 from medtl.mlops.tracking import client as T
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
@@ -134,10 +134,12 @@ def _open_parent_run(
     return parent_id
 
 
-@dataclass
-class DeadWorker:
-    pid: int
-    exitcode: int
+def lr_selection_tags(study: Study) -> dict[str, str]:
+    """The parent run's record of where `from_study` learning rates came from: studies and fingerprints."""
+    return {
+        S.LRS_FROM_STUDY_TAG: ",".join(s.study for s in study.lr_selections),
+        S.LRS_FROM_FINGERPRINT_TAG: ",".join(f for s in study.lr_selections for f in s.fingerprints),
+    }
 
 
 @dataclass
@@ -151,86 +153,21 @@ class SweepResult:
     dead_workers: list[DeadWorker] = field(default_factory=list)
 
 
-def _worker_entry(kwargs: dict[str, Any], threads: int) -> None:
-    """A local worker process: exits 0 when the queue is empty, 128+signal when stopped, 1 on a fault."""
-    import sys
-
-    import torch
-
-    from medtl.mlops.signals import StopRequested
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(process)d: %(message)s")
-    try:
-        work(**kwargs)
-    except StopRequested as stop:
-        sys.exit(128 + stop.signum)
-    except (UserError, InfrastructureDown) as exc:
-        log.error("%s", mask_url(str(exc)))
-        sys.exit(2 if isinstance(exc, UserError) else 1)
-
-
-def _run_local_workers(
-    kwargs: dict[str, Any], workers: int, optuna_study: optuna.Study, settings: Knobs
-) -> list[DeadWorker]:
-    """Run `workers` processes; a dead one's point goes back at once and a replacement starts."""
-    from medtl.mlops.signals import StopRequested
-
-    ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker_entry, args=(kwargs, threads)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    dead: list[DeadWorker] = []
-    replacements = workers
-    try:
-        while procs:
-            for proc in list(procs):
-                proc.join(timeout=0.5)
-                if proc.exitcode is None:
-                    continue
-                procs.remove(proc)
-                if proc.exitcode == 0:
-                    continue
-                dead.append(DeadWorker(proc.pid, proc.exitcode))
-                back = retry(lambda p=proc: reclaim(optuna_study, p.pid), "re-queueing a dead worker's point", settings.infra_patience_s)
-                print(f"[sweep] worker {proc.pid} died (exit code {proc.exitcode}); {back} point(s) back in the queue", flush=True)
-                if replacements > 0 and proc.exitcode != 2:
-                    replacements -= 1
-                    fresh = ctx.Process(target=_worker_entry, args=(kwargs, threads))
-                    fresh.start()
-                    procs.append(fresh)
-    except StopRequested as stop:
-        for proc in procs:
-            if proc.is_alive():
-                os.kill(proc.pid, stop.signum)  # each puts its point back and closes its run
-        deadline = time.monotonic() + _stop_wait_s()
-        for proc in procs:
-            proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-                quietly(lambda p=proc: reclaim(optuna_study, p.pid), "putting a dead worker's point back", 15,
-                        "it returns to the queue after the grace")
-        raise
-    return dead
-
-
-def _stop_wait_s() -> float:
-    from medtl.mlops.signals import stop_grace_s
-
-    return stop_grace_s() + 60.0
-
-
 def sweep(
-    study_path: str | Path,
+    study_path: Study | str | Path,
     *,
-    workers: int = 1,
+    workers: int | Sequence[Placement] = 1,
     storage_url: str | None = None,
     tracking_uri: str | None = None,
     device: str = "auto",
 ) -> SweepResult:
-    """Enqueue the study's missing points, run them with `workers` local processes, end the parent run.
+    """Enqueue the study's missing points, run them with local worker processes, end the parent run.
+
+    `workers` is a count (processes sharing the machine) or one `placement.Placement` per process
+    (`placement.plan_workers`: one per GPU for `--workers auto`); a single worker runs in this process.
+
+    `study_path` is a loaded study (`lr_selection.resolve_study`) or a study file, loaded here; its
+    `from_study` learning rates are read once either way, and named on the parent run.
 
     Raises:
         UserError: bad knobs, an unreachable storage or tracking store.
@@ -239,10 +176,18 @@ def sweep(
     """
     settings = knobs()
     install_stop_handlers()
-    study = load_study(study_path, tracking_uri=tracking_uri)
+    if isinstance(study_path, Study):
+        study = study_path
+    else:
+        from medtl.mlops.sweeps.lr_selection import resolve_study
+
+        study = resolve_study(study_path, tracking_uri)
     uri = S.resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(uri)
+    placements = plan_workers(workers) if isinstance(workers, int) else list(workers)
     storage = open_storage(storage_url, settings)
+    # before anything is enqueued or claimed; one in-process worker uses the sweep's own connections
+    check_connection_room(storage, len(placements) if len(placements) > 1 else 0)
     optuna_study = open_optuna_study(study, storage)
     client = MlflowClient(uri)
     try:
@@ -260,7 +205,11 @@ def sweep(
         print(f"[sweep] {message}", flush=True)
     pins = pin_init_sources(optuna_study, client, readiness.ready)
     enqueued = enqueue_missing(readiness.ready, optuna_study, done, settings.max_requeues)
-    parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, workers)
+    parent_id = _open_parent_run(client, optuna_study, study, uri, storage_url, len(placements))
+    for selection in study.lr_selections:
+        print(f"[sweep] {selection.describe()}", flush=True)
+    if study.lr_selections:
+        T.set_tags(client, parent_id, lr_selection_tags(study))
     if pins:
         T.set_tags(client, parent_id, {f"{S.INIT_PIN_TAG_PREFIX}{k.removeprefix('models:/').replace('@', '.')}": v for k, v in pins.items()})
     kwargs = dict(study=study.name, storage_url=storage_url, tracking_uri=uri, parent_run_id=parent_id, device=device)
@@ -268,10 +217,12 @@ def sweep(
     stats = WorkerStats()
     dead: list[DeadWorker] = []
     try:
-        if workers <= 1:
+        if len(placements) <= 1:
             stats = work(**kwargs)
         else:
-            dead = _run_local_workers(kwargs, workers, optuna_study, settings)
+            for number, placement in enumerate(placements):
+                print(f"[sweep] worker {number}: {placement.describe()}", flush=True)
+            dead = run_local_workers(kwargs, placements, optuna_study, settings)
     except BaseException as exc:
         reason = getattr(exc, "signal_name", None)
         reason = f"stopped by {reason}" if reason else f"{type(exc).__name__}: {exc}".splitlines()[0]

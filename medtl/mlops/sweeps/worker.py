@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import statistics
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -20,10 +24,12 @@ from optuna.trial import TrialState
 from medtl.errors import UserError
 from medtl.knobs import INFRA_PATIENCE_ENV, Knobs, knobs
 from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
+from medtl.mlops.sweeps.placement import Placement
 from medtl.mlops.sweeps.queue import (
     OWNER_ATTR,
     PINS_ATTR,
     Claim,
+    check_connection_room,
     claim_next,
     fail_stale,
     finish,
@@ -32,6 +38,7 @@ from medtl.mlops.sweeps.queue import (
     put_back,
     queue_counts,
     quietly,
+    reclaim,
     requeue_failed,
     worker_token,
 )
@@ -40,6 +47,10 @@ from medtl.mlops.tracking import client as T
 from medtl.mlops.tracking.runner import ClaimLost, run_spec
 from medtl.training import schema as S
 from medtl.training.spec import RunSpec
+
+if TYPE_CHECKING:
+    from medtl.mlops.signals import StopRequested
+    from medtl.mlops.sweeps.local import DeadWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,15 @@ class WorkerStats:
     requeued: int = 0  # put back for an infrastructure fault or a stop signal, uncharged
     lost: int = 0  # claims taken over while this worker was frozen or cut off
     seconds: float = 0.0
+    claim_s: list[float] = field(default_factory=list)  # each successful claim's round trip to the database
+
+    def claim_summary(self) -> str:
+        """`median X ms, p95 Y ms over N claims` (how long taking a point from the queue took)."""
+        if not self.claim_s:
+            return "none made"
+        ordered = sorted(self.claim_s)
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms over {len(ordered)} claims"
 
 
 class InfrastructureDown(RuntimeError):
@@ -87,7 +107,7 @@ def work(
     settings = knobs()
     install_stop_handlers()
     storage = open_storage(storage_url, settings)
-    queued, optuna_study = join_queue(study, storage, tracking_uri)
+    queued, optuna_study = join_queue(study, storage)
     client = MlflowClient(tracking_uri)
     owner = worker_token()
     pins = dict(optuna_study.user_attrs.get(PINS_ATTR, {}))
@@ -95,38 +115,100 @@ def work(
     started = time.perf_counter()
     infra_since: float | None = None  # start of the current run of infrastructure failures
     backoff = Backoff()
-    while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
-        fail_stale(optuna_study, settings)
-        trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
-        if trial_id is None:
-            if _others_running(optuna_study, owner, settings):
-                time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
+    try:
+        while max_trials is None or stats.done + stats.failed + stats.skipped < max_trials:
+            fail_stale(optuna_study, settings)
+            asked = time.perf_counter()
+            trial_id = retry(lambda: claim_next(optuna_study, owner), "claiming a point", settings.infra_patience_s)
+            if trial_id is not None:
+                stats.claim_s.append(time.perf_counter() - asked)
+                log.info("claimed trial %d in %.1f ms", trial_id, stats.claim_s[-1] * 1000)
+            if trial_id is None:
+                if _others_running(optuna_study, owner, settings):
+                    time.sleep(settings.heartbeat_s)  # a worker may still die: stay to take its point over
+                    continue
+                break
+            with Claim(optuna_study, trial_id, owner, settings) as claim:
+                outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
+            if outcome == "infra":
+                stats.requeued += 1
+                infra_since = infra_since or time.monotonic()
+                if time.monotonic() - infra_since > settings.infra_patience_s:
+                    raise InfrastructureDown(
+                        f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
+                        f"({INFRA_PATIENCE_ENV}); the points are still queued"
+                    )
+                wait = backoff.next()
+                log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)
+                time.sleep(wait)
                 continue
-            break
-        with Claim(optuna_study, trial_id, owner, settings) as claim:
-            outcome = _run_claimed(optuna_study, claim, queued, client, tracking_uri, parent_run_id, device, pins, settings)
-        if outcome == "infra":
-            stats.requeued += 1
-            infra_since = infra_since or time.monotonic()
-            if time.monotonic() - infra_since > settings.infra_patience_s:
-                raise InfrastructureDown(
-                    f"MLflow or the Optuna storage unreachable for over {settings.infra_patience_s:.0f} s "
-                    f"({INFRA_PATIENCE_ENV}); the points are still queued"
-                )
-            wait = backoff.next()
-            log.warning("waiting %.1f s before the next point (infrastructure fault)", wait)
-            time.sleep(wait)
-            continue
-        infra_since = None
-        backoff.reset()
-        if outcome == "lost":
-            stats.lost += 1
-        else:
-            setattr(stats, outcome, getattr(stats, outcome) + 1)
-        if progress and outcome in ("done", "failed"):
-            print_progress(optuna_study, started, stats)
+            infra_since = None
+            backoff.reset()
+            if outcome == "lost":
+                stats.lost += 1
+            else:
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+            if progress and outcome in ("done", "failed"):
+                print_progress(optuna_study, started, stats)
+    except BaseException as exc:
+        stop = stop_in_chain(exc)
+        if stop is None:
+            raise
+        # A stop that landed inside a database call: the library may have turned it into its own error.
+        quietly(lambda: reclaim(optuna_study, os.getpid()), "putting this worker's point back", 15,
+                "it returns to the queue after the grace")
+        raise stop from None
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def stop_in_chain(exc: BaseException) -> StopRequested | None:
+    """The stop signal behind `exc`: itself, or one a library turned into its own error while cleaning up.
+
+    SQLAlchemy's pool, interrupted by the signal's exception in the middle of a call, resets the connection
+    and raises that reset's error instead, with the stop only in the exception chain.
+    """
+    from medtl.mlops.signals import StopRequested
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # a chain is short; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, StopRequested):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def work_on_gpus(
+    study: str,
+    storage_url: str,
+    tracking_uri: str,
+    placements: Sequence[Placement],
+    *,
+    max_trials: int | None = None,
+    device: str = "auto",
+) -> list[DeadWorker]:
+    """`medtl worker --gpus`: one `work` process per placement (its own GPU and share of the cores).
+
+    The server's free connection slots are checked first; a dead process's point goes back at once.
+
+    Raises:
+        UserError: the study is not in the storage, or the database has fewer free connection slots
+            than processes (nothing claimed).
+        medtl.mlops.signals.StopRequested: a stop signal, forwarded to every process.
+    """
+    from medtl.mlops.sweeps.local import run_local_workers
+
+    settings = knobs()
+    install_stop_handlers()
+    storage = open_storage(storage_url, settings)
+    check_connection_room(storage, len(placements))
+    _, optuna_study = join_queue(study, storage)
+    for number, placement in enumerate(placements):
+        print(f"[worker] process {number}: {placement.describe()}", flush=True)
+    kwargs = dict(study=study, storage_url=storage_url, tracking_uri=tracking_uri, max_trials=max_trials, device=device)
+    return run_local_workers(kwargs, placements, optuna_study, settings, who="worker")
 
 
 def _others_running(optuna_study: optuna.Study, owner: str, settings: Knobs) -> bool:
@@ -150,7 +232,6 @@ def _run_claimed(
     settings: Knobs,
 ) -> str:
     """Run one claimed trial; returns done, failed, skipped, infra (put back) or lost."""
-    from medtl.mlops.signals import StopRequested
 
     patience = settings.infra_patience_s
     trial_id, owner = claim.trial_id, claim.owner
@@ -170,14 +251,17 @@ def _run_claimed(
             init_pin=pins.get(spec.init_source),
             owns_claim=claim.owns,
         )
-    except StopRequested as stop:
-        why = f"worker stopped by {stop.signal_name}"
-        back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), "putting a point back", 15,
-                       "it returns to the queue after the grace")
-        where = "back in the queue" if back else "not put back now (it returns after the grace)"
-        log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
-        raise
-    except Exception as exc:
+    except BaseException as exc:
+        stop = stop_in_chain(exc)  # a stop, or one a library wrapped in its own error: never the point's fault
+        if stop is not None:
+            why = f"worker stopped by {stop.signal_name}"
+            back = quietly(lambda: put_back(optuna_study, trial_id, owner, why), "putting a point back", 15,
+                           "it returns to the queue after the grace")
+            where = "back in the queue" if back else "not put back now (it returns after the grace)"
+            log.warning("stopped by %s; trial %d %s", stop.signal_name, trial_id, where)
+            raise stop from None
+        if not isinstance(exc, Exception):
+            raise
         if isinstance(exc, ClaimLost) or not claim.owns():
             log.warning("trial %d was taken over by another worker (%s); leaving it to that worker", trial_id, one_line(exc))
             return "lost"

@@ -68,8 +68,10 @@ def test_shipped_studies(request, tmp_path):
     assert {s.optimizer.value for s in paper.specs if s.task.value in ("rsna-boneage", "luna16")} == {"adam"}
     assert {s.optimizer.value for s in paper.specs if s.task.value == "covid19"} == {"adamw"}
     # the reduced-data study takes its learning rates from the finished full-data study
+    from medtl.mlops.sweeps.lr_selection import resolve_study
+
     with pytest.raises(StudyError, match="lrs.from_study 'paper': unknown study 'paper'|no MLflow store"):
-        load_study(root / "configs" / "resource_limited.yaml", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+        resolve_study(root / "configs" / "resource_limited.yaml", f"sqlite:///{tmp_path / 'none.db'}")
     demo = load_study(root / "configs" / "demo.yaml")
     assert {s.arm for s in demo.specs} == {"random", "imagenet", "domain"}
     assert demo.pretrain and demo.pretrain["data"]
@@ -131,42 +133,6 @@ def test_paper_study_gives_the_27_single_modality_t_tests(request):
     assert len(ttests) == 27
     assert all(r.group_a == "domain" and r.n_a == r.n_b == 5 and r.p_raw is not None for r in ttests)
     assert sum(r.group_b == "domain-MR" for r in ttests) == 6 and sum(r.group_b == "domain-CT" for r in ttests) == 3
-
-
-def test_reduced_data_study_takes_each_models_selected_learning_rate(tmp_path):
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    from medtl.training.spec import RunSpec
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("medtl/full")
-    # resnet18: random best at 1e-4 (mean 0.8 vs 0.6); imagenet best at 1e-3
-    for arm, lr, vals in (("random", 1e-3, (0.6, 0.6)), ("random", 1e-4, (0.8, 0.8)),
-                          ("imagenet", 1e-3, (0.9, 0.7)), ("imagenet", 1e-4, (0.5, 0.5))):
-        for seed, val in enumerate(vals):
-            spec = RunSpec(task="demo-binary", arch="resnet18", init=arm, lr=lr, seed=seed)
-            rid = client.create_run(exp, tags={"medtl.stage": "finetune", "medtl.run_key": spec.run_key,
-                                               "medtl.group": arm}).info.run_id
-            client.log_batch(rid, metrics=[Metric("best_val_f1", val, 0, 0), Metric("test_f1", val, 0, 0)],
-                             params=[Param(k, v) for k, v in spec.to_params().items()])
-            client.set_terminated(rid, "FINISHED")
-    text = """
-name: reduced
-defaults: {max_epochs: 10}
-tasks:
-  demo-binary: {archs: [resnet18]}
-arms: [random, imagenet]
-lrs: {from_study: full}
-seeds: [0, 1]
-fractions: [0.25]
-"""
-    study = load_study(_write(tmp_path, text), tracking_uri=uri)
-    assert {(s.arm, s.lr) for s in study.specs} == {("random", 1e-4), ("imagenet", 1e-3)}
-    assert len(study.specs) == 4
-    with pytest.raises(StudyError, match="selected no learning rate for demo-binary resnet18 domain"):
-        load_study(_write(tmp_path, text.replace("[random, imagenet]", "[random, domain]")), tracking_uri=uri)
 
 
 def test_plan_says_unknown_never_zero_without_a_table_or_runs(tmp_path, monkeypatch, capsys):

@@ -60,3 +60,59 @@ def test_a_queue_from_an_older_medtl_asks_for_the_study_file(tmp_path, capsys, t
     assert main(["worker", "--study", "old", "--storage", url, "--tracking-uri", tracking_uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--study PATH" in err[0], err
+
+
+def _wrapped_stop() -> Exception:
+    """What SQLAlchemy raises when a stop signal interrupts a pooled connection: its own error, the stop as context."""
+    import sqlalchemy
+
+    from medtl.mlops.signals import StopRequested
+
+    try:
+        try:
+            raise StopRequested("SIGTERM")
+        except StopRequested:
+            raise sqlalchemy.exc.ProgrammingError("SET autocommit", {}, Exception("connection in transaction status ACTIVE"))  # noqa: B904
+    except sqlalchemy.exc.ProgrammingError as exc:
+        return exc
+
+
+def test_a_stop_wrapped_by_the_database_library_still_stops_cleanly(published, train_with, monkeypatch, capsys, tracking_uri):
+    """A SIGTERM that lands inside a database call: one line, exit 143, the point back in the queue uncharged."""
+    from medtl.mlops.sweeps import worker as W
+
+    _, url, optuna_study = published
+    wrapped = _wrapped_stop()
+    assert W.stop_in_chain(wrapped).signal_name == "SIGTERM" and W.stop_in_chain(RuntimeError("x")) is None
+    real_claim = Q.claim_next
+    calls = []
+
+    def claim_then_interrupted(study, owner):
+        calls.append(owner)
+        if len(calls) == 1:
+            real_claim(study, owner)  # the claim committed, then the signal hit before it returned
+            raise wrapped
+        return real_claim(study, owner)
+
+    monkeypatch.setattr(W, "claim_next", claim_then_interrupted)
+    train_with(lambda spec, **kw: pytest.fail("nothing may train after the stop"))
+    assert main(["worker", "--study", "byname", "--storage", url, "--tracking-uri", tracking_uri]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medtl worker: stopped by SIGTERM") and not any("Traceback" in line for line in err), err
+    states = sorted(t.state.name for t in optuna_study.get_trials(deepcopy=False))
+    assert states == ["WAITING", "WAITING"]  # the claimed point was put back at once, not left to the grace
+    assert all("fail_reason" not in t.user_attrs for t in optuna_study.get_trials(deepcopy=False))
+
+
+def test_a_stop_wrapped_inside_a_run_puts_the_point_back_uncharged(published, train_with, capsys, tracking_uri):
+    _, url, optuna_study = published
+    wrapped = _wrapped_stop()
+
+    def interrupted(spec, **kwargs):
+        raise wrapped
+
+    train_with(interrupted)
+    assert main(["worker", "--study", "byname", "--storage", url, "--tracking-uri", tracking_uri]) == 143
+    trials = optuna_study.get_trials(deepcopy=False)
+    assert sorted(t.state.name for t in trials) == ["WAITING", "WAITING"]
+    assert [t.user_attrs.get("requeue_reason") for t in trials if "requeued" in t.user_attrs] == ["worker stopped by SIGTERM"]
