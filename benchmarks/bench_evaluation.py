@@ -133,25 +133,23 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
 
 def time_fast(uri: str, out: Path) -> dict[str, float]:
     """The evaluation pipeline (what `medtl evaluate --no-log` runs), timed per stage."""
-    from medtl.evaluation.analysis import analyse, is_cheap
+    from medtl.evaluation.analysis import analyse
     from medtl.evaluation.collect import collect
-    from medtl.evaluation.plots import CURVE_EPOCHS
+    from medtl.evaluation.figure_data import CURVE_EPOCHS
     from medtl.evaluation.report import render
 
     t = time.perf_counter()
     data = collect(STUDY, uri, primary_only=True, max_step=CURVE_EPOCHS)
     t_collect = time.perf_counter() - t
-    analyses = [analyse(data.runs, "paper")]
-    if is_cheap(data.runs):
-        analyses.append(analyse(data.runs, "recommended"))
+    analysis = analyse(data, "paper")
     t_stats = time.perf_counter() - t - t_collect
-    render(data, analyses, out)
+    render(analysis, out)
     total = time.perf_counter() - t
     t = time.perf_counter()
     full = collect(STUDY, uri)
     t_full = time.perf_counter() - t
     return {"collect_s": t_collect, "stats_s": t_stats, "render_s": total - t_collect - t_stats,
-            "report_total_s": total, "n_runs": len(data.runs), "second_mode": len(analyses) > 1,
+            "report_total_s": total, "n_runs": len(data.runs), "second_mode": len(analysis.comparisons) > 1,
             "collect_all_histories_s": t_full, "history_points_all": len(full.histories)}
 
 

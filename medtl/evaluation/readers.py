@@ -216,7 +216,10 @@ class _SqlReader:
             "FROM experiments e WHERE e.name = :n AND e.lifecycle_stage = 'active'",
             n=name,
         )
-        return tuple(rows[0]) if rows else None
+        if not rows:
+            return None
+        experiment_id, *rest = rows[0]
+        return (str(experiment_id), *rest)  # ids are strings in MLflow's API (and in the HTTP token)
 
 
 class _HttpReader:

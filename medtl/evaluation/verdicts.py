@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from medtl.evaluation.analysis import Analysis, at_chosen, chosen_lrs
-from medtl.evaluation.report_tables import num
+from medtl.evaluation.comparisons import Comparisons
+from medtl.evaluation.formatting import num
 from medtl.evaluation.stats import primary_metric
 from medtl.training.schema import MAIN_ARMS, arm_order
 
@@ -87,19 +87,23 @@ def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
     return f", significant vs {', '.join(sig)} (p adj. {listed(sig)}), not vs {', '.join(rest)} (p adj. {listed(rest)})"
 
 
-def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
-    """One Verdict per (task, arch, fraction) of the analysis, main arms at their selected lr.
+def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons) -> list[Verdict]:
+    """One Verdict per (task, arch, fraction) of the comparisons, main arms at their selected lr.
 
-    Arm means come from the summary (what the tables show); the p values are the analysis's
+    Arm means come from the summary (what the tables show); the p values are the comparisons'
     pairwise tests (Mann–Whitney U with Bonferroni in paper mode, permutation with Holm in
     recommended mode) of the best arm against each other main arm.
+
+    Args:
+        at_lr: the summary's rows at each arm's selected learning rate.
+        chosen: the selected learning rates (task, arch, group, data_fraction, lr).
+        comparisons: the main mode's comparisons.
     """
-    chosen = chosen_lrs(analysis)
-    rows = at_chosen(summary, chosen) if not summary.empty else summary
-    records = analysis.records()
-    pair_test = "mannwhitneyu" if analysis.mode == "paper" else "permutation"
+    rows = at_lr
+    records = comparisons.records()
+    pair_test = "mannwhitneyu" if comparisons.mode == "paper" else "permutation"
     out = []
-    for fraction, cs in analysis.sets:
+    for fraction, cs in comparisons.sets:
         for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
             metric, higher = primary_metric(task)
             cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
@@ -111,7 +115,7 @@ def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
             recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
                     and r["test"] == pair_test]
             lrs = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
-            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if analysis.per_lr else {}
+            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if comparisons.per_lr else {}
             out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
                                _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
                                fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),

@@ -121,6 +121,6 @@ def test_http_path_agrees_with_sql_path(data, synthetic_store, store_server):
     # the experiment and its update time, the latest start and the latest end of its runs.
     over_http, over_sql = fingerprint(STUDY, store_server), fingerprint(STUDY, synthetic_store.uri)
     assert over_http[:2] == over_sql[:2]
-    (_, latest_start, _, _), = over_http[2]
-    (_, _, latest_end, _), = over_http[3]
+    (_, latest_start, _, _) = over_http[2]  # the newest run by start, then by end: (id, start, end, status)
+    (_, _, latest_end, _) = over_http[3]
     assert (latest_start, latest_end) == (over_sql[3], over_sql[4])

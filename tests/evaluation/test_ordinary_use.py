@@ -12,7 +12,8 @@ import pytest
 
 from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS
+from medtl.evaluation.comparisons import compare_arms
+from medtl.evaluation.figure_data import CURVE_EPOCHS
 from medtl.evaluation.report import render
 from medtl.evaluation.selection import MixedPretrainedError, select_runs
 from medtl.mlops.cli import main
@@ -113,7 +114,7 @@ def test_one_run_per_grid_point_one_protocol_per_cell(ordinary):
 
 def test_hand_computed_n_and_p_values(ordinary):
     uri, _ = ordinary
-    records = analyse(collect(STUDY, uri).runs, "paper").records()
+    records = compare_arms(collect(STUDY, uri).runs, "paper").records()
     a = _pair(records, A)
     # A: random 0.50..0.58 vs domain {0.71, 0.73, 0.75, 0.77, 0.55}: U(random) = 2 (0.56 and 0.58
     # beat 0.55); P(U <= 2) = (1 + 1 + 2) / 252, p = 8 / 252 — not 0.0002 from n = 10 per arm.
@@ -132,7 +133,7 @@ def test_hand_computed_n_and_p_values(ordinary):
 
 def test_exclude_diverged_reproduces_the_old_behaviour(ordinary):
     uri, _ = ordinary
-    records = analyse(collect(STUDY, uri).runs, "paper", exclude_diverged=True).records()
+    records = compare_arms(collect(STUDY, uri).runs, "paper", exclude_diverged=True).records()
     a = _pair(records, A)
     # domain without seed 4: 4 vs 5, complete separation, p = 2 / C(9, 4) = 2 / 126.
     assert (a["n_a"], a["n_b"]) == (5, 4) and a["p_raw"] == pytest.approx(2 / 126)
@@ -185,9 +186,10 @@ def test_a_domain_arm_from_two_pretrained_versions_is_refused(ordinary, tmp_path
     assert not out.exists()
     with pytest.raises(MixedPretrainedError):
         select_runs(collect(STUDY, mixed).runs)
-    allowed = analyse(collect(STUDY, mixed).runs, "paper", allow_mixed_pretrained=True)
-    assert any("pools 2 pretrained versions" in n for n in allowed.chosen_runs.notes)
-    render(collect(STUDY, mixed, primary_only=True, max_step=CURVE_EPOCHS), [allowed], tmp_path / "ok", figures=False)
+    allowed = analyse(collect(STUDY, mixed, primary_only=True, max_step=CURVE_EPOCHS), "paper",
+                      allow_mixed_pretrained=True)
+    assert any("pools 2 pretrained versions" in n for n in allowed.selection.notes)
+    render(allowed, tmp_path / "ok", figures=False)
     assert "pools 2 pretrained versions" in (tmp_path / "ok" / "report.md").read_text()
 
 
@@ -200,7 +202,7 @@ def test_clean_store_is_left_as_it_was(synthetic_store):
     sel = select_runs(runs)
     assert sel.n_duplicates == 0 and set(sel.runs["protocol"]) == {""} and len(sel.runs) == len(runs)
     for mode in ("paper", "recommended"):
-        got = analyse(runs, mode, exclude_diverged=True).records()
+        got = compare_arms(runs, mode, exclude_diverged=True).records()
         full = runs[runs["data_fraction"].fillna(1.0) == 1.0]
         want = compare(full, mode, exclude_diverged=True).to_records()
         assert [{k: r[k] for k in RECORD_KEYS} for r in got if r["data_fraction"] == 1.0] == want

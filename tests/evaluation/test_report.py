@@ -10,18 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtl.evaluation.analysis import (
-    CELL_RECORD_KEYS,
-    SUMMARY_COLUMNS,
-    Ranks,
-    analyse,
-    average_ranks,
-    summarize,
-)
+from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS, cd_png
+from medtl.evaluation.comparisons import CELL_RECORD_KEYS
+from medtl.evaluation.figure_data import CURVE_EPOCHS, CdFigure
+from medtl.evaluation.plots import cd_png
+from medtl.evaluation.ranks import Ranks, average_ranks
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import RECORD_KEYS
+from medtl.evaluation.summaries import SUMMARY_COLUMNS, summarize
 
 from .conftest import STUDY
 
@@ -31,10 +28,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def built(synthetic_store, tmp_path_factory):
     data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
-    analyses = [analyse(data.runs, "paper"), analyse(data.runs, "recommended")]
+    analysis = analyse(data, "paper", second_mode=True)
     out = tmp_path_factory.mktemp("report")
-    written = render(data, analyses, out)
-    return data, analyses, out, written
+    written = render(analysis, out)
+    return data, analysis.comparisons, out, written
 
 
 def test_all_files_written_and_nothing_half_written(built):
@@ -129,9 +126,9 @@ def test_latex_tables_per_task(built):
 
 def test_tiny_study_with_one_run_renders(synthetic_store, tmp_path):
     data = collect("other", synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
-    analysis = analyse(data.runs, "paper")
-    render(data, [analysis], tmp_path / "o")
-    assert any("only one arm" in (r["note"] or "") for r in analysis.records())
+    analysis = analyse(data, "paper")
+    render(analysis, tmp_path / "o")
+    assert any("only one arm" in (r["note"] or "") for r in analysis.main.records())
     assert "critical-difference diagram needs" in (tmp_path / "o" / "report.md").read_text()
     assert not (tmp_path / "o" / "plots" / "cd_diagram.png").exists()
 
@@ -139,7 +136,7 @@ def test_tiny_study_with_one_run_renders(synthetic_store, tmp_path):
 def test_empty_runs_table(tmp_path, synthetic_store):
     data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=1)
     empty = type(data)(data.study, data.tracking_uri, data.experiment_id, data.runs.iloc[0:0], data.histories.iloc[0:0])
-    render(empty, [analyse(empty.runs)], tmp_path / "e", figures=False)
+    render(analyse(empty), tmp_path / "e", figures=False)
     assert summarize(empty.runs).empty
     assert json.loads((tmp_path / "e" / "comparisons.json").read_text()) == []
 
@@ -149,7 +146,7 @@ def test_average_ranks_and_cd():
     ranks = average_ranks(means, pd.Series([True, True, False]))
     assert ranks.average == (1.0, 2.0)
     assert ranks.cd == pytest.approx(1.960 * math.sqrt(2 * 3 / (6 * 3)))
-    assert cd_png(ranks).startswith(PNG)
+    assert cd_png(CdFigure("cd_diagram.png", ranks)).startswith(PNG)
     short = average_ranks(means.iloc[:1], pd.Series([True]))
     assert short.cd is None and "2+ complete cells" in (short.note or "")
     assert isinstance(short, Ranks)

@@ -12,9 +12,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from medtl.evaluation.analysis import analyse
-from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS
+from medtl.evaluation.analysis import analyse_study
 from medtl.evaluation.report import render
 from medtl.evaluation.service import EvaluationService, make_server
 
@@ -33,9 +31,8 @@ def server(synthetic_store):
 
 @pytest.fixture(scope="module")
 def files(synthetic_store, tmp_path_factory):
-    data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
     out = tmp_path_factory.mktemp("files")
-    render(data, [analyse(data.runs, "paper")], out, figures=False)  # numbers only
+    render(analyse_study(STUDY, synthetic_store.uri, "paper", second_mode=False), out, figures=False)  # numbers only
     return out
 
 

@@ -1,0 +1,207 @@
+"""What each report figure shows, computed once: the numbers behind every plot, in the report's order.
+
+`plots` only draws these frozen specs; nothing here imports matplotlib, and the specs hold numpy
+arrays and plain values only, so a drawing process needs no pandas to receive them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtl.evaluation.ranks import Ranks
+from medtl.evaluation.reader_stats import RatingsResult
+from medtl.evaluation.stats import primary_metric
+from medtl.evaluation.summaries import KEYS, at_chosen, usable_runs
+from medtl.training.schema import arm_order
+
+CURVE_EPOCHS = 10
+EMISSIONS_AGAINST = ("epochs_to_convergence", "epochs_run")
+"""The epoch counts the report correlates emissions with (the figure draws the first)."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """One arm's mean ± sample std (NaN std read as 0) per epoch, and the runs behind each epoch."""
+
+    arm: str
+    steps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n: np.ndarray
+    n_max: int
+
+
+@dataclass(frozen=True)
+class CurvesFigure:
+    """Validation curves per arm over the first epochs at full data (`bands` empty: no history)."""
+
+    name: str
+    title: str
+    ylabel: str
+    epochs: int
+    arms: tuple[str, ...]
+    bands: tuple[Band, ...]
+
+
+@dataclass(frozen=True)
+class FractionsFigure:
+    """Reduced-data curves: one panel per training fraction below 1, one band per arm."""
+
+    name: str
+    title: str
+    ylabel: str
+    arms: tuple[str, ...]
+    panels: tuple[tuple[float, tuple[Band, ...]], ...]
+
+
+@dataclass(frozen=True)
+class BoxFigure:
+    """Per metric, each arm's values at its selected learning rate (one panel per metric)."""
+
+    name: str
+    title: str
+    panels: tuple[tuple[str, tuple[tuple[str, np.ndarray], ...]], ...]
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pearson's r between emissions and an epoch count over the finite pairs (r None: undefined)."""
+
+    x: str
+    y: str
+    r: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class EmissionsFigure:
+    """Emissions against epochs, one series per task, with their correlation."""
+
+    name: str
+    correlation: Correlation
+    series: tuple[tuple[str, np.ndarray, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
+class CdFigure:
+    """The critical-difference diagram of the arms' average ranks."""
+
+    name: str
+    ranks: Ranks
+
+
+@dataclass(frozen=True)
+class RatingsFigure:
+    """The reader-study ratings per model, arm and rater (summary statistics and every score)."""
+
+    name: str
+    models: tuple[dict[str, Any], ...]
+    points: tuple[dict[tuple[str, str], np.ndarray], ...]
+
+
+Figure = CurvesFigure | FractionsFigure | BoxFigure | EmissionsFigure | CdFigure | RatingsFigure
+
+
+def safe_name(*parts: object) -> str:
+    """A file-name-safe join of parts (letters, digits, `_`, `.`, `-`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(str(p) for p in parts))
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, int]:
+    """Pearson's r over the finite pairs, and their number; None when undefined (n<3 or constant)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None, n
+    return float(np.corrcoef(x[ok], y[ok])[0, 1]), n
+
+
+def correlations(runs: pd.DataFrame) -> tuple[Correlation, ...]:
+    """Emissions against each of EMISSIONS_AGAINST over the usable runs."""
+    ok = usable_runs(runs)
+    return tuple(Correlation(col, "emissions_kg", *pearson(ok[col].to_numpy(float), ok["emissions_kg"].to_numpy(float)))
+                 for col in EMISSIONS_AGAINST)
+
+
+def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and epoch: mean, sample std and number of runs of `value` (columns group, step, value)."""
+    if curves.empty:
+        return pd.DataFrame(columns=["group", "step", "mean", "std", "n"])
+    finite = curves[np.isfinite(curves["value"].astype(float))]
+    stats = finite.groupby(["group", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
+    return stats.rename(columns={"count": "n"})
+
+
+def _bands(stats: pd.DataFrame, arms: tuple[str, ...]) -> tuple[Band, ...]:
+    out = []
+    for arm in arms:
+        s = stats[stats["group"] == arm].sort_values("step")
+        if s.empty:
+            continue
+        out.append(Band(arm, s["step"].to_numpy(), s["mean"].to_numpy(float), s["std"].fillna(0.0).to_numpy(float),
+                        s["n"].to_numpy(), int(s["n"].max())))
+    return tuple(out)
+
+
+def study_figures(
+    runs: pd.DataFrame,
+    histories: pd.DataFrame,
+    chosen: pd.DataFrame,
+    ranks: Ranks,
+    emissions: Correlation,
+    ratings: RatingsResult | None = None,
+) -> tuple[Figure, ...]:
+    """Every figure of a study report, in the report's order.
+
+    Per (task, arch): `curves_*` (first epochs, full data), `fractions_*` (reduced data, when any
+    run used less than all training data) and `box_*` (test primary metric and epochs); then
+    `emissions.png`, `cd_diagram.png` when the ranks define a CD, and `reader_ratings.png` when
+    there are ratings.
+
+    Args:
+        runs: the runs the statistics count (selected; diverged ones dropped when excluded).
+        histories: `collect(...).histories` (only `val_<primary>` up to CURVE_EPOCHS is drawn).
+        chosen: the selected learning rates (task, arch, group, data_fraction, lr).
+        ranks: the arms' average ranks.
+        emissions: the correlation the emissions figure shows.
+        ratings: the reader-study ratings, if any.
+    """
+    ok = usable_runs(runs)
+    hist = histories[histories["step"] <= CURVE_EPOCHS].merge(ok[["run_id", *KEYS]], on="run_id")
+    figures: list[Figure] = []
+    for (task, arch), cell in ok.groupby(["task", "arch"]):
+        metric, _ = primary_metric(task)
+        arms = tuple(arm_order(cell["group"].unique()))
+        key = f"val_{metric}"
+        curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
+        curves = curves[["group", "step", "value", "data_fraction"]]
+        # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
+        shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
+        title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
+        full = curve_stats(curves[curves["data_fraction"] == 1.0])
+        figures.append(CurvesFigure(f"{safe_name('curves', task, arch)}.png", title, key, shown, arms, _bands(full, arms)))
+        fractions = sorted(f for f in cell["data_fraction"].unique() if f < 1.0)
+        if fractions:
+            panels = tuple((float(f), _bands(curve_stats(curves[curves["data_fraction"] == f]), arms)) for f in fractions)
+            figures.append(FractionsFigure(f"{safe_name('fractions', task, arch)}.png",
+                                           f"{task} {arch}: reduced training data (selected lr)", key, arms, panels))
+        top = at_chosen(cell[cell["data_fraction"] == 1.0], chosen)
+        box = tuple(
+            (col, tuple((a, top.loc[top["group"] == a, col].dropna().to_numpy(float)) for a in arms))
+            for col in (f"test_{metric}", "epochs_to_convergence")
+        )
+        figures.append(BoxFigure(f"{safe_name('box', task, arch)}.png", f"{task} {arch} (selected lr)", box))
+    series = tuple((str(t), ok.loc[ok["task"] == t, emissions.x].to_numpy(float), ok.loc[ok["task"] == t, emissions.y].to_numpy(float))
+                   for t in sorted(ok["task"].dropna().unique()))
+    figures.append(EmissionsFigure("emissions.png", emissions, series))
+    if ranks.cd is not None:
+        figures.append(CdFigure("cd_diagram.png", ranks))
+    if ratings is not None:
+        figures.append(RatingsFigure("reader_ratings.png", tuple(ratings.summary["models"]), ratings.points))
+    return tuple(figures)

@@ -1,0 +1,27 @@
+"""How evaluation writes one number or value in a table or a sentence (shared by results and renderers)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def missing(value: Any) -> bool:
+    """Whether `value` is absent: None, pandas' NA or a float NaN."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def num(value: Any, digits: int = 4) -> str:
+    """A table cell: `digits` significant digits for floats, yes/no for booleans, "–" when missing."""
+    if missing(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}g}"
+    return str(value)
