@@ -55,7 +55,7 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
     uri = f"sqlite:///{path}"
     exp = int(MlflowClient(uri).create_experiment(f"medtl/{STUDY}"))
     rng = np.random.default_rng(seed)
-    combos = [(t, a, g, lr) for t, a in CELLS for g in ARMS for lr in LRS]
+    combos = [(t, a, arm, lr) for t, a in CELLS for arm in ARMS for lr in LRS]
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA journal_mode=MEMORY")
@@ -76,7 +76,7 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
             rows.clear()
 
     for i in range(n_runs):
-        task, arch, group, lr = combos[i % len(combos)]
+        task, arch, arm, lr = combos[i % len(combos)]
         seed_no = i // len(combos)
         ttype = TASKS[Task(task)].type
         primary, higher = PRIMARY_METRIC[ttype]
@@ -84,21 +84,21 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
         failed = rng.random() < 0.02
         diverged = not failed and rng.random() < 0.01
         start = t0 + i * 1000
-        runs.append((rid, f"{task} {arch} {group} lr={lr:g} seed={seed_no}", "LOCAL", "", "", "bench",
+        runs.append((rid, f"{task} {arch} {arm} lr={lr:g} seed={seed_no}", "LOCAL", "", "", "bench",
                      "FAILED" if failed else "FINISHED", start, start + 900, "", "active", "", exp, None))
-        for k, v in {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": group,
+        for k, v in {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.arm": arm,
                      "medtl.task": task, "medtl.arch": arch, "medtl.run_key": rid[:16],
                      "mlflow.runName": runs[-1][1]}.items():
             tags.append((k, v, rid))
         if failed:
             tags.append(("medtl.failure_reason", "RuntimeError: bench", rid))
-        spec = {"task": task, "arch": arch, "init": group.split("-")[0], "lr": repr(lr), "seed": str(seed_no),
-                "dataset": "/data", "init_source": "", "pretrain_modality": "CR" if "-" in group else "all",
+        spec = {"task": task, "arch": arch, "init": arm.split("-")[0], "lr": repr(lr), "seed": str(seed_no),
+                "dataset": "/data", "init_source": "", "pretrain_modality": "CR" if "-" in arm else "all",
                 "data_fraction": "1.0", "max_epochs": "200", "patience": "10", "batch_size": "32",
-                "image_size": "224", "normalization": "auto", "group": group, "optimizer": "AdamW",
+                "image_size": "224", "normalization": "auto", "optimizer": "AdamW",
                 "weight_decay": "0.001"}
         params += [(k, v, rid) for k, v in spec.items()]
-        quality = 0.7 + 0.05 * (ARMS.index(group) % 3) + 0.03 * rng.standard_normal()
+        quality = 0.7 + 0.05 * (ARMS.index(arm) % 3) + 0.03 * rng.standard_normal()
         epochs = EPOCHS if not failed else int(rng.integers(1, EPOCHS))
         steps = np.arange(1, epochs + 1)
         curve = quality * (1 - np.exp(-steps / 20))

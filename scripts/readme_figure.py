@@ -41,7 +41,7 @@ def headline_rows(report: Path) -> list[dict]:
     """
     import pandas as pd
 
-    summary = pd.read_csv(report / "summary.csv")
+    summary = pd.read_csv(report / "summary.csv").rename(columns={"group": "arm"})  # its published name
     records = json.loads((report / "comparisons.json").read_text())
     rows = []
     for rec in records:
@@ -49,12 +49,12 @@ def headline_rows(report: Path) -> list[dict]:
             continue
         cell = summary[(summary["task"] == rec["task"]) & (summary["arch"] == rec["arch"]) & (summary["metric"] == rec["metric"])]
         arms = {}
-        for group, lr in ((rec["group_a"], rec.get("lr_a")), (rec["group_b"], rec.get("lr_b"))):
-            sel = cell[cell["group"] == group]
+        for arm, lr in ((rec["group_a"], rec.get("lr_a")), (rec["group_b"], rec.get("lr_b"))):
+            sel = cell[cell["arm"] == arm]
             if lr is not None:
                 sel = sel[(sel["lr"] - float(lr)).abs() < 1e-12]
             if len(sel):
-                arms[group] = (float(sel["mean"].iloc[0]), float(sel["std"].iloc[0]), int(sel["n"].iloc[0]))
+                arms[arm] = (float(sel["mean"].iloc[0]), float(sel["std"].iloc[0]), int(sel["n"].iloc[0]))
         rows.append({"task": rec["task"], "arch": rec["arch"], "measure": rec["metric"], "arms": arms,
                      "p_raw": rec.get("p_raw"), "p_adjusted": rec.get("p_adjusted")})
     return rows

@@ -33,7 +33,7 @@ from medtl.evaluation.stats import MODES, StatsError
 from medtl.evaluation.summaries import ResultsTable, at_chosen, is_cheap, results_tables, summarize
 from medtl.evaluation.verdicts import Verdict, verdicts
 
-FAILED_COLUMNS = ("run_id", "task", "arch", "group", "lr", "seed", "status", "failure_reason")
+FAILED_COLUMNS = ("run_id", "task", "arch", "arm", "lr", "seed", "status", "failure_reason")
 
 
 @dataclass(frozen=True)

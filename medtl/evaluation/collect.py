@@ -204,7 +204,7 @@ def _tidy(
         out[name] = _col(p, name).astype("string")
     for name, tag in (("task", S.TASK_TAG), ("arch", S.ARCH_TAG)):
         out[name] = out[name].fillna(_col(t, tag).astype("string"))
-    out["group"] = (  # the arm; stores logged before the glossary named it `group` (tag and param)
+    out["arm"] = (  # stores logged before the glossary named it `group` (tag and param) are read too
         _col(t, S.ARM_TAG).astype("string")
         .fillna(_col(t, S.LEGACY_ARM_TAG).astype("string"))
         .fillna(_col(p, "arm").astype("string"))
@@ -237,7 +237,7 @@ def _tidy(
     out["diverged"] = (pd.to_numeric(_col(m, "diverged"), errors="coerce").fillna(0) > 0).astype(bool)
     out["failed"] = out["status"] != "FINISHED"
     out = out.reset_index().rename(columns={"index": "run_id"})
-    return out.sort_values(["task", "arch", "group", "lr", "seed", "run_id"], na_position="last",
+    return out.sort_values(["task", "arch", "arm", "lr", "seed", "run_id"], na_position="last",
                            kind="stable").reset_index(drop=True)
 
 

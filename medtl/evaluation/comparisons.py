@@ -78,9 +78,9 @@ class Comparisons:
         return pd.concat(frames, ignore_index=True)
 
     def chosen_lrs(self) -> pd.DataFrame:
-        """The selected learning rates (task, arch, group, data_fraction, lr), selectable ones only."""
+        """The selected learning rates (task, arch, arm, data_fraction, lr), selectable ones only."""
         sel = self.selection()
-        return sel.loc[sel["lr"].notna(), ["task", "arch", "group", "data_fraction", "lr"]]
+        return sel.loc[sel["lr"].notna(), ["task", "arch", "arm", "data_fraction", "lr"]]
 
 
 def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str | None, str, int]]:
@@ -134,10 +134,10 @@ def compare_arms(
     runs = selection.runs
     usable = known_task_runs(runs)
     needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
-    usable = usable[needed].astype({c: object for c in ("task", "arch", "group", "status")})
+    usable = usable[needed].astype({c: object for c in ("task", "arch", "arm", "status")})
     fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant groups; noted per record
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant arms; noted per record
         sets = tuple(
             (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr, exclude_diverged=exclude_diverged))
             for f in fractions

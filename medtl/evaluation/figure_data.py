@@ -130,18 +130,18 @@ def correlations(runs: pd.DataFrame) -> tuple[Correlation, ...]:
 
 
 def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and epoch: mean, sample std and number of runs of `value` (columns group, step, value)."""
+    """Per arm and epoch: mean, sample std and number of runs of `value` (columns arm, step, value)."""
     if curves.empty:
-        return pd.DataFrame(columns=["group", "step", "mean", "std", "n"])
+        return pd.DataFrame(columns=["arm", "step", "mean", "std", "n"])
     finite = curves[np.isfinite(curves["value"].astype(float))]
-    stats = finite.groupby(["group", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats = finite.groupby(["arm", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
     return stats.rename(columns={"count": "n"})
 
 
 def _bands(stats: pd.DataFrame, arms: tuple[str, ...]) -> tuple[Band, ...]:
     out = []
     for arm in arms:
-        s = stats[stats["group"] == arm].sort_values("step")
+        s = stats[stats["arm"] == arm].sort_values("step")
         if s.empty:
             continue
         out.append(Band(arm, s["step"].to_numpy(), s["mean"].to_numpy(float), s["std"].fillna(0.0).to_numpy(float),
@@ -167,7 +167,7 @@ def study_figures(
     Args:
         runs: the runs the statistics count (selected; diverged ones dropped when excluded).
         histories: `collect(...).histories` (only `val_<primary>` up to CURVE_EPOCHS is drawn).
-        chosen: the selected learning rates (task, arch, group, data_fraction, lr).
+        chosen: the selected learning rates (task, arch, arm, data_fraction, lr).
         ranks: the arms' average ranks.
         emissions: the correlation the emissions figure shows.
         ratings: the reader-study ratings, if any.
@@ -177,10 +177,10 @@ def study_figures(
     figures: list[Figure] = []
     for (task, arch), cell in ok.groupby(["task", "arch"]):
         metric, _ = primary_metric(task)
-        arms = tuple(arm_order(cell["group"].unique()))
+        arms = tuple(arm_order(cell["arm"].unique()))
         key = f"val_{metric}"
         curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
-        curves = curves[["group", "step", "value", "data_fraction"]]
+        curves = curves[["arm", "step", "value", "data_fraction"]]
         # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
         shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
         title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
@@ -193,7 +193,7 @@ def study_figures(
                                            f"{task} {arch}: reduced training data (selected lr)", key, arms, panels))
         top = at_chosen(cell[cell["data_fraction"] == 1.0], chosen)
         box = tuple(
-            (col, tuple((a, top.loc[top["group"] == a, col].dropna().to_numpy(float)) for a in arms))
+            (col, tuple((a, top.loc[top["arm"] == a, col].dropna().to_numpy(float)) for a in arms))
             for col in (f"test_{metric}", "epochs_to_convergence")
         )
         figures.append(BoxFigure(f"{safe_name('box', task, arch)}.png", f"{task} {arch} (selected lr)", box))

@@ -25,3 +25,14 @@ def num(value: Any, digits: int = 4) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.{digits}g}"
     return str(value)
+
+
+PUBLISHED_NAMES = {"arm": "group"}
+"""Column names of the published files that differ from the code's: summary.csv, lr_selection.csv,
+set_aside.csv and the served summary name the arm `group`, as they always have (DESIGN.md's contract;
+`comparisons.json` keeps `group_a`/`group_b` the same way)."""
+
+
+def published(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its columns named as the published files name them (PUBLISHED_NAMES)."""
+    return frame.rename(columns=PUBLISHED_NAMES)

@@ -12,7 +12,7 @@ from medtl.evaluation.stats import primary_metric
 from medtl.evaluation.summaries import at_chosen, usable_runs
 from medtl.training.schema import MAIN_ARMS, arm_order
 
-# Nemenyi critical values q_0.05 (studentized range / sqrt 2) for k = 2..10 groups (Demšar 2006).
+# Nemenyi critical values q_0.05 (studentized range / sqrt 2) for k = 2..10 arms (Demšar 2006).
 _Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
 
 
@@ -77,8 +77,8 @@ def study_ranks(runs: pd.DataFrame, chosen: pd.DataFrame) -> Ranks:
         return average_ranks(pd.DataFrame(), pd.Series(dtype=bool))
     metric = at["task"].map(lambda t: f"test_{primary_metric(t)[0]}")
     values = [at.at[i, m] for i, m in metric.items()]
-    means = at.assign(v=np.asarray(values, float)).groupby(["task", "arch", "group"])["v"].mean()
-    table = means.unstack("group")
-    table = table[[g for g in arm_order(table.columns) if g in MAIN_ARMS]]
+    means = at.assign(v=np.asarray(values, float)).groupby(["task", "arch", "arm"])["v"].mean()
+    table = means.unstack("arm")
+    table = table[[a for a in arm_order(table.columns) if a in MAIN_ARMS]]
     higher = pd.Series([primary_metric(t)[1] for t, _ in table.index], index=table.index)
     return average_ranks(table, higher)

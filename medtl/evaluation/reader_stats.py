@@ -51,21 +51,21 @@ def _describe(scores: pd.Series) -> dict[str, Any]:
     }
 
 
-def _kruskal(groups: dict[str, np.ndarray]) -> dict[str, Any]:
-    result: dict[str, Any] = {"test": "kruskal", "groups": list(groups), "method": KRUSKAL_METHOD, "note": None}
-    if len(groups) < 2:
+def _kruskal(by_arm: dict[str, np.ndarray]) -> dict[str, Any]:
+    result: dict[str, Any] = {"test": "kruskal", "groups": list(by_arm), "method": KRUSKAL_METHOD, "note": None}
+    if len(by_arm) < 2:
         return {**result, "statistic": None, "p": None, "note": "fewer than two arms"}
-    if len(np.unique(np.concatenate(list(groups.values())))) < 2:
+    if len(np.unique(np.concatenate(list(by_arm.values())))) < 2:
         return {**result, "statistic": None, "p": None, "note": "every score is identical: no test"}
-    stat, p = stats.kruskal(*groups.values())
+    stat, p = stats.kruskal(*by_arm.values())
     return {**result, "statistic": _finite(stat), "p": _finite(p)}
 
 
-def _pairwise(groups: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    pairs = list(combinations(groups, 2))
+def _pairwise(by_arm: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    pairs = list(combinations(by_arm, 2))
     out = []
     for a, b in pairs:
-        x, y = groups[a], groups[b]
+        x, y = by_arm[a], by_arm[b]
         record: dict[str, Any] = {
             "test": "mannwhitneyu", "group_a": a, "group_b": b, "n_a": int(x.size), "n_b": int(y.size),
             "correction": "bonferroni", "n_comparisons": len(pairs), "method": MWU_METHOD, "note": None,
@@ -96,7 +96,7 @@ def _model_summary(frame: pd.DataFrame, task: Any, arch: Any) -> dict[str, Any]:
         if ((frame["arm"] == arm) & (frame["rater"] == rater)).any()
     ]
     per_arm = [{"arm": arm, **_describe(frame.loc[frame["arm"] == arm, "score"])} for arm in arms]
-    groups = {arm: frame.loc[frame["arm"] == arm, "score"].to_numpy(dtype=float) for arm in arms}
+    by_arm = {arm: frame.loc[frame["arm"] == arm, "score"].to_numpy(dtype=float) for arm in arms}
     return {
         "task": task,
         "arch": arch,
@@ -105,8 +105,8 @@ def _model_summary(frame: pd.DataFrame, task: Any, arch: Any) -> dict[str, Any]:
         "raters": raters,
         "per_arm_rater": per_arm_rater,
         "per_arm": per_arm,
-        "kruskal": _kruskal(groups),
-        "pairwise": _pairwise(groups),
+        "kruskal": _kruskal(by_arm),
+        "pairwise": _pairwise(by_arm),
     }
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from medtl.atomic import write_atomic
 from medtl.evaluation import plots
 from medtl.evaluation.analysis import Analysis
-from medtl.evaluation.formatting import num
+from medtl.evaluation.formatting import num, published
 from medtl.evaluation.links import run_url
 from medtl.evaluation.reader_stats import RatingsResult
 from medtl.evaluation.report_pages import RUN_ID_COLUMNS, Block, to_html, to_markdown
@@ -60,11 +60,11 @@ def render(
         write_atomic(out / name, payload)
         written[name] = out / name
 
-    put("summary.csv", analysis.summary.to_csv(index=False))
+    put("summary.csv", published(analysis.summary).to_csv(index=False))
     put("comparisons.json", json.dumps(main.records(), indent=1, allow_nan=False) + "\n")
     put("comparisons.csv", main.frame().to_csv(index=False))
-    put("lr_selection.csv", analysis.lr_selection.to_csv(index=False))
-    put("set_aside.csv", analysis.selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)].to_csv(index=False))
+    put("lr_selection.csv", published(analysis.lr_selection).to_csv(index=False))
+    put("set_aside.csv", published(analysis.selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)]).to_csv(index=False))
     put("tables.tex", latex_tables(analysis))
     for name, png in pngs.items():
         put(f"plots/{name}", png)
@@ -148,7 +148,7 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
         for fraction, task, records in tables:
             label = "" if fraction == 1.0 else f", {fraction:.0%} of the training data"
             blocks += [("h", 3, f"{task}{label}"), ("table", comparisons_table(records))]
-    sel = analysis.lr_selection
+    sel = published(analysis.lr_selection)
     sel = sel.assign(lr=sel["lr"].map(num), mean_val=sel["mean_val"].map(num))
     blocks += [("h", 2, "Learning-rate selection (validation only)"), ("table", sel)]
     blocks.append(("h", 2, "Emissions"))
@@ -168,13 +168,14 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
     failed = analysis.failed
     blocks.append(("h", 2, f"Failed runs ({len(failed)})"))
     if len(failed):
-        shown = failed.head(200)
+        shown = published(failed.head(200))
         blocks.append(("table", shown.assign(failure_reason=shown["failure_reason"].fillna("").str.slice(0, 160))))
     if counts.n_set_aside:
         blocks.append(("h", 2, f"Runs set aside ({counts.n_set_aside})"))
         blocks.append(("p", "Each grid point (run_key) counts once: its latest FINISHED run, else its latest attempt."))
         aside = selection.set_aside
-        blocks.append(("table", aside[["run_id", "task", "arch", "group", "lr", "seed", "status", "kept_run_id"]].head(200)))
+        shown = aside[["run_id", "task", "arch", "arm", "lr", "seed", "status", "kept_run_id"]].head(200)
+        blocks.append(("table", published(shown)))
     if analysis.ratings is not None:
         blocks += ratings_blocks(analysis.ratings, plots.RATINGS_FIGURE in figures)
     return blocks

@@ -28,6 +28,7 @@ from medtl.evaluation.collect import (
     resolve_tracking_uri,
 )
 from medtl.evaluation.figure_data import CURVE_EPOCHS
+from medtl.evaluation.formatting import published
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import MODES
@@ -188,7 +189,7 @@ class EvaluationService:
     # ------------------------------------------------------------ routes
 
     def _summary(self, study: str, query: dict[str, str]) -> Response:
-        table = self._cached(study, "summary", lambda: _records(self._analysis(study, "paper").summary))
+        table = self._cached(study, "summary", lambda: _records(published(self._analysis(study, "paper").summary)))
         rows = [r for r in table if all(r[k] == v for k, v in query.items())]
         return _json({"study": study, "rows": rows})
 

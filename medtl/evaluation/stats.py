@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.errors import UserError
+from medtl.evaluation.formatting import published
 from medtl.evaluation.stats_exact import DEFAULT_RESAMPLES, MAX_EXACT_SPLITS
 from medtl.evaluation.stats_families import (
     Arm,
@@ -36,7 +37,7 @@ FINISHED = "FINISHED"
 EPOCHS = "epochs_to_convergence"
 MULTI_MODALITY = "domain"
 VARIANT_PREFIX = "domain-"
-REQUIRED_COLUMNS = ("task", "arch", "group", "lr", "seed", "status", "diverged")
+REQUIRED_COLUMNS = ("task", "arch", "arm", "lr", "seed", "status", "diverged")
 
 
 class StatsError(UserError, ValueError):
@@ -59,7 +60,7 @@ def primary_metric(task: Task | str) -> tuple[str, bool]:
 
 
 def select_learning_rates(df: pd.DataFrame, by: str = "val", *, exclude_diverged: bool = False) -> pd.DataFrame:
-    """Per (task, arch, group), the learning rate with the best mean validation primary metric.
+    """Per (task, arch, arm), the learning rate with the best mean validation primary metric.
 
     Only FINISHED runs with a finite `best_val_<primary>` count; diverged runs count with their
     best checkpoint's value unless `exclude_diverged`. Direction follows
@@ -71,8 +72,8 @@ def select_learning_rates(df: pd.DataFrame, by: str = "val", *, exclude_diverged
         by: must be "val".
 
     Returns:
-        DataFrame with columns task, arch, group, lr, metric, mean_val, n_runs (lr None where no
-        run qualifies).
+        lr_selection.csv's table: columns task, arch, group (the arm, its published name), lr,
+        metric, mean_val, n_runs (lr None where no run qualifies).
 
     Raises:
         StatsError: if `by` is not "val" or a needed column is missing.
@@ -82,7 +83,7 @@ def select_learning_rates(df: pd.DataFrame, by: str = "val", *, exclude_diverged
             f"learning rates are selected on validation only: by must be 'val', got {by!r}"
         )
     choices = _select(_normalise(df, exclude_diverged))
-    return pd.DataFrame([dataclasses.asdict(c) for c in choices], columns=list(LR_COLUMNS))
+    return published(pd.DataFrame([dataclasses.asdict(c) for c in choices], columns=list(LR_COLUMNS)))
 
 
 def compare(
@@ -111,8 +112,9 @@ def compare(
     of learning-rate selection and tests alike (the behaviour before), and the notes say which.
 
     Args:
-        df: one row per run with columns task, arch, group, lr, seed, status, diverged,
-            best_val_<primary>, test_<primary> and epochs_to_convergence.
+        df: one row per run with columns task, arch, arm (`group` in tables made before the
+            glossary is read as the arm), lr, seed, status, diverged, best_val_<primary>,
+            test_<primary> and epochs_to_convergence.
         mode: "paper" or "recommended".
         per_lr: compare the arms at every learning rate instead of each arm's selected one.
         alpha: significance level of the omnibus gate.
@@ -133,38 +135,38 @@ def compare(
         raise StatsError(f"alpha must lie in (0, 1), got {alpha!r}")
     data = _normalise(df, exclude_diverged)
     selection = _select(data)
-    chosen = {(c.task, c.arch, c.group): c.lr for c in selection}
+    chosen = {(c.task, c.arch, c.arm): c.lr for c in selection}
     perm = {"seed": seed, "max_exact": max_exact, "n_resamples": n_resamples}
     records: list[Comparison] = []
     for (task, arch), cell in data.groupby(["task", "arch"], sort=True):
         metric, _ = primary_metric(task)
         columns = (f"test_{metric}", EPOCHS)
         _require(cell, columns)
-        groups = _ordered(cell["group"].unique())
-        main = [g for g in groups if not g.startswith(VARIANT_PREFIX)]
-        variants = [g for g in groups if g.startswith(VARIANT_PREFIX)]
+        arms = _ordered(cell["arm"].unique())
+        main = [a for a in arms if not a.startswith(VARIANT_PREFIX)]
+        variants = [a for a in arms if a.startswith(VARIANT_PREFIX)]
         lrs = sorted(x for x in cell["lr"].unique() if math.isfinite(x))
         for lr in lrs if per_lr else [None]:
             for column in columns:
                 ctx = Cell(str(task), str(arch), column, None if lr is None else float(lr))
-                arms = [_arm_at(cell, g, column, lr, chosen[(task, arch, g)]) for g in main]
+                compared = [_arm_at(cell, a, column, lr, chosen[(task, arch, a)]) for a in main]
                 if mode == "paper":
-                    records += paper_family(ctx, arms, alpha)
+                    records += paper_family(ctx, compared, alpha)
                 else:
-                    records += permutation_family(ctx, arms, perm)
+                    records += permutation_family(ctx, compared, perm)
                 if mode == "recommended" and variants:
                     fam = [
-                        _arm_at(cell, g, column, lr, chosen.get((task, arch, g)))
-                        for g in [MULTI_MODALITY, *variants]
+                        _arm_at(cell, a, column, lr, chosen.get((task, arch, a)))
+                        for a in [MULTI_MODALITY, *variants]
                     ]
                     records += permutation_family(ctx, fam, perm, reference_only=True)
         if mode == "paper" and variants:
             # Student's t per learning rate where a single-modality arm was trained (the paper's Figure 5).
-            variant_lrs = sorted(x for x in cell.loc[cell["group"].isin(variants), "lr"].unique() if math.isfinite(x))
+            variant_lrs = sorted(x for x in cell.loc[cell["arm"].isin(variants), "lr"].unique() if math.isfinite(x))
             for lr in variant_lrs:
                 for column in columns:
                     ctx = Cell(str(task), str(arch), column, float(lr))
-                    fam = [_arm_at(cell, g, column, lr, None) for g in [MULTI_MODALITY, *variants]]
+                    fam = [_arm_at(cell, a, column, lr, None) for a in [MULTI_MODALITY, *variants]]
                     records += ttest_family(ctx, fam)
     return ComparisonSet(mode, per_lr, alpha, tuple(records), tuple(selection), _counts(data), exclude_diverged)
 
@@ -175,9 +177,11 @@ def compare(
 def _normalise(df: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise StatsError(f"expected a pandas DataFrame of runs, got {type(df).__name__}")
+    if "arm" not in df.columns and "group" in df.columns:  # a runs table made before the glossary
+        df = df.rename(columns={"group": "arm"})
     _require(df, REQUIRED_COLUMNS)
     out = df.copy()
-    for name in ("task", "arch", "group", "status"):
+    for name in ("task", "arch", "arm", "status"):
         out[name] = out[name].astype(str)
     out["lr"] = pd.to_numeric(out["lr"], errors="coerce").astype(float)
     out["diverged"] = out["diverged"].map(_as_bool).astype(bool)
@@ -195,38 +199,38 @@ def _require(df: pd.DataFrame, columns: Sequence[str]) -> None:
 
 def _select(data: pd.DataFrame) -> list[LrChoice]:
     choices = []
-    for (task, arch, group), rows in data.groupby(["task", "arch", "group"], sort=True):
+    for (task, arch, arm), rows in data.groupby(["task", "arch", "arm"], sort=True):
         metric, higher = primary_metric(task)
         column = f"best_val_{metric}"
         _require(rows, [column])
         val = pd.to_numeric(rows[column], errors="coerce")
         ok = rows["_usable"] & np.isfinite(val) & np.isfinite(rows["lr"])
         if not ok.any():
-            choices.append(LrChoice(task, arch, group, None, column, None, 0))
+            choices.append(LrChoice(task, arch, arm, None, column, None, 0))
             continue
         means = val[ok].groupby(rows.loc[ok, "lr"]).agg(["mean", "size"]).reset_index()
         means["key"] = -means["mean"] if higher else means["mean"]
         best = means.sort_values(["key", "lr"], kind="stable").iloc[0]
         choices.append(
             LrChoice(
-                task, arch, group, float(best["lr"]), column, float(best["mean"]), int(best["size"])
+                task, arch, arm, float(best["lr"]), column, float(best["mean"]), int(best["size"])
             )
         )
     return choices
 
 
 def _arm_at(
-    cell: pd.DataFrame, group: str, column: str, lr: float | None, chosen: float | None
+    cell: pd.DataFrame, arm: str, column: str, lr: float | None, chosen: float | None
 ) -> Arm:
-    in_arm = cell["group"].to_numpy() == group
+    in_arm = cell["arm"].to_numpy() == arm
     at = lr if lr is not None else chosen
     if lr is None and chosen is None:
-        arm = _arm(cell, in_arm, group, None, column)
+        found = _arm(cell, in_arm, arm, None, column)
         note = (
-            f"arm '{group}': no learning rate selectable (no usable run with a validation metric)"
+            f"arm '{arm}': no learning rate selectable (no usable run with a validation metric)"
         )
-        return dataclasses.replace(arm, values=np.empty(0), n_nan=0, note=note)
-    return _arm(cell, in_arm & (cell["lr"].to_numpy(float) == at), group, float(at), column)
+        return dataclasses.replace(found, values=np.empty(0), n_nan=0, note=note)
+    return _arm(cell, in_arm & (cell["lr"].to_numpy(float) == at), arm, float(at), column)
 
 
 def _arm(cell: pd.DataFrame, rows: np.ndarray, name: str, lr: float | None, column: str) -> Arm:
@@ -251,17 +255,17 @@ def _arm(cell: pd.DataFrame, rows: np.ndarray, name: str, lr: float | None, colu
 def _counts(data: pd.DataFrame) -> tuple[ArmCount, ...]:
     finished = data["status"] == FINISHED
     flags = pd.DataFrame({"finished": finished, "diverged": finished & data["diverged"]})
-    keys = [data[k] for k in ("task", "arch", "group", "lr")]
+    keys = [data[k] for k in ("task", "arch", "arm", "lr")]
     sums = flags.groupby(keys, sort=True).agg(n_runs=("finished", "size"), n_finished=("finished", "sum"),
                                               n_diverged=("diverged", "sum"))
     return tuple(
-        ArmCount(task, arch, group, float(lr), int(n), int(n_finished), int(n - n_finished), int(n_diverged))
-        for (task, arch, group, lr), n, n_finished, n_diverged in sums.itertuples(name=None)
+        ArmCount(task, arch, arm, float(lr), int(n), int(n_finished), int(n - n_finished), int(n_diverged))
+        for (task, arch, arm, lr), n, n_finished, n_diverged in sums.itertuples(name=None)
     )
 
 
-def _ordered(groups: Sequence[str]) -> list[str]:
-    return arm_order(groups, last_prefix=VARIANT_PREFIX)
+def _ordered(arms: Sequence[str]) -> list[str]:
+    return arm_order(arms, last_prefix=VARIANT_PREFIX)
 
 
 def _as_bool(value: Any) -> bool:

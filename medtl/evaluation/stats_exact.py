@@ -371,7 +371,7 @@ def join_notes(parts: Sequence[str | None]) -> str | None:
 
 
 def kruskal_min_p(sizes: Sequence[int]) -> float:
-    """Smallest Kruskal–Wallis p-value at these group sizes: complete separation, no ties."""
+    """Smallest Kruskal–Wallis p-value at these sample sizes: complete separation, no ties."""
     edges = np.cumsum([0, *sizes])
     blocks = [np.arange(lo, hi, dtype=float) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     return float(stats.kruskal(*blocks).pvalue)

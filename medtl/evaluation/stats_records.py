@@ -60,7 +60,7 @@ class LrChoice:
 
     task: str
     arch: str
-    group: str
+    arm: str
     lr: float | None
     metric: str
     mean_val: float | None
@@ -73,7 +73,7 @@ class ArmCount:
 
     task: str
     arch: str
-    group: str
+    arm: str
     lr: float
     n_runs: int
     n_finished: int
@@ -102,13 +102,13 @@ class ComparisonSet:
         return pd.DataFrame(self.to_records(), columns=list(RECORD_KEYS))
 
     def selection_frame(self) -> pd.DataFrame:
-        """The selected learning rates, one row per (task, arch, group)."""
+        """The selected learning rates, one row per (task, arch, arm)."""
         return pd.DataFrame(
             [dataclasses.asdict(c) for c in self.selection], columns=list(LR_COLUMNS)
         )
 
     def counts_frame(self) -> pd.DataFrame:
-        """Run counts per (task, arch, group, lr)."""
+        """Run counts per (task, arch, arm, lr)."""
         cols = [f.name for f in dataclasses.fields(ArmCount)]
         return pd.DataFrame([dataclasses.asdict(c) for c in self.counts], columns=cols)
 

@@ -12,14 +12,14 @@ from medtl.evaluation.stats import primary_metric
 from medtl.training.schema import arm_order
 from medtl.training.spec import TASKS, TEST_METRICS, Task
 
-KEYS = ("task", "arch", "group", "lr", "data_fraction")
+KEYS = ("task", "arch", "arm", "lr", "data_fraction")
 EXTRA_SUMMARY = ("epochs_to_convergence", "emissions_kg", "energy_kwh", "duration_s")
 SUMMARY_COLUMNS = (
     *KEYS, "metric", "n", "mean", "std", "median", "min", "max",
     "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
 )
 CHEAP_ARM_SIZE = 8
-CHOSEN_COLUMNS = ("task", "arch", "group", "data_fraction", "lr")
+CHOSEN_COLUMNS = ("task", "arch", "arm", "data_fraction", "lr")
 
 
 def known_task_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -103,18 +103,18 @@ def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFram
 
 def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for key, group in data[data["_usable"]].groupby(list(KEYS), dropna=False):
+    for key, arm in data[data["_usable"]].groupby(list(KEYS), dropna=False):
         metric, higher = primary_metric(key[0])
-        val = group[f"best_val_{metric}"].to_numpy(dtype=float)
+        val = arm[f"best_val_{metric}"].to_numpy(dtype=float)
         ok = np.isfinite(val)
         if not ok.any():
             continue
-        loss = group["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in group else np.full(len(val), np.inf)
+        loss = arm["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in arm else np.full(len(val), np.inf)
         loss = np.where(np.isnan(loss), np.inf, loss)
         ranked = [(validation_rank_key(v, lo, t, higher), i) for i, (v, lo, t, good)
-                  in enumerate(zip(val, loss, group["start_time"], ok, strict=True)) if good]
+                  in enumerate(zip(val, loss, arm["start_time"], ok, strict=True)) if good]
         best = min(ranked, key=lambda pair: pair[0])[1]
-        rows.append((*key, group["run_id"].iat[best], float(val[best])))
+        rows.append((*key, arm["run_id"].iat[best], float(val[best])))
     return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
 
 
@@ -172,7 +172,7 @@ def results_tables(summary: pd.DataFrame, at_lr: pd.DataFrame, fractions: tuple[
 
 def _arm_results(rows: pd.DataFrame, task: str) -> tuple[ArmResult, ...]:
     found = []
-    for (arch, arm), cell in rows.groupby(["arch", "group"], sort=False):
+    for (arch, arm), cell in rows.groupby(["arch", "arm"], sort=False):
         by = cell.set_index("metric")
         first = cell.iloc[0]
         metrics = tuple(

@@ -96,7 +96,7 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
 
     Args:
         at_lr: the summary's rows at each arm's selected learning rate.
-        chosen: the selected learning rates (task, arch, group, data_fraction, lr).
+        chosen: the selected learning rates (task, arch, arm, data_fraction, lr).
         comparisons: the main mode's comparisons.
     """
     rows = at_lr
@@ -107,7 +107,7 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
         for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
             metric, higher = primary_metric(task)
             cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
-                        & rows["group"].isin(MAIN_ARMS)]
+                        & rows["arm"].isin(MAIN_ARMS)]
             means = _arm_means(cell, f"test_{metric}")
             epochs = _arm_means(cell, "epochs_to_convergence")
             best = _pick(means, higher)
@@ -115,7 +115,7 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
             recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
                     and r["test"] == pair_test]
             lrs = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
-            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if comparisons.per_lr else {}
+            lr_of = dict(zip(lrs["arm"], lrs["lr"].astype(float), strict=True)) if comparisons.per_lr else {}
             out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
                                _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
                                fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),
@@ -125,7 +125,7 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
 
 def _arm_means(cell: pd.DataFrame, metric: str) -> dict[str, float]:
     values = cell[(cell["metric"] == metric) & (cell["n"] > 0)]
-    means = {str(g): float(m) for g, m in zip(values["group"], values["mean"], strict=True) if math.isfinite(m)}
+    means = {str(a): float(m) for a, m in zip(values["arm"], values["mean"], strict=True) if math.isfinite(m)}
     return {a: means[a] for a in arm_order(list(means))}
 
 

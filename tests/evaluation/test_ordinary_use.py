@@ -34,17 +34,17 @@ class _Clock:
         return self.now
 
 
-def _log(client, exp, clock, *, group, seed, f1, max_epochs, status="FINISHED", diverged=False, version="",
+def _log(client, exp, clock, *, arm, seed, f1, max_epochs, status="FINISHED", diverged=False, version="",
          tag_fingerprint=False, epochs=3):
     from mlflow.entities import Metric, Param
 
-    init = "domain" if group == "domain" else "random"
+    init = "domain" if arm == "domain" else "random"
     spec = RunSpec(task="demo-binary", arch=ARCH, init=init, lr=1e-3, seed=seed, max_epochs=max_epochs,
                    patience=3, batch_size=8, image_size=32)
-    params = {**spec.to_params(), "data_digest": "d1gest", "group": group}
+    params = {**spec.to_params(), "data_digest": "d1gest", "group": arm}  # the param before the glossary
     if version:
         params["init_resolved"] = version
-    tags = {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": group, "medtl.task": "demo-binary",
+    tags = {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": arm, "medtl.task": "demo-binary",
             "medtl.arch": ARCH, "medtl.run_key": spec.run_key}
     if tag_fingerprint:
         tags["medtl.fingerprint"] = spec.fingerprint("d1gest")
@@ -71,23 +71,23 @@ def ordinary(tmp_path_factory):
     clock = _Clock()
     aside = set()
     # First sweep of protocol A: older FINISHED copies that a re-run replaces (0.90 would flatter random).
-    aside |= {_log(client, exp, clock, group="random", seed=s, f1=0.90, max_epochs=4) for s in (0, 1)}
-    aside.add(_log(client, exp, clock, group="random", seed=2, f1=0.0, max_epochs=4, status="FAILED"))
-    aside |= {_log(client, exp, clock, group="domain", seed=s, f1=0.70 + 0.02 * s, max_epochs=4,
+    aside |= {_log(client, exp, clock, arm="random", seed=s, f1=0.90, max_epochs=4) for s in (0, 1)}
+    aside.add(_log(client, exp, clock, arm="random", seed=2, f1=0.0, max_epochs=4, status="FAILED"))
+    aside |= {_log(client, exp, clock, arm="domain", seed=s, f1=0.70 + 0.02 * s, max_epochs=4,
                    version="pretrained-resnet18/1") for s in range(5)}
     # The re-run (`medtl run --study`, a sweep after a crash): the copies that count.
     random_a = [0.50, 0.52, 0.54, 0.56, 0.58]
     domain_a = [0.71, 0.73, 0.75, 0.77, 0.55]  # seed 4 diverged; 0.55 is its best checkpoint's F1
     for s, v in enumerate(random_a):
-        _log(client, exp, clock, group="random", seed=s, f1=v, max_epochs=4)
+        _log(client, exp, clock, arm="random", seed=s, f1=v, max_epochs=4)
     for s, v in enumerate(domain_a):
-        _log(client, exp, clock, group="domain", seed=s, f1=v, max_epochs=4, diverged=s == 4,
+        _log(client, exp, clock, arm="domain", seed=s, f1=v, max_epochs=4, diverged=s == 4,
              version="pretrained-resnet18/1")
     # The edited study file: the same grid under max_epochs 50 — another protocol, never pooled with A.
     for s, v in enumerate([0.60, 0.62, 0.64, 0.66, 0.68]):
-        _log(client, exp, clock, group="random", seed=s, f1=v, max_epochs=50, tag_fingerprint=True)
+        _log(client, exp, clock, arm="random", seed=s, f1=v, max_epochs=50, tag_fingerprint=True)
     for s, v in enumerate([0.61, 0.63, 0.65, 0.67, 0.69]):
-        _log(client, exp, clock, group="domain", seed=s, f1=v, max_epochs=50, tag_fingerprint=True,
+        _log(client, exp, clock, arm="domain", seed=s, f1=v, max_epochs=50, tag_fingerprint=True,
              version="pretrained-resnet18/1")
     return uri, aside
 
@@ -105,7 +105,7 @@ def test_one_run_per_grid_point_one_protocol_per_cell(ordinary):
     sel = select_runs(data.runs)
     assert set(sel.set_aside["run_id"]) == aside and sel.n_duplicates == 8
     assert set(sel.runs["arch"]) == {A, B}
-    assert (sel.runs.groupby(["arch", "group"]).size() == 5).all()
+    assert (sel.runs.groupby(["arch", "arm"]).size() == 5).all()
     # the fingerprint recomputed from params (protocol A, no tag) equals the one the runner would tag
     fp_a = RunSpec(task="demo-binary", arch=ARCH, max_epochs=4, patience=3, batch_size=8,
                    image_size=32).fingerprint("d1gest")
@@ -176,7 +176,7 @@ def test_a_domain_arm_from_two_pretrained_versions_is_refused(ordinary, tmp_path
     exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
     clock = _Clock()
     clock.now += 10**9  # later than everything: this re-run of seed 0 counts
-    _log(client, exp, clock, group="domain", seed=0, f1=0.72, max_epochs=50, tag_fingerprint=True,
+    _log(client, exp, clock, arm="domain", seed=0, f1=0.72, max_epochs=50, tag_fingerprint=True,
          version="pretrained-resnet18/2")
     out = tmp_path / "x"
     assert main(["evaluate", "--study", STUDY, "--tracking-uri", mixed, "--no-log", "--out", str(out)]) == 2

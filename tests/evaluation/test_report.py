@@ -14,6 +14,7 @@ from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
 from medtl.evaluation.comparisons import CELL_RECORD_KEYS
 from medtl.evaluation.figure_data import CURVE_EPOCHS, CdFigure
+from medtl.evaluation.formatting import PUBLISHED_NAMES
 from medtl.evaluation.plots import cd_png
 from medtl.evaluation.ranks import Ranks, average_ranks
 from medtl.evaluation.report import render
@@ -77,10 +78,10 @@ def test_degenerate_cells_are_noted_not_crashed(built):
 def test_summary_numbers(built):
     data, _, out, _ = built
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary.columns) == [PUBLISHED_NAMES.get(c, c) for c in SUMMARY_COLUMNS]  # the arm stays `group`
     runs = data.runs
     ok = runs[(runs["status"] == "FINISHED") & ~runs["diverged"]]
-    cell = ok[(ok["task"] == "demo-binary") & (ok["arch"] == "resnet18") & (ok["group"] == "imagenet")
+    cell = ok[(ok["task"] == "demo-binary") & (ok["arch"] == "resnet18") & (ok["arm"] == "imagenet")
               & (ok["lr"] == 1e-3) & (ok["data_fraction"] == 1.0)]
     row = summary[(summary["task"] == "demo-binary") & (summary["arch"] == "resnet18")
                   & (summary["group"] == "imagenet") & (summary["lr"] == 1e-3)
@@ -99,7 +100,7 @@ def test_summary_numbers(built):
                                          "energy_kwh", "duration_s"}
     best = regression[(regression["arch"] == "resnet18") & (regression["group"] == "random")
                       & (regression["lr"] == 1e-4)].iloc[0]
-    mae = ok[(ok["task"] == "demo-regression") & (ok["arch"] == "resnet18") & (ok["group"] == "random")
+    mae = ok[(ok["task"] == "demo-regression") & (ok["arch"] == "resnet18") & (ok["arm"] == "random")
              & (ok["lr"] == 1e-4)]
     assert best["best_run_id"] == mae.loc[mae["best_val_mae"].idxmin(), "run_id"]  # lower is better
 

@@ -32,16 +32,16 @@ SEPARATED = {
 def runs(
     arms, task="covid19", arch="resnet18", lr=1e-3, metric="f1", val=None, epochs=None, **extra
 ):
-    """One row per value: arms maps group -> test metric values (val/epochs default to the same)."""
+    """One row per value: arms maps arm -> test metric values (val/epochs default to the same)."""
     rows = []
-    for group, values in arms.items():
+    for arm, values in arms.items():
         for i, v in enumerate(values):
             rows.append({
-                "task": task, "arch": arch, "group": group, "lr": lr, "seed": i,
+                "task": task, "arch": arch, "arm": arm, "lr": lr, "seed": i,
                 "status": "FINISHED", "diverged": False,
-                f"best_val_{metric}": v if val is None else val[group][i],
+                f"best_val_{metric}": v if val is None else val[arm][i],
                 f"test_{metric}": v,
-                "epochs_to_convergence": v if epochs is None else epochs[group][i],
+                "epochs_to_convergence": v if epochs is None else epochs[arm][i],
                 **extra,
             })  # fmt: skip
     return pd.DataFrame(rows)
@@ -315,7 +315,7 @@ def test_small_arms_single_arm_and_nan_metrics():
 def test_records_are_json_safe_with_exactly_the_documented_keys():
     df = pd.concat([runs(SEPARATED), runs({"domain-CR": [1, 2, 3, 4, 5]})])
     df["test_f1"] = df["test_f1"].astype(float)
-    df.loc[df["group"] == "random", "test_f1"] = 0.5
+    df.loc[df["arm"] == "random", "test_f1"] = 0.5
     for mode in st.MODES:
         cs = st.compare(df, mode)
         records = cs.to_records()
@@ -367,7 +367,7 @@ def test_failed_and_diverged_runs_are_counted_and_excluded():
     assert counted.note == "arm 'random': 1 failed run(s) excluded; arm 'random': 1 diverged run(s) counted at their best checkpoint"
     as_text = st.compare(df.assign(diverged=df["diverged"].astype(str)), exclude_diverged=True)  # MLflow tags are text
     assert pick(as_text, "mannwhitneyu")[0] == r
-    counts = cs.counts_frame().set_index("group")
+    counts = cs.counts_frame().set_index("arm")
     assert counts.loc["random", ["n_runs", "n_finished", "n_failed", "n_diverged"]].tolist() == [
         7,
         6,
@@ -397,3 +397,12 @@ def test_bad_input_raises_typed_errors():
     with pytest.raises(UserError, match="task"):
         st.compare(runs(SEPARATED, task="mnist"))
     assert st.primary_metric("rsna-boneage") == ("mae", False)
+
+
+def test_a_runs_table_made_before_the_glossary_names_the_arm_group():
+    """Callers that built their table with a `group` column get the same records; lr_selection.csv's
+    table keeps its published column name."""
+    now = st.compare(runs(SEPARATED)).to_records()
+    assert st.compare(runs(SEPARATED).rename(columns={"arm": "group"})).to_records() == now
+    chosen = st.select_learning_rates(runs(SEPARATED))
+    assert list(chosen.columns) == ["task", "arch", "group", "lr", "metric", "mean_val", "n_runs"]
