@@ -11,20 +11,21 @@ model cards).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
 
 from medtl.evaluation.collect import StudyData, collect
-from medtl.evaluation.comparisons import Comparisons, compare_arms
-from medtl.evaluation.figure_data import (
-    CURVE_EPOCHS,
-    Correlation,
-    Figure,
-    correlations,
-    study_figures,
+from medtl.evaluation.comparisons import (
+    Comparisons,
+    choose_learning_rates,
+    chosen_frame,
+    compare_arms,
 )
+from medtl.evaluation.figure_data import CURVE_EPOCHS, correlations, study_figures
+from medtl.evaluation.figures import Correlation, Figure
 from medtl.evaluation.ranks import Ranks, study_ranks
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.reader_stats import RatingsResult, analyse_ratings
@@ -103,6 +104,7 @@ def analyse(
     allow_mixed_pretrained: bool = False,
     second_mode: bool | None = None,
     ratings: pd.DataFrame | None = None,
+    on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
 ) -> Analysis:
     """Analyse a collected study: select its runs, compare its arms, summarise, rank, judge.
 
@@ -118,6 +120,8 @@ def analyse(
         allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
         second_mode: add the other mode's comparisons (None: when cheap, see `summaries.is_cheap`).
         ratings: the reader-study ratings (`reader_ratings.collect_ratings`), if any.
+        on_figures: called with `Analysis.figures` as soon as they are known, before the tests run
+            (`plots.Drawing.submit`: the figures are drawn while the statistics are computed).
 
     Raises:
         StatsError: an unknown mode (the valid ones are listed).
@@ -127,21 +131,25 @@ def analyse(
     if mode not in MODES:
         raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
-    options = {"exclude_diverged": exclude_diverged, "selection": selection}
-    comparisons = [compare_arms(data.runs, mode, per_lr, **options)]
-    if is_cheap(selection.runs) if second_mode is None else second_mode:
-        other = next(m for m in MODES if m != mode)
-        comparisons.append(compare_arms(data.runs, other, per_lr, **options))
-    main = comparisons[0]
     runs = selection.runs
     finished = runs["status"] == "FINISHED"
     counted = runs[~(finished & runs["diverged"])] if exclude_diverged else runs
-    summary = summarize(runs, exclude_diverged)
-    chosen = main.chosen_lrs()
-    at_lr = at_chosen(summary, chosen) if not summary.empty else summary
+    choices = choose_learning_rates(selection, exclude_diverged)
+    chosen = chosen_frame(choices)
     ranks = study_ranks(counted, chosen)
     emissions = correlations(counted)
     rated = analyse_ratings(ratings) if ratings is not None and not ratings.empty else None
+    figures = study_figures(counted, data.histories, chosen, ranks, emissions[0], rated)
+    if on_figures is not None:
+        on_figures(figures)
+    options = {"exclude_diverged": exclude_diverged, "selection": selection, "choices": choices}
+    comparisons = [compare_arms(data.runs, mode, per_lr, **options)]
+    if is_cheap(runs) if second_mode is None else second_mode:
+        other = next(m for m in MODES if m != mode)
+        comparisons.append(compare_arms(data.runs, other, per_lr, **options))
+    main = comparisons[0]
+    summary = summarize(runs, exclude_diverged)
+    at_lr = at_chosen(summary, chosen) if not summary.empty else summary
     counts = RunCounts(len(runs), int(finished.sum()), int((finished & runs["diverged"]).sum()),
                        int(runs["failed"].sum()), main.skipped_runs, selection.n_duplicates)
     return Analysis(
@@ -160,7 +168,7 @@ def analyse(
         ranks=ranks,
         emissions=emissions,
         failed=runs.loc[runs["failed"], list(FAILED_COLUMNS)],
-        figures=study_figures(counted, data.histories, chosen, ranks, emissions[0], rated),
+        figures=figures,
         ratings=rated,
     )
 
@@ -175,6 +183,7 @@ def analyse_study(
     allow_mixed_pretrained: bool = False,
     second_mode: bool | None = None,
     ratings: bool = True,
+    on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
 ) -> Analysis:
     """The frozen analysis of one study in a tracking store: collect it, then `analyse` it.
 
@@ -190,6 +199,7 @@ def analyse_study(
         allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
         second_mode: add the other mode (None: when cheap).
         ratings: read the reader-study ratings (artifacts of the study's gradcam runs).
+        on_figures: see `analyse`.
 
     Raises:
         UnknownStudyError: the study is not in the store (the known ones are listed).
@@ -201,4 +211,5 @@ def analyse_study(
     return analyse(
         data, mode, per_lr=per_lr, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained,
         second_mode=second_mode, ratings=collect_ratings(tracking_uri, study) if ratings else None,
+        on_figures=on_figures,
     )

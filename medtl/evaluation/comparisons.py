@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from medtl.evaluation.selection import Selection, select_runs
-from medtl.evaluation.stats import RECORD_KEYS, ComparisonSet, compare
+from medtl.evaluation.stats import compare, lr_choices
+from medtl.evaluation.stats_records import LR_COLUMNS, RECORD_KEYS, ComparisonSet, LrChoice
 from medtl.evaluation.summaries import KEYS, known_task_runs
 
 CELL_RECORD_KEYS = ("data_fraction", "fingerprint", "protocol", "n_duplicates_set_aside", "diverged_runs")
@@ -99,6 +101,33 @@ def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str 
     return out
 
 
+LrChoices = tuple[tuple[float, tuple[LrChoice, ...]], ...]
+"""The learning-rate choices of each training-data fraction, largest fraction first."""
+
+
+def _by_fraction(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[float, pd.DataFrame]]]:
+    """The known-task runs with the columns the statistics use, and their split by fraction (largest first)."""
+    usable = known_task_runs(runs)
+    needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
+    usable = usable[needed].astype({c: object for c in ("task", "arch", "arm", "status")})
+    fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
+    return usable, [(float(f), usable[usable["data_fraction"] == f]) for f in fractions]
+
+
+def choose_learning_rates(selection: Selection, exclude_diverged: bool = False) -> LrChoices:
+    """Each arm's learning rate per fraction (best mean validation primary metric; `stats.lr_choices`)."""
+    _, parts = _by_fraction(selection.runs)
+    return tuple((f, lr_choices(part, exclude_diverged=exclude_diverged)) for f, part in parts)
+
+
+def chosen_frame(choices: LrChoices) -> pd.DataFrame:
+    """The selectable learning rates as rows (task, arch, arm, data_fraction, lr): `Comparisons.chosen_lrs`."""
+    frames = [pd.DataFrame([dataclasses.asdict(c) for c in cs], columns=list(LR_COLUMNS)).assign(data_fraction=f)
+              for f, cs in choices]
+    sel = pd.concat(frames, ignore_index=True)
+    return sel.loc[sel["lr"].notna(), ["task", "arch", "arm", "data_fraction", "lr"]]
+
+
 def compare_arms(
     runs: pd.DataFrame,
     mode: str = "paper",
@@ -107,6 +136,7 @@ def compare_arms(
     exclude_diverged: bool = False,
     allow_mixed_pretrained: bool = False,
     selection: Selection | None = None,
+    choices: LrChoices | None = None,
 ) -> Comparisons:
     """Compare the arms in one mode, separately for each training-data fraction and protocol.
 
@@ -121,6 +151,7 @@ def compare_arms(
         exclude_diverged: leave diverged runs out (default: counted at their best checkpoint).
         allow_mixed_pretrained: compare a domain arm built from several pretrained versions.
         selection: an existing selection of these runs (skips selecting again).
+        choices: `choose_learning_rates(selection, exclude_diverged)` when already made.
 
     Returns:
         Comparisons with one ComparisonSet per fraction; runs of unknown tasks are counted, not used.
@@ -131,15 +162,12 @@ def compare_arms(
     """
     if selection is None:
         selection = select_runs(runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
-    runs = selection.runs
-    usable = known_task_runs(runs)
-    needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
-    usable = usable[needed].astype({c: object for c in ("task", "arch", "arm", "status")})
-    fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
+    usable, parts = _by_fraction(selection.runs)
+    chosen = dict(choices) if choices is not None else {}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant arms; noted per record
         sets = tuple(
-            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr, exclude_diverged=exclude_diverged))
-            for f in fractions
+            (f, compare(part, mode, per_lr, exclude_diverged=exclude_diverged, choices=chosen.get(f)))
+            for f, part in parts
         )
-    return Comparisons(mode, per_lr, sets, len(runs) - len(usable), selection, exclude_diverged)
+    return Comparisons(mode, per_lr, sets, len(selection.runs) - len(usable), selection, exclude_diverged)

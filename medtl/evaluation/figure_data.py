@@ -1,18 +1,24 @@
-"""What each report figure shows, computed once: the numbers behind every plot, in the report's order.
-
-`plots` only draws these frozen specs; nothing here imports matplotlib, and the specs hold numpy
-arrays and plain values only, so a drawing process needs no pandas to receive them.
-"""
+"""What each report figure shows, computed once: the numbers behind every plot (`figures` specs), in the
+report's order, and the emissions correlations the report quotes."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medtl.evaluation.figures import (
+    Band,
+    BoxFigure,
+    CdFigure,
+    Correlation,
+    CurvesFigure,
+    EmissionsFigure,
+    Figure,
+    FractionsFigure,
+    RatingsFigure,
+)
 from medtl.evaluation.ranks import Ranks
 from medtl.evaluation.reader_stats import RatingsResult
 from medtl.evaluation.stats import primary_metric
@@ -22,89 +28,6 @@ from medtl.training.schema import arm_order
 CURVE_EPOCHS = 10
 EMISSIONS_AGAINST = ("epochs_to_convergence", "epochs_run")
 """The epoch counts the report correlates emissions with (the figure draws the first)."""
-
-
-@dataclass(frozen=True)
-class Band:
-    """One arm's mean ± sample std (NaN std read as 0) per epoch, and the runs behind each epoch."""
-
-    arm: str
-    steps: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    n: np.ndarray
-    n_max: int
-
-
-@dataclass(frozen=True)
-class CurvesFigure:
-    """Validation curves per arm over the first epochs at full data (`bands` empty: no history)."""
-
-    name: str
-    title: str
-    ylabel: str
-    epochs: int
-    arms: tuple[str, ...]
-    bands: tuple[Band, ...]
-
-
-@dataclass(frozen=True)
-class FractionsFigure:
-    """Reduced-data curves: one panel per training fraction below 1, one band per arm."""
-
-    name: str
-    title: str
-    ylabel: str
-    arms: tuple[str, ...]
-    panels: tuple[tuple[float, tuple[Band, ...]], ...]
-
-
-@dataclass(frozen=True)
-class BoxFigure:
-    """Per metric, each arm's values at its selected learning rate (one panel per metric)."""
-
-    name: str
-    title: str
-    panels: tuple[tuple[str, tuple[tuple[str, np.ndarray], ...]], ...]
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Pearson's r between emissions and an epoch count over the finite pairs (r None: undefined)."""
-
-    x: str
-    y: str
-    r: float | None
-    n: int
-
-
-@dataclass(frozen=True)
-class EmissionsFigure:
-    """Emissions against epochs, one series per task, with their correlation."""
-
-    name: str
-    correlation: Correlation
-    series: tuple[tuple[str, np.ndarray, np.ndarray], ...]
-
-
-@dataclass(frozen=True)
-class CdFigure:
-    """The critical-difference diagram of the arms' average ranks."""
-
-    name: str
-    ranks: Ranks
-
-
-@dataclass(frozen=True)
-class RatingsFigure:
-    """The reader-study ratings per model, arm and rater (summary statistics and every score)."""
-
-    name: str
-    models: tuple[dict[str, Any], ...]
-    points: tuple[dict[tuple[str, str], np.ndarray], ...]
-
-
-Figure = CurvesFigure | FractionsFigure | BoxFigure | EmissionsFigure | CdFigure | RatingsFigure
 
 
 def safe_name(*parts: object) -> str:
@@ -173,14 +96,17 @@ def study_figures(
         ratings: the reader-study ratings, if any.
     """
     ok = usable_runs(runs)
-    hist = histories[histories["step"] <= CURVE_EPOCHS].merge(ok[["run_id", *KEYS]], on="run_id")
+    at_lr = at_chosen(ok, chosen)  # each arm's runs at its selected learning rate, in run order
+    hist = histories[histories["step"] <= CURVE_EPOCHS].merge(at_lr[["run_id", *KEYS]], on="run_id")
+    cells = dict(iter(at_lr.groupby(["task", "arch"])))
+    curves_of = dict(iter(hist.groupby(["task", "arch", "key"])))
+    no_curves = hist.iloc[0:0]
     figures: list[Figure] = []
     for (task, arch), cell in ok.groupby(["task", "arch"]):
         metric, _ = primary_metric(task)
         arms = tuple(arm_order(cell["arm"].unique()))
         key = f"val_{metric}"
-        curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
-        curves = curves[["arm", "step", "value", "data_fraction"]]
+        curves = curves_of.get((task, arch, key), no_curves)[["arm", "step", "value", "data_fraction"]]
         # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
         shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
         title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
@@ -191,7 +117,8 @@ def study_figures(
             panels = tuple((float(f), _bands(curve_stats(curves[curves["data_fraction"] == f]), arms)) for f in fractions)
             figures.append(FractionsFigure(f"{safe_name('fractions', task, arch)}.png",
                                            f"{task} {arch}: reduced training data (selected lr)", key, arms, panels))
-        top = at_chosen(cell[cell["data_fraction"] == 1.0], chosen)
+        top = cells.get((task, arch), at_lr.iloc[0:0])
+        top = top[top["data_fraction"] == 1.0]
         box = tuple(
             (col, tuple((a, top.loc[top["arm"] == a, col].dropna().to_numpy(float)) for a in arms))
             for col in (f"test_{metric}", "epochs_to_convergence")
@@ -201,7 +128,7 @@ def study_figures(
                    for t in sorted(ok["task"].dropna().unique()))
     figures.append(EmissionsFigure("emissions.png", emissions, series))
     if ranks.cd is not None:
-        figures.append(CdFigure("cd_diagram.png", ranks))
+        figures.append(CdFigure("cd_diagram.png", ranks.arms, ranks.average, ranks.n_cells, ranks.cd, ranks.cliques))
     if ratings is not None:
         figures.append(RatingsFigure("reader_ratings.png", tuple(ratings.summary["models"]), ratings.points))
     return tuple(figures)

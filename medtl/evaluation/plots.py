@@ -1,7 +1,7 @@
-"""Report figures drawn as PNG bytes (matplotlib's Agg canvas, no pyplot state) from `figure_data` specs.
+"""Report figures drawn as PNG bytes (matplotlib's Agg canvas, no pyplot state) from `figures` specs.
 
-Drawing only: every number comes from the frozen specs of `figure_data` (curves, boxes, emissions, the
-CD diagram, reader ratings); the only randomness is the seeded horizontal jitter of dots.
+Drawing only: every number comes from the frozen specs (curves, boxes, emissions, the CD diagram,
+reader ratings) that `figure_data` computed; the only randomness is the seeded horizontal jitter of dots.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl.evaluation.figure_data import (
+from medtl.evaluation.figures import (
     Band,
     BoxFigure,
     CdFigure,
@@ -144,7 +144,7 @@ def emissions_png(figure: EmissionsFigure) -> bytes:
 
 def cd_png(figure: CdFigure) -> bytes:
     """A simple critical-difference diagram: arms on a rank axis, CD bar, non-different arms joined."""
-    ranks = figure.ranks
+    ranks = figure
     fig, (ax,) = _figure(6.0, 2.2 + 0.25 * len(ranks.arms))
     k = len(ranks.arms)
     ax.set_xlim(0.5, k + 0.5)
@@ -221,24 +221,152 @@ def draw(figure: Figure) -> bytes:
 # ---------------------------------------------------------------- drawing many
 
 
-def draw_all(figures: Iterable[Figure], workers: int | None = None) -> dict[str, bytes]:
+def default_workers() -> int:
+    """Drawing processes worth starting here: half the CPUs, at least 2 and at most 4, when there are
+    2+ CPUs and this is the main thread of a platform that can fork; else 0 (draw in this process)."""
+    safe = threading.current_thread() is threading.main_thread() and "fork" in mp.get_all_start_methods()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, max(2, cpus // 2)) if safe and cpus >= 2 else 0
+
+
+class DrawingError(RuntimeError):
+    """The drawing process failed; the message carries its error."""
+
+
+class Drawing:
+    """Processes that draw a report's figures, started before the figures are known.
+
+    The first process is forked at once and loads matplotlib (and draws a small figure, so fonts and
+    text layout are warm) while the caller reads the store and computes the analysis; when the
+    figures arrive (`submit`) it forks the drawing workers from itself, already warm. With 0 workers
+    everything is drawn in this process, at `result`. Use as a context manager.
+
+    Args:
+        workers: drawing processes (default `default_workers()`).
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else workers
+        self._submitted: tuple[Figure, ...] | None = None
+        self._drawn: dict[str, bytes] | None = None
+        self._conn: Any = None
+        self._process: Any = None
+        if self.workers >= 1:
+            context = mp.get_context("fork")
+            self._conn, child = context.Pipe()
+            # not a daemon: it forks the workers itself; `close` (or the pipe closing) ends it
+            self._process = context.Process(target=_serve, args=(child, self.workers), name="medtl-drawing")
+            self._process.start()
+            child.close()
+
+    def submit(self, figures: Sequence[Figure]) -> None:
+        """Start drawing `figures`; a Drawing draws one set (submitting the same set again does nothing).
+
+        Raises:
+            DrawingError: another set was submitted before.
+        """
+        figures = tuple(figures)
+        if self._submitted is not None:
+            if [f.name for f in self._submitted] != [f.name for f in figures]:
+                raise DrawingError("a Drawing draws one set of figures; start another for more")
+            return
+        self._submitted = figures
+        if self._conn is not None:
+            self._conn.send(figures)
+
+    def result(self, figures: Sequence[Figure]) -> dict[str, bytes]:
+        """File name → PNG bytes of `figures` (submitting them first if they were not).
+
+        Raises:
+            DrawingError: other figures were submitted, or the drawing process failed.
+        """
+        figures = tuple(figures)
+        self.submit(figures)
+        if self._drawn is None:
+            if self._conn is None:
+                self._drawn = {f.name: draw(f) for f in figures}
+            else:
+                try:
+                    status, payload = self._conn.recv()
+                except EOFError:
+                    raise DrawingError("the drawing process ended without drawing the figures") from None
+                if status != "ok":
+                    raise DrawingError(f"drawing the figures failed: {payload}")
+                self._drawn = payload
+        return dict(self._drawn)
+
+    def close(self) -> None:
+        """Stop the drawing process (at once when its figures were never collected)."""
+        if self._process is None:
+            return
+        try:
+            if self._drawn is None and self._submitted is not None:
+                self._process.terminate()
+            else:
+                self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+        self._process = None
+
+    def __enter__(self) -> Drawing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _warm() -> None:
+    """Load matplotlib, its fonts and text layout by drawing a small figure (discarded)."""
+    draw(BoxFigure("warm.png", "warm", (("m", (("a", np.array([1.0, 2.0])),)),)))
+
+
+def _serve(conn: Any, workers: int) -> None:
+    """The drawing process: warm up, wait for the figures, draw them in `workers` forked copies of itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops this process
+    _warm()
+    try:
+        jobs = conn.recv()
+    except EOFError:
+        return
+    if jobs is None:
+        return
+    try:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+                pngs = list(pool.map(draw, jobs))
+        else:
+            pngs = [draw(job) for job in jobs]
+        conn.send(("ok", {job.name: png for job, png in zip(jobs, pngs, strict=True)}))
+    except Exception as exc:  # the parent raises it as a DrawingError
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    conn.close()
+
+
+def draw_all(figures: Iterable[Figure], drawing: Drawing | None = None) -> dict[str, bytes]:
     """Draw the figures, file name → PNG bytes in their order.
 
     Args:
         figures: the specs (`Analysis.figures`).
-        workers: drawing processes (default: half the CPUs, at least 2 and at most 4, when there
-            are 2+ CPUs, 8+ figures and this is the main thread of a platform that can fork; else 1,
-            which draws in this process).
+        drawing: the drawing processes to use (they may already be drawing these figures); default:
+            processes started here when there are 8+ figures and `default_workers()` allows, else
+            this process.
     """
-    jobs = list(figures)
-    if workers is None:
-        safe = threading.current_thread() is threading.main_thread() and "fork" in mp.get_all_start_methods()
-        cpus = os.cpu_count() or 1
-        workers = min(4, max(2, cpus // 2)) if safe and cpus >= 2 and len(jobs) >= 8 else 1
-    if workers <= 1:
-        pngs = [draw(job) for job in jobs]
+    jobs = tuple(figures)
+    if drawing is not None:
+        pngs = drawing.result(jobs)
     else:
-        import matplotlib.figure  # noqa: F401 - once here, inherited by the forked workers
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            pngs = list(pool.map(draw, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-    return {job.name: png for job, png in zip(jobs, pngs, strict=True)}
+        with for_figures(jobs) as own:
+            pngs = own.result(jobs)
+    return {job.name: pngs[job.name] for job in jobs}
+
+
+def for_figures(figures: Sequence[Figure]) -> Drawing:
+    """A Drawing sized for `figures`: processes for 8 or more (when `default_workers()` allows), else none."""
+    return Drawing(default_workers() if len(figures) >= 8 else 0)

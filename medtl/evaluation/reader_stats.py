@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from medtl.errors import UserError
+from medtl.evaluation.stats_exact import scipy_stats
 from medtl.training.schema import arm_order
 
 REQUIRED = ("arm", "rater", "score")
@@ -57,7 +57,7 @@ def _kruskal(by_arm: dict[str, np.ndarray]) -> dict[str, Any]:
         return {**result, "statistic": None, "p": None, "note": "fewer than two arms"}
     if len(np.unique(np.concatenate(list(by_arm.values())))) < 2:
         return {**result, "statistic": None, "p": None, "note": "every score is identical: no test"}
-    stat, p = stats.kruskal(*by_arm.values())
+    stat, p = scipy_stats().kruskal(*by_arm.values())
     return {**result, "statistic": _finite(stat), "p": _finite(p)}
 
 
@@ -71,7 +71,7 @@ def _pairwise(by_arm: dict[str, np.ndarray]) -> list[dict[str, Any]]:
             "correction": "bonferroni", "n_comparisons": len(pairs), "method": MWU_METHOD, "note": None,
         }
         try:
-            result = stats.mannwhitneyu(x, y)
+            result = scipy_stats().mannwhitneyu(x, y)
             stat, p = _finite(result.statistic), _finite(result.pvalue)
         except ValueError as exc:
             stat, p, record["note"] = None, None, str(exc)

@@ -53,19 +53,27 @@ def render(
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     main = analysis.main
-    pngs = plots.draw_all(analysis.figures, drawing) if figures else {}
+    own = plots.for_figures(analysis.figures) if figures and drawing is None else None
+    drawing = drawing or own
     written: dict[str, Path] = {}
 
     def put(name: str, payload: bytes | str) -> None:
         write_atomic(out / name, payload)
         written[name] = out / name
 
-    put("summary.csv", published(analysis.summary).to_csv(index=False))
-    put("comparisons.json", json.dumps(main.records(), indent=1, allow_nan=False) + "\n")
-    put("comparisons.csv", main.frame().to_csv(index=False))
-    put("lr_selection.csv", published(analysis.lr_selection).to_csv(index=False))
-    put("set_aside.csv", published(analysis.selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)]).to_csv(index=False))
-    put("tables.tex", latex_tables(analysis))
+    try:
+        if figures and drawing is not None:
+            drawing.submit(analysis.figures)  # drawn while the tables are written
+        put("summary.csv", published(analysis.summary).to_csv(index=False))
+        put("comparisons.json", json.dumps(main.records(), indent=1, allow_nan=False) + "\n")
+        put("comparisons.csv", main.frame().to_csv(index=False))
+        put("lr_selection.csv", published(analysis.lr_selection).to_csv(index=False))
+        put("set_aside.csv", published(analysis.selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)]).to_csv(index=False))
+        put("tables.tex", latex_tables(analysis))
+        pngs = plots.draw_all(analysis.figures, drawing) if figures else {}
+    finally:
+        if own is not None:
+            own.close()
     for name, png in pngs.items():
         put(f"plots/{name}", png)
     for stale in (out / "plots").glob("*.png"):

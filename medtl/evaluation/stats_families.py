@@ -11,7 +11,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from medtl.evaluation.stats_exact import (
     bonferroni,
@@ -22,6 +21,7 @@ from medtl.evaluation.stats_exact import (
     mwu_pair,
     permutation_pair,
     scipy_fields,
+    scipy_stats,
     too_few,
     ttest_pair,
     undefined,
@@ -85,11 +85,11 @@ def paper_family(ctx: Cell, arms: list[Arm], alpha: float) -> list[Comparison]:
     if reason is None and all(np.ptp(v) == 0 for v in values):
         levene = undefined("every arm constant: variance test undefined")
     elif reason is None:
-        levene = scipy_fields(stats.levene(*values))
+        levene = scipy_fields(scipy_stats().levene(*values))
     else:
         levene = undefined(reason)
     if reason is None:
-        kruskal = scipy_fields(stats.kruskal(*values))
+        kruskal = scipy_fields(scipy_stats().kruskal(*values))
         kruskal["min_attainable_p"] = kruskal_min_p([v.size for v in values])
         h = kruskal["statistic"]
         if h is not None and total > 1:

@@ -102,20 +102,23 @@ def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFram
 
 
 def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for key, arm in data[data["_usable"]].groupby(list(KEYS), dropna=False):
-        metric, higher = primary_metric(key[0])
-        val = arm[f"best_val_{metric}"].to_numpy(dtype=float)
-        ok = np.isfinite(val)
-        if not ok.any():
-            continue
-        loss = arm["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in arm else np.full(len(val), np.inf)
-        loss = np.where(np.isnan(loss), np.inf, loss)
-        ranked = [(validation_rank_key(v, lo, t, higher), i) for i, (v, lo, t, good)
-                  in enumerate(zip(val, loss, arm["start_time"], ok, strict=True)) if good]
-        best = min(ranked, key=lambda pair: pair[0])[1]
-        rows.append((*key, arm["run_id"].iat[best], float(val[best])))
-    return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
+    """Per KEYS cell, the usable run first by `validation_rank_key` (ties: the earlier row) and its value."""
+    usable = data[data["_usable"]]
+    metric_of = {t: primary_metric(t) for t in usable["task"].unique()}
+    val = np.full(len(usable), np.nan)
+    for task, (metric, _) in metric_of.items():
+        rows = (usable["task"] == task).to_numpy()
+        val[rows] = usable.loc[rows, f"best_val_{metric}"].to_numpy(dtype=float)
+    loss = usable["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in usable else np.full(len(val), np.inf)
+    loss = np.where(np.isnan(loss), np.inf, loss)
+    ok = np.isfinite(val)
+    ranked = usable.loc[ok, [*KEYS, "run_id"]].assign(best_val=val[ok])
+    ranked[["_k1", "_k2", "_k3"]] = [
+        validation_rank_key(v, lo, t, metric_of[task][1])
+        for v, lo, t, task in zip(val[ok], loss[ok], usable.loc[ok, "start_time"], ranked["task"], strict=True)
+    ] if ok.any() else np.empty((0, 3))
+    best = ranked.sort_values(["_k1", "_k2", "_k3"], kind="stable").groupby(list(KEYS), dropna=False, sort=False).head(1)
+    return best.rename(columns={"run_id": "best_run_id"}).loc[:, [*KEYS, "best_run_id", "best_val"]]
 
 
 # ---------------------------------------------------------------- the results tables

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from medtl.errors import UserError
-from medtl.evaluation.figure_data import RatingsFigure
+from medtl.evaluation.figures import RatingsFigure
 from medtl.evaluation.plots import ratings_png
 from medtl.evaluation.reader_stats import analyse_ratings, ratings_summary
 from medtl.evaluation.report import ratings_blocks

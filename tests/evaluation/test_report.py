@@ -13,7 +13,8 @@ import pytest
 from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
 from medtl.evaluation.comparisons import CELL_RECORD_KEYS
-from medtl.evaluation.figure_data import CURVE_EPOCHS, CdFigure
+from medtl.evaluation.figure_data import CURVE_EPOCHS
+from medtl.evaluation.figures import CdFigure
 from medtl.evaluation.formatting import PUBLISHED_NAMES
 from medtl.evaluation.plots import cd_png
 from medtl.evaluation.ranks import Ranks, average_ranks
@@ -147,7 +148,9 @@ def test_average_ranks_and_cd():
     ranks = average_ranks(means, pd.Series([True, True, False]))
     assert ranks.average == (1.0, 2.0)
     assert ranks.cd == pytest.approx(1.960 * math.sqrt(2 * 3 / (6 * 3)))
-    assert cd_png(CdFigure("cd_diagram.png", ranks)).startswith(PNG)
+    assert ranks.cliques == ((1.0, 2.0),)  # ranks 1 and 2 lie within the CD (1.13): one bar joins them
+    figure = CdFigure("cd_diagram.png", ranks.arms, ranks.average, ranks.n_cells, ranks.cd, ranks.cliques)
+    assert cd_png(figure).startswith(PNG)
     short = average_ranks(means.iloc[:1], pd.Series([True]))
     assert short.cd is None and "2+ complete cells" in (short.note or "")
     assert isinstance(short, Ranks)

@@ -1,7 +1,9 @@
 """Evaluate a study: analyse it once (`evaluation.analysis`), render the report from that, log it as an MLflow run.
 
 Imports neither torch nor (until the report is logged) MLflow: `medtl evaluate` spends its time on
-the study, not on loading libraries it does not use.
+the study, not on loading libraries it does not use. The figures' drawing process starts first, so
+that loading matplotlib overlaps loading pandas and reading the store, and the figures are drawn
+while the statistics are computed; the analysis and the report modules are imported after it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from medtl.evaluation.analysis import Analysis, analyse_study
-from medtl.evaluation.report import render
-from medtl.evaluation.verdicts import Verdict
+from medtl.evaluation.plots import Drawing
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training import schema as S
+
+if TYPE_CHECKING:
+    from medtl.evaluation.analysis import Analysis
+    from medtl.evaluation.verdicts import Verdict
 
 logger = logging.getLogger(__name__)
 EVALUATION = S.Stage.EVALUATION.value
@@ -81,10 +86,14 @@ def evaluate(
             a domain arm from several pretrained versions (unless allowed).
     """
     uri = S.resolve_tracking_uri(tracking_uri)
-    analysis = analyse_study(study, uri, mode, per_lr=per_lr, exclude_diverged=exclude_diverged,
-                             allow_mixed_pretrained=allow_mixed_pretrained)
     folder = Path(out) if out is not None else Path("reports") / study
-    render(analysis, folder, ui_url=ui_url)
+    with Drawing() as drawing:
+        from medtl.evaluation.analysis import analyse_study
+        from medtl.evaluation.report import render
+
+        analysis = analyse_study(study, uri, mode, per_lr=per_lr, exclude_diverged=exclude_diverged,
+                                 allow_mixed_pretrained=allow_mixed_pretrained, on_figures=drawing.submit)
+        render(analysis, folder, ui_url=ui_url, drawing=drawing)
     if log:
         log_evaluation(analysis, folder, uri)
     return Evaluation(folder / "report.html", analysis.verdicts, analysis.counts.n_set_aside, exclude_diverged,
