@@ -17,21 +17,30 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from medtl.evaluation.collect import StudyData, collect
+from medtl.evaluation.collect import StudyData, collect, resolve_tracking_uri
 from medtl.evaluation.comparisons import (
     Comparisons,
     choose_learning_rates,
     chosen_frame,
     compare_arms,
 )
-from medtl.evaluation.figure_data import CURVE_EPOCHS, correlations, study_figures
+from medtl.evaluation.diagnostics import Diagnostics, diagnose, no_diagnostics
+from medtl.evaluation.figure_data import CURVE_EPOCHS, correlations, ratings_figure, study_figures
 from medtl.evaluation.figures import Correlation, Figure
+from medtl.evaluation.predictions import PredictionsReader, PredictionsSource
 from medtl.evaluation.ranks import Ranks, study_ranks
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.reader_stats import RatingsResult, analyse_ratings
 from medtl.evaluation.selection import Selection, select_runs
 from medtl.evaluation.stats import MODES, StatsError
-from medtl.evaluation.summaries import ResultsTable, at_chosen, is_cheap, results_tables, summarize
+from medtl.evaluation.summaries import (
+    ResultsTable,
+    at_chosen,
+    is_cheap,
+    results_tables,
+    summarize,
+    usable_runs,
+)
 from medtl.evaluation.verdicts import Verdict, verdicts
 
 FAILED_COLUMNS = ("run_id", "task", "arch", "arm", "lr", "seed", "status", "failure_reason")
@@ -55,7 +64,8 @@ class Analysis:
 
     `comparisons[0]` is the main mode's (comparisons.json); a second mode, when cheap, follows.
     `summary` is summary.csv, `chosen` the selected learning rates, `results` the results tables,
-    `figures` exactly the figures the report shows, in its order.
+    `diagnostics` calibration, confusion and subgroup results from the runs' predictions,
+    `figures` exactly the figures the report shows.
     """
 
     study: str
@@ -74,6 +84,7 @@ class Analysis:
     emissions: tuple[Correlation, ...]
     failed: pd.DataFrame
     figures: tuple[Figure, ...]
+    diagnostics: Diagnostics
     ratings: RatingsResult | None = None
 
     @property
@@ -104,9 +115,10 @@ def analyse(
     allow_mixed_pretrained: bool = False,
     second_mode: bool | None = None,
     ratings: pd.DataFrame | None = None,
+    predictions: PredictionsSource | None = None,
     on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
 ) -> Analysis:
-    """Analyse a collected study: select its runs, compare its arms, summarise, rank, judge.
+    """Analyse a collected study: select its runs, compare its arms, summarise, rank, judge, diagnose.
 
     One run per grid point counts (the latest FINISHED of each run_key), each protocol
     fingerprint is its own cell, diverged runs count at their best checkpoint unless
@@ -120,8 +132,11 @@ def analyse(
         allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
         second_mode: add the other mode's comparisons (None: when cheap, see `summaries.is_cheap`).
         ratings: the reader-study ratings (`reader_ratings.collect_ratings`), if any.
-        on_figures: called with `Analysis.figures` as soon as they are known, before the tests run
-            (`plots.Drawing.submit`: the figures are drawn while the statistics are computed).
+        predictions: reads the runs' predictions (`predictions.PredictionsReader`); None: no
+            calibration, confusion or subgroup results (the report says so).
+        on_figures: called with each batch of figures as soon as it is known — the study's figures
+            before the tests run, the reliability and ratings figures at the end (`plots.Drawing.submit`:
+            they are drawn while the rest is computed).
 
     Raises:
         StatsError: an unknown mode (the valid ones are listed).
@@ -138,8 +153,7 @@ def analyse(
     chosen = chosen_frame(choices)
     ranks = study_ranks(counted, chosen)
     emissions = correlations(counted)
-    rated = analyse_ratings(ratings) if ratings is not None and not ratings.empty else None
-    figures = study_figures(counted, data.histories, chosen, ranks, emissions[0], rated)
+    figures = study_figures(counted, data.histories, chosen, ranks, emissions[0])
     if on_figures is not None:
         on_figures(figures)
     options = {"exclude_diverged": exclude_diverged, "selection": selection, "choices": choices}
@@ -152,6 +166,11 @@ def analyse(
     at_lr = at_chosen(summary, chosen) if not summary.empty else summary
     counts = RunCounts(len(runs), int(finished.sum()), int((finished & runs["diverged"]).sum()),
                        int(runs["failed"].sum()), main.skipped_runs, selection.n_duplicates)
+    diagnostics = _diagnose(counted, chosen, at_lr, predictions)
+    rated = analyse_ratings(ratings) if ratings is not None and not ratings.empty else None
+    late = (*diagnostics.figures, *((ratings_figure(rated),) if rated is not None else ()))
+    if on_figures is not None and late:
+        on_figures(late)
     return Analysis(
         study=data.study,
         tracking_uri=data.tracking_uri,
@@ -168,9 +187,23 @@ def analyse(
         ranks=ranks,
         emissions=emissions,
         failed=runs.loc[runs["failed"], list(FAILED_COLUMNS)],
-        figures=figures,
+        figures=(*figures, *late),
+        diagnostics=diagnostics,
         ratings=rated,
     )
+
+
+def _diagnose(counted: pd.DataFrame, chosen: pd.DataFrame, at_lr: pd.DataFrame,
+              predictions: PredictionsSource | None) -> Diagnostics:
+    """Diagnostics of each arm's counted runs at its selected lr at full data (the results tables' runs)."""
+    if predictions is None:
+        return no_diagnostics("predictions not read: no calibration, confusion or subgroup results")
+    ok = usable_runs(counted)
+    used = at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
+    best = at_lr[(at_lr["data_fraction"] == 1.0) & at_lr["best_run_id"].notna()] if len(at_lr) else at_lr
+    best_runs = {(str(t), str(a), str(g)): str(r) for t, a, g, r in
+                 best[["task", "arch", "arm", "best_run_id"]].drop_duplicates().itertuples(index=False, name=None)}
+    return diagnose(used, best_runs, predictions)
 
 
 def analyse_study(
@@ -183,6 +216,7 @@ def analyse_study(
     allow_mixed_pretrained: bool = False,
     second_mode: bool | None = None,
     ratings: bool = True,
+    predictions: bool = True,
     on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
 ) -> Analysis:
     """The frozen analysis of one study in a tracking store: collect it, then `analyse` it.
@@ -199,6 +233,7 @@ def analyse_study(
         allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
         second_mode: add the other mode (None: when cheap).
         ratings: read the reader-study ratings (artifacts of the study's gradcam runs).
+        predictions: read the runs' `predictions/test.csv` (calibration, confusion, subgroups).
         on_figures: see `analyse`.
 
     Raises:
@@ -207,9 +242,10 @@ def analyse_study(
     """
     if mode not in MODES:
         raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    data = collect(study, tracking_uri, primary_only=True, max_step=CURVE_EPOCHS)
+    uri = resolve_tracking_uri(tracking_uri)
+    data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
     return analyse(
         data, mode, per_lr=per_lr, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained,
-        second_mode=second_mode, ratings=collect_ratings(tracking_uri, study) if ratings else None,
-        on_figures=on_figures,
+        second_mode=second_mode, ratings=collect_ratings(uri, study) if ratings else None,
+        predictions=PredictionsReader(uri) if predictions else None, on_figures=on_figures,
     )

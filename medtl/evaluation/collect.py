@@ -198,6 +198,7 @@ def _tidy(
     out["status"] = runs["status"].astype(str)
     out["start_time"] = pd.to_datetime(runs["start_time"], unit="ms", utc=True)
     out["end_time"] = pd.to_datetime(runs["end_time"], unit="ms", utc=True)
+    out["artifact_uri"] = runs["artifact_uri"].astype("string")
     p = _wide(params, "run_id", "key", "value").reindex(out.index)
     t = stage.reindex(out.index)
     for name in SPEC_STR:

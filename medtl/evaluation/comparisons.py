@@ -13,7 +13,13 @@ import pandas as pd
 
 from medtl.evaluation.selection import Selection, select_runs
 from medtl.evaluation.stats import compare, lr_choices
-from medtl.evaluation.stats_records import LR_COLUMNS, RECORD_KEYS, ComparisonSet, LrChoice
+from medtl.evaluation.stats_records import (
+    INTERVAL_KEYS,
+    LR_COLUMNS,
+    RECORD_KEYS,
+    ComparisonSet,
+    LrChoice,
+)
 from medtl.evaluation.summaries import KEYS, known_task_runs
 
 CELL_RECORD_KEYS = ("data_fraction", "fingerprint", "protocol", "n_duplicates_set_aside", "diverged_runs")
@@ -35,7 +41,7 @@ class Comparisons:
     exclude_diverged: bool = False
 
     def records(self) -> list[dict[str, Any]]:
-        """comparisons.json: the stats records, each with CELL_RECORD_KEYS added."""
+        """comparisons.json: the stats records (RECORD_KEYS), CELL_RECORD_KEYS, then INTERVAL_KEYS."""
         return [dict(r) for r in self._records]
 
     @cached_property
@@ -46,12 +52,13 @@ class Comparisons:
             for r in cs.to_records():
                 fingerprint, protocol, duplicates = cells.get((r["task"], r["arch"], f), (None, "", 0))
                 out.append({
-                    **r,
+                    **{k: r[k] for k in RECORD_KEYS},
                     "data_fraction": f,
                     "fingerprint": fingerprint,
                     "protocol": protocol,
                     "n_duplicates_set_aside": duplicates,
                     "diverged_runs": "excluded" if self.exclude_diverged else "counted",
+                    **{k: r[k] for k in INTERVAL_KEYS},
                 })
         return tuple(out)
 
@@ -72,7 +79,7 @@ class Comparisons:
 
     def frame(self) -> pd.DataFrame:
         """The records as a DataFrame."""
-        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, *CELL_RECORD_KEYS])
+        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, *CELL_RECORD_KEYS, *INTERVAL_KEYS])
 
     def selection(self) -> pd.DataFrame:
         """The learning rate each arm is compared at, per fraction."""

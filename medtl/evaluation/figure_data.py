@@ -78,14 +78,12 @@ def study_figures(
     chosen: pd.DataFrame,
     ranks: Ranks,
     emissions: Correlation,
-    ratings: RatingsResult | None = None,
 ) -> tuple[Figure, ...]:
-    """Every figure of a study report, in the report's order.
+    """The study's figures, in the report's order (reliability diagrams: `diagnostics`; ratings: `ratings_figure`).
 
     Per (task, arch): `curves_*` (first epochs, full data), `fractions_*` (reduced data, when any
     run used less than all training data) and `box_*` (test primary metric and epochs); then
-    `emissions.png`, `cd_diagram.png` when the ranks define a CD, and `reader_ratings.png` when
-    there are ratings.
+    `emissions.png` and `cd_diagram.png` when the ranks define a CD.
 
     Args:
         runs: the runs the statistics count (selected; diverged ones dropped when excluded).
@@ -93,7 +91,6 @@ def study_figures(
         chosen: the selected learning rates (task, arch, arm, data_fraction, lr).
         ranks: the arms' average ranks.
         emissions: the correlation the emissions figure shows.
-        ratings: the reader-study ratings, if any.
     """
     ok = usable_runs(runs)
     at_lr = at_chosen(ok, chosen)  # each arm's runs at its selected learning rate, in run order
@@ -129,6 +126,9 @@ def study_figures(
     figures.append(EmissionsFigure("emissions.png", emissions, series))
     if ranks.cd is not None:
         figures.append(CdFigure("cd_diagram.png", ranks.arms, ranks.average, ranks.n_cells, ranks.cd, ranks.cliques))
-    if ratings is not None:
-        figures.append(RatingsFigure("reader_ratings.png", tuple(ratings.summary["models"]), ratings.points))
     return tuple(figures)
+
+
+def ratings_figure(ratings: RatingsResult) -> RatingsFigure:
+    """The reader-study figure (the paper's Figure 9) of summarised ratings."""
+    return RatingsFigure("reader_ratings.png", tuple(ratings.summary["models"]), ratings.points)

@@ -96,4 +96,37 @@ class RatingsFigure:
     points: tuple[dict[tuple[str, str], np.ndarray], ...]
 
 
-Figure = CurvesFigure | FractionsFigure | BoxFigure | EmissionsFigure | CdFigure | RatingsFigure
+
+
+@dataclass(frozen=True)
+class ReliabilityPanel:
+    """One arm's reliability curve: its best run's equal-mass bins with Clopper–Pearson intervals.
+
+    The arrays hold one value per bin (mean confidence, observed rate, its interval, samples);
+    empty with `note` saying why when the run's predictions are missing.
+    """
+
+    arm: str
+    label: str
+    confidence: np.ndarray
+    observed: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: np.ndarray
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ReliabilityFigure:
+    """Reliability diagrams of a (task, arch) cell: one panel per arm."""
+
+    name: str
+    task: str
+    arch: str
+    title: str
+    xlabel: str
+    ylabel: str
+    panels: tuple[ReliabilityPanel, ...]
+
+
+Figure = CurvesFigure | FractionsFigure | BoxFigure | EmissionsFigure | CdFigure | RatingsFigure | ReliabilityFigure

@@ -36,3 +36,11 @@ set_aside.csv and the served summary name the arm `group`, as they always have (
 def published(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with its columns named as the published files name them (PUBLISHED_NAMES)."""
     return frame.rename(columns=PUBLISHED_NAMES)
+
+
+def interval(low: Any, high: Any, note: Any = None, digits: int = 4) -> str:
+    """An interval as `[low, high]`, or `[no interval: <why>]` when it has no bounds."""
+    if missing(low) or missing(high):
+        why = "" if missing(note) else str(note).replace(": no interval", "")
+        return f"[no interval{': ' + why if why else ''}]"
+    return f"[{num(float(low), digits)}, {num(float(high), digits)}]"

@@ -25,6 +25,7 @@ from medtl.evaluation.figures import (
     Figure,
     FractionsFigure,
     RatingsFigure,
+    ReliabilityFigure,
 )
 
 DPI = 80
@@ -207,9 +208,33 @@ def ratings_png(figure: RatingsFigure) -> bytes:
     return buf.getvalue()
 
 
+def reliability_png(figure: ReliabilityFigure) -> bytes:
+    """Reliability diagrams, one panel per arm: observed frequency against confidence per equal-mass bin,
+    with each bin's 95 % Clopper–Pearson interval; the diagonal is perfect calibration."""
+    n = max(1, len(figure.panels))
+    fig, axes = _figure(2.9 * n, 3.2, ncols=n)
+    arms = [p.arm for p in figure.panels]
+    for i, (ax, panel) in enumerate(zip(axes, figure.panels, strict=False)):
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
+        if panel.note:
+            ax.text(0.5, 0.5, panel.note.replace(": ", ":\n", 1), ha="center", va="center", fontsize=7,
+                    wrap=True, transform=ax.transAxes)
+        else:
+            ax.errorbar(panel.confidence, panel.observed, yerr=[panel.observed - panel.low, panel.high - panel.observed],
+                        fmt="o", ms=3, capsize=2, lw=1, color=_colour(arms, panel.arm))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(panel.label, fontsize=8)
+        ax.set_xlabel(figure.xlabel, fontsize=8)
+        if i == 0:
+            ax.set_ylabel(figure.ylabel, fontsize=8)
+    fig.suptitle(figure.title, fontsize=9)
+    return _png(fig)
+
+
 _DRAW: dict[type, Callable[[Any], bytes]] = {
     CurvesFigure: curves_png, FractionsFigure: fractions_png, BoxFigure: box_png,
-    EmissionsFigure: emissions_png, CdFigure: cd_png, RatingsFigure: ratings_png,
+    EmissionsFigure: emissions_png, CdFigure: cd_png, RatingsFigure: ratings_png, ReliabilityFigure: reliability_png,
 }
 
 
@@ -237,9 +262,10 @@ class Drawing:
     """Processes that draw a report's figures, started before the figures are known.
 
     The first process is forked at once and loads matplotlib (and draws a small figure, so fonts and
-    text layout are warm) while the caller reads the store and computes the analysis; when the
-    figures arrive (`submit`) it forks the drawing workers from itself, already warm. With 0 workers
-    everything is drawn in this process, at `result`. Use as a context manager.
+    text layout are warm) while the caller reads the store and computes the analysis; at the first
+    batch of figures (`submit`) it forks its drawing workers from itself, already warm, and keeps them
+    for later batches. With 0 workers everything is drawn in this process, at `result`. Use as a
+    context manager.
 
     Args:
         workers: drawing processes (default `default_workers()`).
@@ -247,8 +273,9 @@ class Drawing:
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else workers
-        self._submitted: tuple[Figure, ...] | None = None
-        self._drawn: dict[str, bytes] | None = None
+        self._submitted: dict[str, Figure] = {}
+        self._waiting = 0
+        self._drawn: dict[str, bytes] = {}
         self._conn: Any = None
         self._process: Any = None
         if self.workers >= 1:
@@ -260,47 +287,42 @@ class Drawing:
             child.close()
 
     def submit(self, figures: Sequence[Figure]) -> None:
-        """Start drawing `figures`; a Drawing draws one set (submitting the same set again does nothing).
-
-        Raises:
-            DrawingError: another set was submitted before.
-        """
-        figures = tuple(figures)
-        if self._submitted is not None:
-            if [f.name for f in self._submitted] != [f.name for f in figures]:
-                raise DrawingError("a Drawing draws one set of figures; start another for more")
+        """Start drawing the figures not submitted before (a figure's name identifies it)."""
+        batch = tuple(f for f in figures if f.name not in self._submitted)
+        if not batch:
             return
-        self._submitted = figures
+        self._submitted.update((f.name, f) for f in batch)
         if self._conn is not None:
-            self._conn.send(figures)
+            self._conn.send(batch)
+            self._waiting += 1
 
     def result(self, figures: Sequence[Figure]) -> dict[str, bytes]:
-        """File name → PNG bytes of `figures` (submitting them first if they were not).
+        """File name → PNG bytes of `figures` (submitting those not yet submitted).
 
         Raises:
-            DrawingError: other figures were submitted, or the drawing process failed.
+            DrawingError: the drawing process failed or ended early.
         """
         figures = tuple(figures)
         self.submit(figures)
-        if self._drawn is None:
-            if self._conn is None:
-                self._drawn = {f.name: draw(f) for f in figures}
-            else:
-                try:
-                    status, payload = self._conn.recv()
-                except EOFError:
-                    raise DrawingError("the drawing process ended without drawing the figures") from None
-                if status != "ok":
-                    raise DrawingError(f"drawing the figures failed: {payload}")
-                self._drawn = payload
-        return dict(self._drawn)
+        if self._conn is None:
+            self._drawn.update((f.name, draw(f)) for f in figures if f.name not in self._drawn)
+        while self._waiting:
+            try:
+                status, payload = self._conn.recv()
+            except EOFError:
+                raise DrawingError("the drawing process ended without drawing the figures") from None
+            self._waiting -= 1
+            if status != "ok":
+                raise DrawingError(f"drawing the figures failed: {payload}")
+            self._drawn.update(payload)
+        return {f.name: self._drawn[f.name] for f in figures}
 
     def close(self) -> None:
-        """Stop the drawing process (at once when its figures were never collected)."""
+        """Stop the drawing process (at once when some of its figures were never collected)."""
         if self._process is None:
             return
         try:
-            if self._drawn is None and self._submitted is not None:
+            if self._waiting:
                 self._process.terminate()
             else:
                 self._conn.send(None)
@@ -326,27 +348,34 @@ def _warm() -> None:
 
 
 def _serve(conn: Any, workers: int) -> None:
-    """The drawing process: warm up, wait for the figures, draw them in `workers` forked copies of itself."""
+    """The drawing process: warm up, then draw each batch of figures it receives in `workers` forked
+    copies of itself (forked at the first batch), until it receives None or the pipe closes."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops this process
     _warm()
+    pool: ProcessPoolExecutor | None = None
     try:
-        jobs = conn.recv()
-    except EOFError:
-        return
-    if jobs is None:
-        return
-    try:
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
-                pngs = list(pool.map(draw, jobs))
-        else:
-            pngs = [draw(job) for job in jobs]
-        conn.send(("ok", {job.name: png for job, png in zip(jobs, pngs, strict=True)}))
-    except Exception as exc:  # the parent raises it as a DrawingError
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    conn.close()
+        while True:
+            try:
+                jobs = conn.recv()
+            except EOFError:
+                return
+            if jobs is None:
+                return
+            try:
+                if workers > 1 and len(jobs) > 1:
+                    pool = pool or ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+                    pngs = list(pool.map(draw, jobs))
+                else:
+                    pngs = [draw(job) for job in jobs]
+                conn.send(("ok", {job.name: png for job, png in zip(jobs, pngs, strict=True)}))
+            except Exception as exc:  # the parent raises it as a DrawingError
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        conn.close()
 
 
 def draw_all(figures: Iterable[Figure], drawing: Drawing | None = None) -> dict[str, bytes]:

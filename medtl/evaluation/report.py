@@ -14,12 +14,21 @@ import pandas as pd
 from medtl.atomic import write_atomic
 from medtl.evaluation import plots
 from medtl.evaluation.analysis import Analysis
+from medtl.evaluation.figures import RatingsFigure, ReliabilityFigure
 from medtl.evaluation.formatting import num, published
 from medtl.evaluation.links import run_url
 from medtl.evaluation.reader_stats import RatingsResult
 from medtl.evaluation.report_pages import RUN_ID_COLUMNS, Block, to_html, to_markdown
-from medtl.evaluation.report_tables import comparisons_table, latex_tables, results_frame
+from medtl.evaluation.report_tables import (
+    calibration_frame,
+    comparisons_table,
+    confusion_frame,
+    latex_tables,
+    results_frame,
+    subgroup_frame,
+)
 from medtl.evaluation.selection import SET_ASIDE_COLUMNS
+from medtl.evaluation.uncertainty import LEVEL, METHOD, RESAMPLES, SEED
 
 __all__ = ["RUN_ID_COLUMNS", "render", "report_blocks"]
 
@@ -36,8 +45,8 @@ def render(
 
     Files: summary.csv, comparisons.json / .csv and lr_selection.csv (the main mode),
     set_aside.csv (the runs left out as duplicates of a grid point, and why), tables.tex,
-    report.md, a self-contained report.html (plots embedded) and plots/*.png; with ratings,
-    reader_ratings.json. A second mode appears as a further section of report.md / report.html.
+    calibration.csv (when predictions were read), report.md, a self-contained report.html (plots
+    embedded) and plots/*.png; with ratings, reader_ratings.json. A second mode appears as a further section of report.md / report.html.
     The report opens with one verdict line per (task, arch).
 
     Args:
@@ -70,6 +79,8 @@ def render(
         put("lr_selection.csv", published(analysis.lr_selection).to_csv(index=False))
         put("set_aside.csv", published(analysis.selection.set_aside.loc[:, list(SET_ASIDE_COLUMNS)]).to_csv(index=False))
         put("tables.tex", latex_tables(analysis))
+        if analysis.diagnostics.read:
+            put("calibration.csv", analysis.diagnostics.runs.to_csv(index=False))
         pngs = plots.draw_all(analysis.figures, drawing) if figures else {}
     finally:
         if own is not None:
@@ -115,6 +126,45 @@ def ratings_blocks(ratings: RatingsResult, figure: bool) -> list[Block]:
     return blocks
 
 
+def diagnostics_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
+    """Calibration of the classification arms (with reliability diagrams) and the failure analysis:
+    confusion matrices and the primary metric per subgroup, at full training data."""
+    d = analysis.diagnostics
+    if not d.read:
+        return [("h", 2, "Calibration and failure analysis"), *(("p", n) for n in d.notes)]
+    blocks: list[Block] = [("h", 2, "Calibration (classification, full training data)")]
+    if not d.calibration:
+        blocks.append(("p", "No classification run at full training data."))
+    else:
+        blocks.append(("p", "ECE over 10 equal-mass bins and Brier score of each run's test predictions — the run's "
+                            "own test_ece / test_brier when it logged them, else recomputed from its "
+                            "predictions/test.csv — as mean ± sd [interval] over the seeds at each arm's selected "
+                            "learning rate (per run: calibration.csv). Reliability diagrams: each arm's best run "
+                            "(the one `medtl promote` picks), observed frequency per bin with its 95 % "
+                            "Clopper–Pearson interval; one run, because the seeds predict the same test images."))
+        for task in sorted({a.task for a in d.calibration}):
+            blocks += [("h", 3, task), ("table", calibration_frame([a for a in d.calibration if a.task == task]))]
+            blocks += [("img", f.name) for f in analysis.figures
+                       if isinstance(f, ReliabilityFigure) and f.task == task and f.name in figures]
+        if d.unknown:
+            reasons = "; ".join(f"{why} ({n})" for why, n in d.unknown)
+            blocks.append(("p", f"Calibration unknown for {sum(n for _, n in d.unknown)} run(s), named in the table "
+                                f"above and, each with its reason, in calibration.csv: {reasons}."))
+    blocks.append(("h", 2, "Failure analysis (full training data)"))
+    if d.confusions:
+        blocks.append(("h", 3, "Confusion matrices (counts summed over each arm's seeds at its selected lr)"))
+        for task, arch in sorted({(m.task, m.arch) for m in d.confusions}):
+            blocks += [("h", 4, f"{task} / {arch}"),
+                       ("table", confusion_frame([m for m in d.confusions if (m.task, m.arch) == (task, arch)]))]
+    if d.subgroups:
+        blocks.append(("h", 3, "Primary metric per subgroup (each run on the subgroup's test samples; mean over seeds "
+                               "[interval])"))
+        for task in sorted({r.task for r in d.subgroups}):
+            blocks += [("h", 4, task), ("table", subgroup_frame([r for r in d.subgroups if r.task == task]))]
+    blocks += [("p", note) for note in d.notes]
+    return blocks
+
+
 def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
     """The report's content as blocks: ("h", level, text), ("p", text), ("table", df), ("img", name).
 
@@ -143,10 +193,14 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
                             "architecture is labelled with the parameters that differ: "
                             + "; ".join(sorted(set(split["arch"]))) + "."))
     blocks += [("p", note) for note in selection.notes]
+    blocks.append(("p", f"Every arm mean and every difference between two arms carries a {LEVEL:.0%} {METHOD} "
+                        f"({RESAMPLES:,} resamples, seed {SEED}) in brackets; an arm with fewer than 2 seeds has "
+                        "none (\"no interval\"), never one of zero width. Tables: mean ± sample sd [interval]."))
     blocks.append(("h", 2, "Results on the test set"))
     for table in analysis.results:
         label = "" if table.data_fraction == 1.0 else f", {table.data_fraction:.0%} of the training data"
         blocks += [("h", 3, f"{table.task}{label}"), ("table", results_frame(table))]
+    blocks += diagnostics_blocks(analysis, figures)
     for comparisons in analysis.comparisons:
         title = "Comparisons" if comparisons is main else f"Comparisons in {comparisons.mode} mode (second analysis)"
         blocks.append(("h", 2, f"{title} ({comparisons.mode})"))
@@ -170,7 +224,8 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
         blocks.append(("p", f"Over {ranks.n_cells} (task, arch) cells, test primary metric, 1 = best; "
                             f"Nemenyi critical difference (α = 0.05) {ranks.cd:.3f}."))
         blocks.append(("table", pd.DataFrame({"arm": ranks.arms, "average rank": [num(a, 3) for a in ranks.average]})))
-    study_figures = [f.name for f in analysis.figures if f.name in figures and f.name != plots.RATINGS_FIGURE]
+    study_figures = [f.name for f in analysis.figures
+                     if f.name in figures and not isinstance(f, (RatingsFigure, ReliabilityFigure))]
     blocks.append(("h", 2, "Figures"))
     blocks += [("img", name) for name in study_figures]
     failed = analysis.failed

@@ -29,6 +29,7 @@ from medtl.evaluation.collect import (
 )
 from medtl.evaluation.figure_data import CURVE_EPOCHS
 from medtl.evaluation.formatting import published
+from medtl.evaluation.predictions import PredictionsReader
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import MODES
@@ -182,7 +183,8 @@ class EvaluationService:
         """The study's analysis in `mode`: what every route answers with (one main mode, as asked)."""
         def build() -> Analysis:
             data, ratings = self._data(study)
-            return analyse(data, mode, second_mode=False, ratings=ratings)
+            return analyse(data, mode, second_mode=False, ratings=ratings,
+                           predictions=PredictionsReader(self.tracking_uri))
 
         return self._cached(study, f"analysis:{mode}", build)
 

@@ -27,6 +27,7 @@ from medtl.evaluation.stats_exact import (
     undefined,
 )
 from medtl.evaluation.stats_records import Comparison
+from medtl.evaluation.uncertainty import difference_interval
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,21 @@ def _pair_base(ctx: Cell, a: Arm, b: Arm) -> dict[str, Any]:
     if ctx.lr is None:
         base.update(lr_a=a.lr, lr_b=b.lr)
     base["note"] = join_notes(exclusions([a, b]))
-    return base
+    return {**base, **difference_fields(a.values, b.values)}
+
+
+def difference_fields(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The INTERVAL_KEYS of a pair: both means, mean_a − mean_b and its bootstrap interval over seeds."""
+    interval = difference_interval(a, b)
+    mean_a = float(np.mean(a)) if a.size else None
+    mean_b = float(np.mean(b)) if b.size else None
+    return {
+        "mean_a": mean_a, "mean_b": mean_b,
+        "mean_diff": None if mean_a is None or mean_b is None else mean_a - mean_b,
+        "diff_ci_low": interval.low, "diff_ci_high": interval.high, "diff_ci_level": interval.level,
+        "diff_ci_method": interval.method, "diff_ci_resamples": interval.resamples, "diff_ci_seed": interval.seed,
+        "diff_ci_note": interval.note,
+    }
 
 
 def _merge(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

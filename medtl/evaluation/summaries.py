@@ -9,14 +9,25 @@ import pandas as pd
 
 from medtl.evaluation.selection import select_runs, validation_rank_key
 from medtl.evaluation.stats import primary_metric
+from medtl.evaluation.uncertainty import (
+    LEVEL,
+    METHOD,
+    RESAMPLES,
+    SEED,
+    Interval,
+    mean_intervals,
+    unavailable,
+)
 from medtl.training.schema import arm_order
 from medtl.training.spec import TASKS, TEST_METRICS, Task
 
 KEYS = ("task", "arch", "arm", "lr", "data_fraction")
 EXTRA_SUMMARY = ("epochs_to_convergence", "emissions_kg", "energy_kwh", "duration_s")
+INTERVAL_COLUMNS = ("ci_low", "ci_high", "ci_level", "ci_method", "ci_resamples", "ci_seed", "ci_note")
+"""summary.csv's interval of each mean (`uncertainty`): bounds, level, method, resamples, seed, and why none."""
 SUMMARY_COLUMNS = (
     *KEYS, "metric", "n", "mean", "std", "median", "min", "max",
-    "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
+    "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val", *INTERVAL_COLUMNS,
 )
 CHEAP_ARM_SIZE = 8
 CHOSEN_COLUMNS = ("task", "arch", "arm", "data_fraction", "lr")
@@ -59,7 +70,8 @@ def task_metrics(task: str) -> list[str]:
 
 
 def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
-    """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max.
+    """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max and the
+    mean's 95 % interval over seeds (INTERVAL_COLUMNS; see `uncertainty`).
 
     Statistics use FINISHED runs with a finite value (diverged ones at their best checkpoint,
     unless `exclude_diverged`); `n_runs`, `n_failed` and `n_diverged` count every run. Runs not
@@ -98,7 +110,25 @@ def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFram
     )
     table = table.merge(counts.reset_index(), on=list(KEYS), how="left")
     table = table.merge(_best_runs(data), on=list(KEYS), how="left")
+    table = table.merge(_intervals(long), on=[*KEYS, "metric"], how="left")
+    table["ci_note"] = table["ci_note"].where(table["n"] > 0, unavailable([0]))
+    for column, value in (("ci_level", LEVEL), ("ci_method", METHOD), ("ci_resamples", RESAMPLES), ("ci_seed", SEED)):
+        table[column] = value
     return table.sort_values([*KEYS, "metric"], kind="stable").reset_index(drop=True).loc[:, list(SUMMARY_COLUMNS)]
+
+
+def _intervals(long: pd.DataFrame) -> pd.DataFrame:
+    """Per (KEYS, metric) of the long values: ci_low, ci_high, ci_note (one bootstrap per sample size)."""
+    keys = [*KEYS, "metric"]
+    if long.empty:
+        return pd.DataFrame(columns=[*keys, "ci_low", "ci_high", "ci_note"])
+    codes = long.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    samples = np.split(long["value"].to_numpy(float)[order], np.cumsum(np.bincount(codes))[:-1])
+    found = mean_intervals(samples)
+    first = long.loc[~long.duplicated(keys), keys].reset_index(drop=True)
+    return first.assign(ci_low=[i.low for i in found], ci_high=[i.high for i in found],
+                        ci_note=[i.note for i in found]).astype({"ci_low": float, "ci_high": float})
 
 
 def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
@@ -126,12 +156,13 @@ def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One metric of one arm at its selected learning rate: runs counted, mean and sample std."""
+    """One metric of one arm at its selected learning rate: runs counted, mean, sample std, the mean's interval."""
 
     metric: str
     n: int
     mean: float
     std: float
+    ci: Interval
 
 
 @dataclass(frozen=True)
@@ -157,6 +188,14 @@ class ResultsTable:
     rows: tuple[ArmResult, ...]
 
 
+def interval_of(row: pd.Series) -> Interval:
+    """The interval a summary row carries (INTERVAL_COLUMNS)."""
+    low, high, note = row["ci_low"], row["ci_high"], row["ci_note"]
+    return Interval(None if pd.isna(low) else float(low), None if pd.isna(high) else float(high),
+                    float(row["ci_level"]), int(row["ci_resamples"]), int(row["ci_seed"]), str(row["ci_method"]),
+                    None if pd.isna(note) else str(note))
+
+
 def results_tables(summary: pd.DataFrame, at_lr: pd.DataFrame, fractions: tuple[float, ...]) -> tuple[ResultsTable, ...]:
     """Per fraction (in `fractions` order) and task (sorted), the arms at their selected lr.
 
@@ -179,7 +218,7 @@ def _arm_results(rows: pd.DataFrame, task: str) -> tuple[ArmResult, ...]:
         by = cell.set_index("metric")
         first = cell.iloc[0]
         metrics = tuple(
-            MetricResult(m, int(by.at[m, "n"]), float(by.at[m, "mean"]), float(by.at[m, "std"]))
+            MetricResult(m, int(by.at[m, "n"]), float(by.at[m, "mean"]), float(by.at[m, "std"]), interval_of(by.loc[m]))
             for m in task_metrics(task)[:-2]
         )
         best = first["best_run_id"]

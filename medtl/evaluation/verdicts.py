@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from medtl.evaluation.comparisons import Comparisons
-from medtl.evaluation.formatting import num
+from medtl.evaluation.formatting import interval, num
 from medtl.evaluation.stats import primary_metric
+from medtl.evaluation.summaries import interval_of
+from medtl.evaluation.uncertainty import Interval
 from medtl.training.schema import MAIN_ARMS, arm_order
 
 
@@ -18,8 +20,9 @@ from medtl.training.schema import MAIN_ARMS, arm_order
 class Verdict:
     """The answer for one (task, arch, fraction) cell: best arm on the primary metric and on epochs.
 
-    `means` and `epochs` map each arm to its mean at its selected learning rate; `p_metric` and
-    `p_epochs` map each other arm to the adjusted p of its pairwise test against the best arm.
+    `means` and `epochs` map each arm to its mean at its selected learning rate, `intervals` and
+    `epoch_intervals` to that mean's 95 % interval over seeds; `p_metric` and `p_epochs` map each
+    other arm to the adjusted p of its pairwise test against the best arm.
     """
 
     task: str
@@ -35,6 +38,8 @@ class Verdict:
     p_epochs: dict[str, float | None]
     alpha: float
     test: str
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    epoch_intervals: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def significant(self) -> bool:
@@ -49,9 +54,10 @@ class Verdict:
         if self.best is None:
             return f"{where}: no arm has a usable {self.metric} yet."
         tests = "Mann-Whitney U, Bonferroni" if self.test == "mannwhitneyu" else "permutation, Holm"
-        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} ({_means_text(self.means, self.best)})"
+        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} "
+                f"({_means_text(self.means, self.best, self.intervals)})"
                 f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: "
-                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest)})"
+                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest, self.epoch_intervals)})"
                 f"{_sig_text(self.p_epochs, self.alpha)} [{tests}].")
 
 
@@ -63,9 +69,14 @@ def _lead(means: dict[str, float], best: str | None, word: str = "best") -> str:
     return f"tied: {', '.join(tied)}" if len(tied) > 1 else (f"{best} is best" if word == "best" else best)
 
 
-def _means_text(means: dict[str, float], first: str | None) -> str:
+def _means_text(means: dict[str, float], first: str | None, intervals: dict[str, Interval]) -> str:
     order = [first, *[a for a in means if a != first]]
-    return ", ".join(f"{a} {num(means[a], 3)}" for a in order if a in means)
+    shown = []
+    for a in order:
+        if a in means:
+            ci = intervals.get(a)
+            shown.append(f"{a} {num(means[a], 3)}" + ("" if ci is None else f" {interval(ci.low, ci.high, ci.note, 3)}"))
+    return ", ".join(shown)
 
 
 def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
@@ -108,8 +119,8 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
             metric, higher = primary_metric(task)
             cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
                         & rows["arm"].isin(MAIN_ARMS)]
-            means = _arm_means(cell, f"test_{metric}")
-            epochs = _arm_means(cell, "epochs_to_convergence")
+            means, intervals = _arm_means(cell, f"test_{metric}")
+            epochs, epoch_intervals = _arm_means(cell, "epochs_to_convergence")
             best = _pick(means, higher)
             fastest = _pick(epochs, False)
             recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
@@ -119,14 +130,16 @@ def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons
             out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
                                _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
                                fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),
-                               cs.alpha, pair_test))
+                               cs.alpha, pair_test, intervals, epoch_intervals))
     return out
 
 
-def _arm_means(cell: pd.DataFrame, metric: str) -> dict[str, float]:
+def _arm_means(cell: pd.DataFrame, metric: str) -> tuple[dict[str, float], dict[str, Interval]]:
+    """Each arm's mean (arms in display order) and its interval, from the summary's rows."""
     values = cell[(cell["metric"] == metric) & (cell["n"] > 0)]
-    means = {str(a): float(m) for a, m in zip(values["arm"], values["mean"], strict=True) if math.isfinite(m)}
-    return {a: means[a] for a in arm_order(list(means))}
+    rows = {str(row["arm"]): row for _, row in values.iterrows() if math.isfinite(float(row["mean"]))}
+    order = arm_order(list(rows))
+    return {a: float(rows[a]["mean"]) for a in order}, {a: interval_of(rows[a]) for a in order}
 
 
 def _pick(means: dict[str, float], higher: bool) -> str | None:

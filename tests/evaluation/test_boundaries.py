@@ -63,3 +63,29 @@ def test_renderers_compute_nothing():
     paths = [EVALUATION / name for name in RENDERERS]
     assert all(p.is_file() for p in paths)
     assert [v for p in paths for v in violations(p)] == []
+
+
+ALLOWED_MEDTL = ("medtl.evaluation", "medtl.training.spec", "medtl.training.schema", "medtl.calibration",
+                 "medtl.errors", "medtl.atomic", "medtl.redact")
+"""What evaluation may import from medtl: itself, the pure spec and schema of training, the calibration
+formulas the training recipe shares, and the small shared helpers (errors, atomic writes, URL masking)."""
+
+
+def _medtl_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("medtl"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("medtl"):
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_evaluation_imports_only_the_pure_parts_of_medtl():
+    paths = sorted(EVALUATION.glob("*.py"))
+    assert len(paths) > 20
+    offenders = sorted(
+        f"{p.name}: {name}" for p in paths for name in _medtl_imports(p)
+        if not name.startswith(ALLOWED_MEDTL)
+    )
+    assert offenders == []

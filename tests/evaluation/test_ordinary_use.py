@@ -7,6 +7,7 @@ Mann–Whitney U without ties: p = 2 P(U <= u) over the C(n_a + n_b, n_a) equall
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -38,7 +39,7 @@ def _log(client, exp, clock, *, arm, seed, f1, max_epochs, status="FINISHED", di
          tag_fingerprint=False, epochs=3):
     from mlflow.entities import Metric, Param
 
-    init = "domain" if arm == "domain" else "random"
+    init = "domain" if arm == "domain" else arm
     spec = RunSpec(task="demo-binary", arch=ARCH, init=init, lr=1e-3, seed=seed, max_epochs=max_epochs,
                    patience=3, batch_size=8, image_size=32)
     params = {**spec.to_params(), "data_digest": "d1gest", "group": arm}  # the param before the glossary
@@ -196,7 +197,8 @@ def test_a_domain_arm_from_two_pretrained_versions_is_refused(ordinary, tmp_path
 def test_clean_store_is_left_as_it_was(synthetic_store):
     """No duplicates, one protocol: nothing set aside, no labels, and with --exclude-diverged the
     records are exactly the per-fraction comparisons of the raw runs (the numbers before this change)."""
-    from medtl.evaluation.stats import RECORD_KEYS, compare
+    from medtl.evaluation.stats import compare
+    from medtl.evaluation.stats_records import INTERVAL_KEYS, RECORD_KEYS
 
     runs = collect("synth", synthetic_store.uri).runs
     sel = select_runs(runs)
@@ -205,4 +207,69 @@ def test_clean_store_is_left_as_it_was(synthetic_store):
         got = compare_arms(runs, mode, exclude_diverged=True).records()
         full = runs[runs["data_fraction"].fillna(1.0) == 1.0]
         want = compare(full, mode, exclude_diverged=True).to_records()
-        assert [{k: r[k] for k in RECORD_KEYS} for r in got if r["data_fraction"] == 1.0] == want
+        assert [{k: r[k] for k in (*RECORD_KEYS, *INTERVAL_KEYS)} for r in got if r["data_fraction"] == 1.0] == want
+
+
+def _by_hand(values, q, rows):
+    """The q-th percentile (numpy's linear rule) of the means of `values` over the index rows, by hand."""
+    means = sorted(sum(values[i] for i in row) / len(row) for row in rows.tolist())
+    position = q / 100 * (len(means) - 1)
+    below = int(position)
+    return means[below] + (means[min(below + 1, len(means) - 1)] - means[below]) * (position - below)
+
+
+def test_intervals_in_summary_comparisons_and_report_match_a_hand_computation(ordinary, tmp_path):
+    """Protocol A's arms at full data: each mean's and the difference's 95 % percentile bootstrap (2,000
+    resamples from seed 0, the documented draws), computed here by hand; a one-seed arm has none."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from medtl.evaluation.uncertainty import RESAMPLES, SEED
+
+    uri, _ = ordinary
+    db = tmp_path / "one-seed.db"
+    shutil.copy(uri.removeprefix("sqlite:///"), db)
+    copy = f"sqlite:///{db}"
+    client = MlflowClient(copy)
+    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
+    clock = _Clock()
+    clock.now += 10**9
+    _log(client, exp, clock, arm="imagenet", seed=0, f1=0.66, max_epochs=4)  # one seed only
+    out = tmp_path / "rep"
+    assert main(["evaluate", "--study", STUDY, "--tracking-uri", copy, "--no-log", "--out", str(out)]) == 0
+
+    random_a = [0.50, 0.52, 0.54, 0.56, 0.58]
+    domain_a = [0.71, 0.73, 0.75, 0.77, 0.55]
+    rows = np.random.default_rng(SEED).integers(0, 5, size=(RESAMPLES, 5))
+    summary = pd.read_csv(out / "summary.csv")
+    f1 = summary[(summary["arch"] == A) & (summary["metric"] == "test_f1")].set_index("group")
+    assert f1.at["random", "ci_low"] == pytest.approx(_by_hand(random_a, 2.5, rows), abs=1e-12)
+    assert f1.at["random", "ci_high"] == pytest.approx(_by_hand(random_a, 97.5, rows), abs=1e-12)
+    assert f1.at["domain", "ci_low"] == pytest.approx(_by_hand(domain_a, 2.5, rows), abs=1e-12)
+    assert (f1.at["random", "ci_resamples"], f1.at["random", "ci_seed"]) == (RESAMPLES, SEED)
+    assert f1.at["random", "ci_method"] == "percentile bootstrap over seeds"
+    assert math.isnan(f1.at["imagenet", "ci_low"]) and f1.at["imagenet", "ci_note"] == "fewer than 2 seeds (n=1): no interval"
+
+    rng = np.random.default_rng(SEED)
+    first, second = rng.integers(0, 5, size=(RESAMPLES, 5)), rng.integers(0, 5, size=(RESAMPLES, 5))
+    diffs = sorted(sum(random_a[i] for i in r) / 5 - sum(domain_a[j] for j in d) / 5
+                   for r, d in zip(first.tolist(), second.tolist(), strict=True))
+    position = 0.025 * (RESAMPLES - 1)
+    low = diffs[int(position)] + (diffs[int(position) + 1] - diffs[int(position)]) * (position - int(position))
+    records = json.loads((out / "comparisons.json").read_text())
+    (pair,) = [r for r in records if r["arch"] == A and r["metric"] == "test_f1" and r["test"] == "mannwhitneyu"
+               and (r["group_a"], r["group_b"]) == ("random", "domain")]
+    assert pair["mean_diff"] == pytest.approx(np.mean(random_a) - np.mean(domain_a))
+    assert pair["diff_ci_low"] == pytest.approx(low, abs=1e-12) and pair["diff_ci_high"] < 0
+    assert pair["p_raw"] == pytest.approx(8 / 252)  # the paper's p-value is still there, beside the interval
+    assert pair["p_adjusted"] == pytest.approx(min(1.0, 3 * 8 / 252))  # three pairs now: Bonferroni x 3
+    lonely = [r for r in records if r["arch"] == A and r["test"] == "mannwhitneyu" and "imagenet" in (r["group_a"], r["group_b"])
+              and r["metric"] == "test_f1"]
+    assert lonely and all(r["diff_ci_low"] is None and r["diff_ci_note"] == "fewer than 2 seeds (n=1): no interval"
+                          for r in lonely)
+    md = (out / "report.md").read_text()
+    assert f"[{_by_hand(random_a, 2.5, rows):.3g}, {_by_hand(random_a, 97.5, rows):.3g}]" in md
+    assert "[no interval: fewer than 2 seeds (n=1)]" in md and "percentile bootstrap over seeds (2,000 resamples" in md

@@ -20,6 +20,7 @@ from medtl.evaluation.plots import cd_png
 from medtl.evaluation.ranks import Ranks, average_ranks
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import RECORD_KEYS
+from medtl.evaluation.stats_records import INTERVAL_KEYS
 from medtl.evaluation.summaries import SUMMARY_COLUMNS, summarize
 
 from .conftest import STUDY
@@ -61,7 +62,9 @@ def test_comparisons_json_has_the_contract_fields(built):
     assert tests == {"levene", "kruskal", "mannwhitneyu", "ttest"}
     assert {r["data_fraction"] for r in records} == {1.0, 0.25}
     csv = pd.read_csv(out / "comparisons.csv")
-    assert list(csv.columns) == [*RECORD_KEYS, *CELL_RECORD_KEYS] and len(csv) == len(records)
+    # the published keys first, unchanged; the intervals after them
+    assert list(csv.columns) == [*RECORD_KEYS, *CELL_RECORD_KEYS, *INTERVAL_KEYS] and len(csv) == len(records)
+    assert list(records[0]) == [*RECORD_KEYS, *CELL_RECORD_KEYS, *INTERVAL_KEYS]
 
 
 def test_degenerate_cells_are_noted_not_crashed(built):

@@ -21,6 +21,7 @@ from medtl.evaluation.stats_exact import (
     mann_whitney_null_pmf,
     permutation_test,
 )
+from medtl.evaluation.stats_records import INTERVAL_KEYS
 
 SEPARATED = {
     "random": [1, 2, 3, 4, 5],
@@ -319,9 +320,13 @@ def test_records_are_json_safe_with_exactly_the_documented_keys():
     for mode in st.MODES:
         cs = st.compare(df, mode)
         records = cs.to_records()
-        assert records and all(tuple(r) == st.RECORD_KEYS for r in records)
+        assert records and all(tuple(r) == (*st.RECORD_KEYS, *INTERVAL_KEYS) for r in records)
         json.dumps(records, allow_nan=False)
-        assert list(cs.to_frame().columns) == list(st.RECORD_KEYS)
+        assert list(cs.to_frame().columns) == [*st.RECORD_KEYS, *INTERVAL_KEYS]
+        pairs = [r for r in records if r["group_b"] is not None and r["n_a"] >= 2 and r["n_b"] >= 2]
+        assert pairs and all(r["diff_ci_low"] <= r["mean_diff"] <= r["diff_ci_high"] for r in pairs)
+        omnibus = [r for r in records if r["test"] in ("levene", "kruskal")]
+        assert all(r["mean_diff"] is None and r["diff_ci_low"] is None for r in omnibus)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cs.records[0].p_raw = 0.0
 
