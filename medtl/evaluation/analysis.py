@@ -12,6 +12,7 @@ model cards).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -151,6 +152,8 @@ def analyse(
     counted = runs[~(finished & runs["diverged"])] if exclude_diverged else runs
     choices = choose_learning_rates(selection, exclude_diverged)
     chosen = chosen_frame(choices)
+    used = _used_runs(counted, chosen)
+    reading = _read_in_background(predictions, used)  # files parse while the tests run
     ranks = study_ranks(counted, chosen)
     emissions = correlations(counted)
     figures = study_figures(counted, data.histories, chosen, ranks, emissions[0])
@@ -166,7 +169,7 @@ def analyse(
     at_lr = at_chosen(summary, chosen) if not summary.empty else summary
     counts = RunCounts(len(runs), int(finished.sum()), int((finished & runs["diverged"]).sum()),
                        int(runs["failed"].sum()), main.skipped_runs, selection.n_duplicates)
-    diagnostics = _diagnose(counted, chosen, at_lr, predictions)
+    diagnostics = _diagnose(used, at_lr, reading)
     rated = analyse_ratings(ratings) if ratings is not None and not ratings.empty else None
     late = (*diagnostics.figures, *((ratings_figure(rated),) if rated is not None else ()))
     if on_figures is not None and late:
@@ -193,17 +196,32 @@ def analyse(
     )
 
 
-def _diagnose(counted: pd.DataFrame, chosen: pd.DataFrame, at_lr: pd.DataFrame,
-              predictions: PredictionsSource | None) -> Diagnostics:
-    """Diagnostics of each arm's counted runs at its selected lr at full data (the results tables' runs)."""
-    if predictions is None:
-        return no_diagnostics("predictions not read: no calibration, confusion or subgroup results")
+def _used_runs(counted: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose predictions the report uses: each arm's counted runs at its selected lr at full data."""
     ok = usable_runs(counted)
-    used = at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
+    return at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
+
+
+def _read_in_background(predictions: PredictionsSource | None, used: pd.DataFrame) -> Future | None:
+    """Start reading the runs' predictions on a thread (pyarrow parses without the GIL); None: not read."""
+    if predictions is None or used.empty:
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medtl-predictions")
+    try:
+        return pool.submit(predictions, used)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _diagnose(used: pd.DataFrame, at_lr: pd.DataFrame, reading: Future | None) -> Diagnostics:
+    """Diagnostics of the used runs from what the reading found (the best runs' curves from the summary)."""
+    if reading is None:
+        why = "no run at full training data" if used.empty else "predictions not read"
+        return no_diagnostics(f"{why}: no calibration, confusion or subgroup results")
     best = at_lr[(at_lr["data_fraction"] == 1.0) & at_lr["best_run_id"].notna()] if len(at_lr) else at_lr
     best_runs = {(str(t), str(a), str(g)): str(r) for t, a, g, r in
                  best[["task", "arch", "arm", "best_run_id"]].drop_duplicates().itertuples(index=False, name=None)}
-    return diagnose(used, best_runs, predictions)
+    return diagnose(used, best_runs, reading.result())
 
 
 def analyse_study(

@@ -17,6 +17,7 @@ its selected learning rate — from their `predictions/test.csv` (read once, `pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ from medtl.calibration import (
 )
 from medtl.evaluation.figure_data import safe_name
 from medtl.evaluation.figures import ReliabilityFigure, ReliabilityPanel
-from medtl.evaluation.predictions import Predictions, PredictionsSource
+from medtl.evaluation.predictions import Predictions
 from medtl.evaluation.uncertainty import Interval, mean_intervals
 from medtl.training.schema import arm_order
 from medtl.training.spec import TASKS, Task, TaskType
@@ -150,18 +151,17 @@ def confusion_counts(p: Predictions) -> np.ndarray:
 # ---------------------------------------------------------------- a study's diagnostics
 
 
-def diagnose(used: pd.DataFrame, best_runs: dict[tuple[str, str, str], str], read: PredictionsSource) -> Diagnostics:
+def diagnose(
+    used: pd.DataFrame, best_runs: Mapping[tuple[str, str, str], str], found: Mapping[str, Predictions | str]
+) -> Diagnostics:
     """Diagnostics of the runs a report uses.
 
     Args:
-        used: the runs (run_id, task, arch, arm, lr, seed, artifact_uri, and test_ece / test_brier when
-            logged): each arm's counted runs at its selected lr at full training data.
+        used: the runs (run_id, task, arch, arm, lr, seed, and test_ece / test_brier when logged):
+            each arm's counted runs at its selected lr at full training data.
         best_runs: (task, arch, arm) → the arm's best run at that lr (the reliability curve's run).
-        read: reads the runs' predictions (`predictions.PredictionsReader`).
+        found: each run's predictions or why there are none (`predictions.PredictionsReader`).
     """
-    if used.empty:
-        return no_diagnostics("no run at full training data to read predictions of")
-    found = read(used)
     rows, calibration, confusions, subgroups, figures, notes = [], [], [], [], [], []
     for (task, arch), cell in used.groupby(["task", "arch"], sort=True):
         info = TASKS[Task(task)]

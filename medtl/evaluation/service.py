@@ -306,14 +306,16 @@ OPENAPI: dict[str, Any] = {
                              "responses": _ok({"type": "object", "properties": {
                                  "studies": {"type": "array", "items": {"type": "string"}}}})}},
         "/studies/{study}/summary": {"get": {
-            "summary": "summary.csv rows: per task, arch, arm, lr, fraction and metric",
+            "summary": "summary.csv rows: per task, arch, arm, lr, fraction and metric, each mean with its "
+                       "95 % bootstrap interval over seeds (ci_low, ci_high, ci_resamples, ci_seed, ci_note)",
             "parameters": [_STUDY, _param("task", "task name", _CHOICES["task"]),
                            _param("arch", "architecture", _CHOICES["arch"]),
                            _param("metric", "summary metric", SUMMARY_METRICS)],
             "responses": _ok({"type": "object", "properties": {
                 "study": {"type": "string"}, "rows": {"type": "array", "items": {"type": "object"}}}})}},
         "/studies/{study}/comparisons": {"get": {
-            "summary": "comparisons.json records of one mode",
+            "summary": "comparisons.json records of one mode, pairs with mean_diff and its 95 % bootstrap "
+                       "interval over seeds (diff_ci_low, diff_ci_high)",
             "parameters": [_STUDY, _param("task", "task name", _CHOICES["task"]),
                            _param("arch", "architecture", _CHOICES["arch"]),
                            _param("metric", "compared metric", COMPARISON_METRICS),

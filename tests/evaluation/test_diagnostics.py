@@ -10,7 +10,13 @@ import pytest
 
 from medtl.calibration import brier_score, expected_calibration_error
 from medtl.evaluation.analysis import analyse_study
-from medtl.evaluation.predictions import Predictions, PredictionsError, PredictionsReader, parse
+from medtl.evaluation.predictions import (
+    Predictions,
+    PredictionsError,
+    PredictionsReader,
+    columns_of,
+)
+from medtl.evaluation.predictions import parse as parse_columns
 from medtl.mlops.cli import main
 from medtl.training.spec import RunSpec, TaskType
 
@@ -39,6 +45,10 @@ def _table(targets: list[int], probs: list[float]) -> pd.DataFrame:
         "prediction": [int(p >= 0.5) for p in probs], "prob_positive": probs,
         "subgroup_sex": ["female", "male"] * (len(targets) // 2),
     })
+
+
+def parse(frame: pd.DataFrame, task: str) -> Predictions:
+    return parse_columns(columns_of(frame), task)
 
 
 def f1_by_hand(table: pd.DataFrame) -> float:

@@ -70,6 +70,7 @@ def test_summary_matches_summary_csv(server, files):
         served[list(csv.columns)].astype({"lr": float, "data_fraction": float}), csv,
         check_dtype=False, rtol=1e-12,
     )
+    assert served["ci_low"].notna().any() and (served["ci_resamples"] == 2000).all()  # every mean's interval
     status, part = get_json(f"{server}/studies/{STUDY}/summary?task=demo-binary&arch=resnet18&metric=test_f1")
     assert status == 200 and part["rows"]
     assert {(r["task"], r["arch"], r["metric"]) for r in part["rows"]} == {("demo-binary", "resnet18", "test_f1")}
@@ -79,6 +80,8 @@ def test_comparisons_match_comparisons_json(server, files):
     status, body = get_json(f"{server}/studies/{STUDY}/comparisons")
     assert status == 200 and body["mode"] == "paper"
     assert body["records"] == json.loads((files / "comparisons.json").read_text())
+    pairs = [r for r in body["records"] if r["test"] == "mannwhitneyu" and r["n_a"] >= 2 and r["n_b"] >= 2]
+    assert pairs and all(r["diff_ci_low"] <= r["mean_diff"] <= r["diff_ci_high"] for r in pairs)
     status, some = get_json(f"{server}/studies/{STUDY}/comparisons?test=kruskal&metric=test_mae&mode=paper")
     assert status == 200 and {(r["test"], r["metric"]) for r in some["records"]} == {("kruskal", "test_mae")}
     status, rec = get_json(f"{server}/studies/{STUDY}/comparisons?mode=recommended&task=demo-binary")

@@ -1,0 +1,58 @@
+"""Drawing: the same PNG bytes in this process and in the drawing processes, batches, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtl.evaluation.figures import BoxFigure, CdFigure, ReliabilityFigure, ReliabilityPanel
+from medtl.evaluation.plots import Drawing, DrawingError, draw, draw_all
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _boxes(n: int, prefix: str = "box") -> list[BoxFigure]:
+    rng = np.random.default_rng(3)
+    return [BoxFigure(f"{prefix}{i}.png", f"cell {i}", (("test_f1", (("random", rng.random(5)), ("domain", rng.random(4)))),))
+            for i in range(n)]
+
+
+def _reliability() -> ReliabilityFigure:
+    bins = np.array([0.1, 0.5, 0.9])
+    known = ReliabilityPanel("random", "random (run 12345678)", bins, bins + 0.05, bins - 0.1, bins + 0.1, np.array([4, 4, 4]))
+    empty = np.empty(0)
+    unknown = ReliabilityPanel("domain", "domain", empty, empty, empty, empty, empty, note="calibration unknown: no predictions")
+    return ReliabilityFigure("reliability.png", "demo-binary", "resnet18", "reliability", "p(positive)", "observed",
+                             (known, unknown))
+
+
+def test_drawing_processes_give_the_bytes_drawn_here():
+    first, second = _boxes(3), [_reliability(), CdFigure("cd.png", ("a", "b", "c"), (1.2, 2.0, 2.8), 5, 1.48, ((1.2, 2.0),))]
+    here = {f.name: draw(f) for f in (*first, *second)}
+    assert all(png.startswith(PNG) for png in here.values())
+    with Drawing(2) as drawing:
+        drawing.submit(first)
+        drawing.submit(second)  # a later batch, drawn by the same warm workers
+        drawing.submit(first)  # already submitted: nothing sent again
+        assert drawing.result([*first, *second]) == here
+    with Drawing(0) as inline:
+        assert inline.result(first) == {f.name: here[f.name] for f in first}
+    assert draw_all(first) == {f.name: here[f.name] for f in first}
+
+
+def test_a_failing_figure_is_one_error_and_the_process_ends():
+    broken = BoxFigure("broken.png", "broken", (("m", (("a", "not numbers"),)),))
+    with Drawing(1) as drawing:
+        drawing.submit([broken])
+        with pytest.raises(DrawingError, match="drawing the figures failed: ValueError"):
+            drawing.result([broken])
+        process = drawing._process
+    assert not process.is_alive()
+
+
+def test_closing_before_collecting_stops_the_process():
+    drawing = Drawing(2)
+    drawing.submit(_boxes(4))
+    process = drawing._process
+    drawing.close()
+    assert not process.is_alive()
