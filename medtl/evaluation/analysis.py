@@ -136,7 +136,7 @@ def analyse(
         predictions: reads the runs' predictions (`predictions.PredictionsReader`); None: no
             calibration, confusion or subgroup results (the report says so).
         on_figures: called with each batch of figures as soon as it is known — the study's figures
-            before the tests run, the reliability and ratings figures at the end (`plots.Drawing.submit`:
+            before the tests run, the reliability and ratings figures at the end (`drawing.Drawing.submit`:
             they are drawn while the rest is computed).
 
     Raises:

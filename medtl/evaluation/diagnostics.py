@@ -187,10 +187,9 @@ def diagnose(
         if panels and all(p.note for p in panels):
             notes.append(f"{task} / {arch}: no reliability diagram, no arm's best run has predictions.")
         elif panels:
-            names = [f"{p.arm}" for p in panels]
             figures.append(ReliabilityFigure(
                 f"{safe_name('reliability', task, arch)}.png", str(task), str(arch),
-                f"{task} {arch}: reliability of each arm's best run ({', '.join(names)})",
+                f"{task} {arch}: reliability of each arm's best run, 95 % Clopper–Pearson interval per bin",
                 "p(positive)" if info.type is TaskType.BINARY else "top-class confidence",
                 "observed frequency", tuple(panels),
             ))

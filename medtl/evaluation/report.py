@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.atomic import write_atomic
-from medtl.evaluation import plots
 from medtl.evaluation.analysis import Analysis
+from medtl.evaluation.drawing import Drawing, draw_all, for_figures
 from medtl.evaluation.figures import RatingsFigure, ReliabilityFigure
 from medtl.evaluation.formatting import num, published
 from medtl.evaluation.links import run_url
@@ -39,7 +39,7 @@ def render(
     *,
     figures: bool = True,
     ui_url: str | None = None,
-    drawing: plots.Drawing | None = None,
+    drawing: Drawing | None = None,
 ) -> dict[str, Path]:
     """Write every report file of an analysed study into `out` (created if missing).
 
@@ -62,7 +62,7 @@ def render(
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     main = analysis.main
-    own = plots.for_figures(analysis.figures) if figures and drawing is None else None
+    own = for_figures(analysis.figures) if figures and drawing is None else None
     drawing = drawing or own
     written: dict[str, Path] = {}
 
@@ -81,7 +81,7 @@ def render(
         put("tables.tex", latex_tables(analysis))
         if analysis.diagnostics.read:
             put("calibration.csv", analysis.diagnostics.runs.to_csv(index=False))
-        pngs = plots.draw_all(analysis.figures, drawing) if figures else {}
+        pngs = draw_all(analysis.figures, drawing) if figures else {}
     finally:
         if own is not None:
             own.close()
@@ -240,5 +240,6 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
         shown = aside[["run_id", "task", "arch", "arm", "lr", "seed", "status", "kept_run_id"]].head(200)
         blocks.append(("table", published(shown)))
     if analysis.ratings is not None:
-        blocks += ratings_blocks(analysis.ratings, plots.RATINGS_FIGURE in figures)
+        drawn = any(isinstance(f, RatingsFigure) and f.name in figures for f in analysis.figures)
+        blocks += ratings_blocks(analysis.ratings, drawn)
     return blocks

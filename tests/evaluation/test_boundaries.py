@@ -13,7 +13,7 @@ from pathlib import Path
 import medtl.evaluation
 
 EVALUATION = Path(medtl.evaluation.__file__).parent
-RENDERERS = ("report.py", "report_tables.py", "report_pages.py", "plots.py")
+RENDERERS = ("report.py", "report_tables.py", "report_pages.py", "plots.py", "drawing.py")
 RENDER_HELPERS = {"medtl.evaluation.formatting", "medtl.evaluation.links", "medtl.atomic",
                   *(f"medtl.evaluation.{name.removesuffix('.py')}" for name in RENDERERS)}
 NUMERIC_LIBRARIES = ("scipy", "sklearn", "statsmodels", "medtl.calibration")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtl.evaluation.plots import Drawing
+from medtl.evaluation.drawing import Drawing
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training import schema as S

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medtl.evaluation.drawing import Drawing, DrawingError, draw_all
 from medtl.evaluation.figures import BoxFigure, CdFigure, ReliabilityFigure, ReliabilityPanel
-from medtl.evaluation.plots import Drawing, DrawingError, draw, draw_all
+from medtl.evaluation.plots import draw
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
