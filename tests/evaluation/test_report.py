@@ -157,3 +157,18 @@ def test_average_ranks_and_cd():
     short = average_ranks(means.iloc[:1], pd.Series([True]))
     assert short.cd is None and "2+ complete cells" in (short.note or "")
     assert isinstance(short, Ranks)
+
+
+def test_excluded_diverged_runs_leave_every_number_computed_once(synthetic_store):
+    """One computation per number: with --exclude-diverged the emissions sentence, the emissions figure
+    and the ranks all count the same runs (the diverged ones left out)."""
+    from medtl.evaluation.figures import EmissionsFigure
+
+    data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
+    excluded = analyse(data, "paper", exclude_diverged=True)
+    counted = analyse(data, "paper")
+    (figure,) = [f for f in excluded.figures if isinstance(f, EmissionsFigure)]
+    assert figure.correlation == excluded.emissions[0]
+    finished = data.runs[(data.runs["status"] == "FINISHED") & data.runs["emissions_kg"].notna()]
+    assert counted.emissions[0].n == len(finished)
+    assert excluded.emissions[0].n == len(finished) - len(synthetic_store.diverged)
