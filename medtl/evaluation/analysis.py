@@ -25,7 +25,7 @@ from medtl.evaluation.comparisons import (
     chosen_frame,
     compare_arms,
 )
-from medtl.evaluation.diagnostics import Diagnostics, diagnose, no_diagnostics
+from medtl.evaluation.diagnostics import ArmCalibration, Diagnostics, diagnose, no_diagnostics
 from medtl.evaluation.figure_data import CURVE_EPOCHS, correlations, ratings_figure, study_figures
 from medtl.evaluation.figures import Correlation, Figure
 from medtl.evaluation.predictions import PredictionsReader, PredictionsSource
@@ -35,6 +35,7 @@ from medtl.evaluation.reader_stats import RatingsResult, analyse_ratings
 from medtl.evaluation.selection import Selection, select_runs
 from medtl.evaluation.stats import MODES, StatsError
 from medtl.evaluation.summaries import (
+    ArmResult,
     ResultsTable,
     at_chosen,
     is_cheap,
@@ -105,6 +106,20 @@ class Analysis:
     @property
     def exclude_diverged(self) -> bool:
         return self.main.exclude_diverged
+
+    def verdict_for(self, task: str, arch: str, data_fraction: float = 1.0) -> Verdict | None:
+        """The verdict of one cell (`arch` as the report labels it when a cell has several protocols):
+        best arm, each arm's mean with its interval, the adjusted p against the best arm."""
+        return next((v for v in self.verdicts if (v.task, v.arch, v.data_fraction) == (task, arch, data_fraction)), None)
+
+    def results_for(self, task: str, arch: str, data_fraction: float = 1.0) -> tuple[ArmResult, ...]:
+        """One cell's results-table rows: each arm at its selected lr, every test metric with its interval."""
+        return tuple(r for t in self.results if (t.task, t.data_fraction) == (task, data_fraction)
+                     for r in t.rows if r.arch == arch)
+
+    def calibration_for(self, task: str, arch: str) -> tuple[ArmCalibration, ...]:
+        """One classification cell's calibration at full data: ECE and Brier per arm with their intervals."""
+        return tuple(a for a in self.diagnostics.calibration if (a.task, a.arch) == (task, arch))
 
 
 def analyse(

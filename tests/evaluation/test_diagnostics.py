@@ -174,6 +174,11 @@ def test_the_analysis_names_the_best_runs_curves(store):
     arms = {a.arm: a for a in analysis.diagnostics.calibration}
     assert arms["random"].ece == pytest.approx(0.123 / 2) and arms["random"].ece_ci.available
     assert arms["domain"].unknown == (runs["domain1"],) and not arms["domain"].ece_ci.available
+    assert analysis.calibration_for("demo-binary", ARCH) == analysis.diagnostics.calibration
+    verdict = analysis.verdict_for("demo-binary", ARCH)
+    assert verdict.best in ("random", "domain") and verdict.intervals["random"].available
+    assert {r.arm for r in analysis.results_for("demo-binary", ARCH)} == {"random", "domain"}
+    assert analysis.verdict_for("demo-binary", "vgg16") is None
     without = analyse_study(STUDY, uri, predictions=False)
     assert not without.diagnostics.read and not any(f.name.startswith("reliability_") for f in without.figures)
 
