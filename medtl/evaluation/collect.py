@@ -222,12 +222,7 @@ def _tidy(
     out["fingerprint"] = _col(t, S.FINGERPRINT_TAG).astype("string")
     missing = out.index[out["fingerprint"].isna()]
     if len(missing):  # stores written before the tag existed: recompute it from the logged params
-        memo: dict[tuple[tuple[str, str], ...], str | None] = {}
-        out.loc[missing, "fingerprint"] = pd.Series(
-            [_recomputed_fingerprint(row, memo) for row in p.loc[missing].to_dict("index").values()],
-            index=missing,
-            dtype="string",
-        )
+        out.loc[missing, "fingerprint"] = _recomputed_fingerprints(p.loc[missing])
     m = _wide(latest, "run_id", "key", "value").reindex(out.index)
     for name in FINAL_METRICS:
         out[name] = pd.to_numeric(_col(m, name), errors="coerce").astype(float)
@@ -240,6 +235,19 @@ def _tidy(
     out = out.reset_index().rename(columns={"index": "run_id"})
     return out.sort_values(["task", "arch", "arm", "lr", "seed", "run_id"], na_position="last",
                            kind="stable").reset_index(drop=True)
+
+
+def _recomputed_fingerprints(params: pd.DataFrame) -> pd.Series:
+    """Each run's protocol fingerprint from its logged params, computed once per distinct protocol (rows
+    that agree on every protocol param share it: lr and seed do not enter it)."""
+    keys = [c for c in params.columns if c in _PROTOCOL_PARAMS or c in ("task", "arch")]
+    if not keys:
+        return pd.Series(pd.NA, index=params.index, dtype="string")
+    codes = params[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    first = params.index[np.unique(codes, return_index=True)[1]]
+    memo: dict = {}
+    found = [_recomputed_fingerprint(row, memo) for row in params.loc[first].to_dict("index").values()]
+    return pd.Series(np.asarray(found, dtype=object)[codes], index=params.index, dtype="string")
 
 
 def _recomputed_fingerprint(params: dict[str, Any], memo: dict) -> str | None:
