@@ -189,7 +189,7 @@ def diagnose(
         elif panels:
             figures.append(ReliabilityFigure(
                 f"{safe_name('reliability', task, arch)}.png", str(task), str(arch),
-                f"{task} {arch}: reliability of each arm's best run, 95 % Clopper–Pearson interval per bin",
+                f"{task} {arch}: reliability of each arm's best run",
                 "p(positive)" if info.type is TaskType.BINARY else "top-class confidence",
                 "observed frequency", tuple(panels),
             ))

@@ -118,7 +118,7 @@ class ReliabilityPanel:
 
 @dataclass(frozen=True)
 class ReliabilityFigure:
-    """Reliability diagrams of a (task, arch) cell: one panel per arm."""
+    """The reliability diagram of a (task, arch) cell: one curve (a `ReliabilityPanel`) per arm."""
 
     name: str
     task: str

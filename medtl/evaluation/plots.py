@@ -204,26 +204,24 @@ def ratings_png(figure: RatingsFigure) -> bytes:
 
 
 def reliability_png(figure: ReliabilityFigure) -> bytes:
-    """Reliability diagrams, one panel per arm: observed frequency against confidence per equal-mass bin,
-    with each bin's 95 % Clopper–Pearson interval; the diagonal is perfect calibration."""
-    n = max(1, len(figure.panels))
-    fig, axes = _figure(2.9 * n, 3.2, ncols=n)
+    """A cell's reliability diagram: per arm, observed frequency against confidence in each equal-mass bin
+    with its 95 % Clopper–Pearson interval, all arms on one axes; the diagonal is perfect calibration."""
+    fig, (ax,) = _figure(5.6, 3.9)
     arms = [p.arm for p in figure.panels]
-    for i, (ax, panel) in enumerate(zip(axes, figure.panels, strict=False)):
-        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
+    for panel in figure.panels:
+        colour = _colour(arms, panel.arm)
         if panel.note:
-            ax.text(0.5, 0.5, panel.note.replace(": ", ":\n", 1), ha="center", va="center", fontsize=7,
-                    wrap=True, transform=ax.transAxes)
-        else:
-            ax.errorbar(panel.confidence, panel.observed, yerr=[panel.observed - panel.low, panel.high - panel.observed],
-                        fmt="o", ms=3, capsize=2, lw=1, color=_colour(arms, panel.arm))
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(panel.label, fontsize=8)
-        ax.set_xlabel(figure.xlabel, fontsize=8)
-        if i == 0:
-            ax.set_ylabel(figure.ylabel, fontsize=8)
-    fig.suptitle(figure.title, fontsize=9)
+            ax.plot([], [], " ", label=f"{panel.label}: {panel.note}")
+            continue
+        ax.errorbar(panel.confidence, panel.observed, yerr=[panel.observed - panel.low, panel.high - panel.observed],
+                    fmt="o-", ms=3, lw=1, capsize=2, color=colour, label=panel.label)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(figure.xlabel)
+    ax.set_ylabel(figure.ylabel)
+    ax.set_title(figure.title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", title="bars: 95 % Clopper–Pearson", title_fontsize=6)
     return _png(fig)
 
 

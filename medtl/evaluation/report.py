@@ -139,7 +139,7 @@ def diagnostics_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Bl
         blocks.append(("p", "ECE over 10 equal-mass bins and Brier score of each run's test predictions — the run's "
                             "own test_ece / test_brier when it logged them, else recomputed from its "
                             "predictions/test.csv — as mean ± sd [interval] over the seeds at each arm's selected "
-                            "learning rate (per run: calibration.csv). Reliability diagrams: each arm's best run "
+                            "learning rate (per run: calibration.csv). Reliability diagram per cell: one curve per arm, its best run "
                             "(the one `medtl promote` picks), observed frequency per bin with its 95 % "
                             "Clopper–Pearson interval; one run, because the seeds predict the same test images."))
         for task in sorted({a.task for a in d.calibration}):
@@ -193,9 +193,9 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
                             "architecture is labelled with the parameters that differ: "
                             + "; ".join(sorted(set(split["arch"]))) + "."))
     blocks += [("p", note) for note in selection.notes]
-    blocks.append(("p", f"Every arm mean and every difference between two arms carries a {LEVEL:.0%} {METHOD} "
-                        f"({RESAMPLES:,} resamples, seed {SEED}) in brackets; an arm with fewer than 2 seeds has "
-                        "none (\"no interval\"), never one of zero width. Tables: mean ± sample sd [interval]."))
+    blocks.append(("p", f"Every arm mean and every difference between two arms carries its {LEVEL:.0%} interval in "
+                        f"brackets ({METHOD}, {RESAMPLES:,} resamples, seed {SEED}); an arm with fewer than 2 seeds "
+                        "has none (\"no interval\"), never one of zero width. Tables: mean ± sample sd [interval]."))
     blocks.append(("h", 2, "Results on the test set"))
     for table in analysis.results:
         label = "" if table.data_fraction == 1.0 else f", {table.data_fraction:.0%} of the training data"

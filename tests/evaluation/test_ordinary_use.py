@@ -272,4 +272,4 @@ def test_intervals_in_summary_comparisons_and_report_match_a_hand_computation(or
                           for r in lonely)
     md = (out / "report.md").read_text()
     assert f"[{_by_hand(random_a, 2.5, rows):.3g}, {_by_hand(random_a, 97.5, rows):.3g}]" in md
-    assert "[no interval: fewer than 2 seeds (n=1)]" in md and "percentile bootstrap over seeds (2,000 resamples" in md
+    assert "[no interval: fewer than 2 seeds (n=1)]" in md and "(percentile bootstrap over seeds, 2,000 resamples, seed 0)" in md
