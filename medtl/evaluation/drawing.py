@@ -3,8 +3,10 @@ analysis, warm when they draw (fonts and text layout loaded once, then forked)."
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +56,8 @@ class Drawing:
             # not a daemon: it forks the workers itself; `close` (or the pipe closing) ends it
             self._process = context.Process(target=_serve, args=(child, self.workers), name="medtl-drawing")
             self._process.start()
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # both sides set it: no race
+                os.setpgid(self._process.pid, self._process.pid)
             child.close()
 
     def submit(self, figures: Sequence[Figure]) -> None:
@@ -93,14 +97,14 @@ class Drawing:
             return
         try:
             if self._waiting:
-                self._process.terminate()
+                _signal_group(self._process.pid, signal.SIGTERM)  # the process and the workers it forked
             else:
                 self._conn.send(None)
         except (BrokenPipeError, OSError):
             pass
         self._process.join(timeout=10)
         if self._process.is_alive():
-            self._process.kill()
+            _signal_group(self._process.pid, signal.SIGKILL)
             self._process.join()
         self._conn.close()
         self._process = None
@@ -117,12 +121,21 @@ def _warm() -> None:
     draw(BoxFigure("warm.png", "warm", (("m", (("a", np.array([1.0, 2.0])),)),)))
 
 
+def _signal_group(pid: int, signum: int) -> None:
+    """Send `signum` to the drawing process's group (it leads one: see `_serve`)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
 def _serve(conn: Any, workers: int) -> None:
     """The drawing process: warm up, then draw each batch of figures it receives in `workers` forked
-    copies of itself (forked at the first batch), until it receives None or the pipe closes."""
-    import signal
+    copies of itself (forked at the first batch), until it receives None or the pipe closes.
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops this process
+    It leads its own process group, so that stopping it early stops its workers too, and leaves Ctrl-C
+    to the parent, which stops it."""
+    with contextlib.suppress(PermissionError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _warm()
     pool: ProcessPoolExecutor | None = None
     try:

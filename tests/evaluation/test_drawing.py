@@ -51,9 +51,39 @@ def test_a_failing_figure_is_one_error_and_the_process_ends():
     assert not process.is_alive()
 
 
-def test_closing_before_collecting_stops_the_process():
+def test_closing_before_collecting_stops_the_process_and_its_workers():
+    import os
+    import time
+
     drawing = Drawing(2)
-    drawing.submit(_boxes(4))
+    drawing.submit(_boxes(40))
     process = drawing._process
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_children(process.pid)) < 2:  # the workers are drawing
+        time.sleep(0.05)
+    workers = _children(process.pid)
+    assert len(workers) == 2
     drawing.close()
     assert not process.is_alive()
+    time.sleep(0.5)
+    assert [w for w in workers if os.path.exists(f"/proc/{w}") and _state(w) != "Z"] == []
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _state(pid: int) -> str:
+    from pathlib import Path
+
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
