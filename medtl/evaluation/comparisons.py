@@ -86,11 +86,6 @@ class Comparisons:
         frames = [cs.selection_frame().assign(data_fraction=f) for f, cs in self.sets]
         return pd.concat(frames, ignore_index=True)
 
-    def chosen_lrs(self) -> pd.DataFrame:
-        """The selected learning rates (task, arch, arm, data_fraction, lr), selectable ones only."""
-        sel = self.selection()
-        return sel.loc[sel["lr"].notna(), ["task", "arch", "arm", "data_fraction", "lr"]]
-
 
 def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str | None, str, int]]:
     """(task, arch label, fraction) → (fingerprint, protocol label, duplicates set aside)."""
@@ -128,7 +123,7 @@ def choose_learning_rates(selection: Selection, exclude_diverged: bool = False) 
 
 
 def chosen_frame(choices: LrChoices) -> pd.DataFrame:
-    """The selectable learning rates as rows (task, arch, arm, data_fraction, lr): `Comparisons.chosen_lrs`."""
+    """The selectable learning rates as rows (task, arch, arm, data_fraction, lr), fractions in `choices` order."""
     frames = [pd.DataFrame([dataclasses.asdict(c) for c in cs], columns=list(LR_COLUMNS)).assign(data_fraction=f)
               for f, cs in choices]
     sel = pd.concat(frames, ignore_index=True)

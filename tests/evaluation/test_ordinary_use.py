@@ -93,6 +93,22 @@ def ordinary(tmp_path_factory):
     return uri, aside
 
 
+def _with_one_more_run(uri, path, **run):
+    """A copy of the store at `path` with one more run, logged later than everything in it."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(uri.removeprefix("sqlite:///"), path)
+    copy = f"sqlite:///{path}"
+    client = MlflowClient(copy)
+    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
+    clock = _Clock()
+    clock.now += 10**9
+    _log(client, exp, clock, **run)
+    return copy
+
+
 def _pair(records, arch, metric="test_f1"):
     hits = [r for r in records if r["arch"] == arch and r["metric"] == metric and r["test"] == "mannwhitneyu"]
     assert len(hits) == 1, hits
@@ -165,20 +181,10 @@ def test_report_and_cli_say_what_was_set_aside(ordinary, tmp_path, capsys):
 
 
 def test_a_domain_arm_from_two_pretrained_versions_is_refused(ordinary, tmp_path, capsys):
-    import shutil
-
-    from mlflow.tracking import MlflowClient
-
     uri, _ = ordinary
-    db = tmp_path / "mixed.db"
-    shutil.copy(uri.removeprefix("sqlite:///"), db)
-    mixed = f"sqlite:///{db}"
-    client = MlflowClient(mixed)
-    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
-    clock = _Clock()
-    clock.now += 10**9  # later than everything: this re-run of seed 0 counts
-    _log(client, exp, clock, arm="domain", seed=0, f1=0.72, max_epochs=50, tag_fingerprint=True,
-         version="pretrained-resnet18/2")
+    # later than everything: this re-run of seed 0 counts
+    mixed = _with_one_more_run(uri, tmp_path / "mixed.db", arm="domain", seed=0, f1=0.72, max_epochs=50,
+                               tag_fingerprint=True, version="pretrained-resnet18/2")
     out = tmp_path / "x"
     assert main(["evaluate", "--study", STUDY, "--tracking-uri", mixed, "--no-log", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -221,23 +227,13 @@ def _by_hand(values, q, rows):
 def test_intervals_in_summary_comparisons_and_report_match_a_hand_computation(ordinary, tmp_path):
     """Protocol A's arms at full data: each mean's and the difference's 95 % percentile bootstrap (2,000
     resamples from seed 0, the documented draws), computed here by hand; a one-seed arm has none."""
-    import shutil
-
     import numpy as np
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
     from medtl.evaluation.uncertainty import RESAMPLES, SEED
 
     uri, _ = ordinary
-    db = tmp_path / "one-seed.db"
-    shutil.copy(uri.removeprefix("sqlite:///"), db)
-    copy = f"sqlite:///{db}"
-    client = MlflowClient(copy)
-    exp = client.get_experiment_by_name(f"medtl/{STUDY}").experiment_id
-    clock = _Clock()
-    clock.now += 10**9
-    _log(client, exp, clock, arm="imagenet", seed=0, f1=0.66, max_epochs=4)  # one seed only
+    copy = _with_one_more_run(uri, tmp_path / "one-seed.db", arm="imagenet", seed=0, f1=0.66, max_epochs=4)
     out = tmp_path / "rep"
     assert main(["evaluate", "--study", STUDY, "--tracking-uri", copy, "--no-log", "--out", str(out)]) == 0
 
