@@ -139,11 +139,12 @@ def test_readme_figure_fills_the_block_from_the_report(tmp_path):
     (report / "plots").mkdir(parents=True)
     (report / "plots" / "fractions_demo-binary_resnet18.png").write_bytes(b"\x89PNG fake")
     rows = [{"task": "demo-binary", "arch": "resnet18", "group": g, "lr": 0.001, "data_fraction": 0.5,
-             "metric": "test_f1", "n": 5, "mean": m, "std": 0.1} for g, m in (("random", 0.04), ("domain", 0.85))]
+             "metric": "test_f1", "n": 5, "mean": m, "std": 0.1, "ci_low": m - 0.05, "ci_high": m + 0.05}
+            for g, m in (("random", 0.04), ("domain", 0.85))]
     pd.DataFrame(rows).to_csv(report / "summary.csv", index=False)
     records = [{"task": "demo-binary", "arch": "resnet18", "metric": "test_f1", "test": "mannwhitneyu",
                 "group_a": "random", "group_b": "domain", "lr_a": 0.001, "lr_b": 0.001, "p_raw": 0.0095,
-                "p_adjusted": 0.0095}]
+                "p_adjusted": 0.0095, "mean_diff": -0.81, "diff_ci_low": -0.88, "diff_ci_high": -0.74}]
     (report / "comparisons.json").write_text(json.dumps(records))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{module.START}\nold\n{module.END}\nrest\n")
@@ -151,6 +152,7 @@ def test_readme_figure_fills_the_block_from_the_report(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
     assert "![fractions_demo-binary_resnet18](docs/demo/fractions_demo-binary_resnet18.png)" in text
-    assert "| demo-binary | resnet18 | test_f1 | 0.040 ± 0.100 (n=5) | 0.850 ± 0.100 (n=5) | 0.0095 |" in text
+    assert ("| demo-binary | resnet18 | test_f1 | 0.040 ± 0.100 [-0.010, 0.090] (n=5) | 0.850 ± 0.100 [0.800, 0.900] (n=5) "
+            "| +0.810 [0.740, 0.880] | 0.0095 |") in text
     assert (tmp_path / "docs" / "demo" / "fractions_demo-binary_resnet18.png").is_file()
     assert module.main(["--report", str(tmp_path / "none"), "--readme", str(readme)]) == 2

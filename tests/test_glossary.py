@@ -21,6 +21,10 @@ RETIRED = {
     r"\bretry_point\b": "requeue_failed (re-queue)",
     r"\bmax_retries\b": "max_requeues (re-queue)",
     r"\bretry_budget_s\b": "knobs.infra_patience_s (one infrastructure budget)",
+    # evaluation: the arm is the column `arm`; published files keep `group` through formatting.published
+    r'\["group"\]': 'column "arm" (arm)',
+    r'"group", "(?:lr|status|data_fraction)"': 'column "arm" in key and column lists (arm)',
+    r"\b(?:LrChoice|ArmCount)\(.*\bgroup\b": "LrChoice.arm, ArmCount.arm (arm)",
 }
 
 

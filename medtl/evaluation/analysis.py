@@ -1,446 +1,285 @@
-"""Evaluation's computations, apart from their rendering: summaries, best runs, arm comparisons
-per fraction, average ranks and the reader-study ratings statistics.
+"""The frozen analysis of one study: everything its report shows, computed once.
 
-Everything here returns plain frames, dicts or frozen dataclasses; `report`, `plots` and
-`ratings` only turn them into tables, figures and documents. Arm comparisons themselves are
-`stats.compare` (paper and recommended mode); run selection (one run per grid point, protocols
-split, the best-run rule) is `selection`.
+`analyse` turns a collected study into an `Analysis` — the runs counted and set aside, every
+mode's comparisons, summary.csv, the selected learning rates, the results tables, the verdicts,
+the arms' average ranks, the emissions correlations, the reader-study statistics and the numbers
+behind every figure. `report`, `report_tables`, `report_pages`, `plots` and `ratings` only turn it
+into files (tests/evaluation/test_boundaries.py reads them for statistics). `analyse_study` is the
+one call for "the analysis of study X in this tracking store" (`medtl evaluate`, `medtl serve`,
+model cards).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
-from itertools import combinations
-from typing import Any
+from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from medtl.errors import UserError
-from medtl.evaluation.selection import Selection, select_runs, validation_rank_key
-from medtl.evaluation.stats import RECORD_KEYS, ComparisonSet, compare, primary_metric
-from medtl.training.schema import MAIN_ARMS, arm_order
-from medtl.training.spec import TASKS, TEST_METRICS, Task
-
-# ---------------------------------------------------------------- runs, summaries, best runs
-
-KEYS = ("task", "arch", "group", "lr", "data_fraction")
-
-
-def known_task_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose task medtl knows, with missing fractions read as full data (1.0)."""
-    known = {t.value for t in Task}
-    out = runs[runs["task"].isin(known)].copy()
-    out["data_fraction"] = out["data_fraction"].fillna(1.0)
-    return out
-
-
-def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Known-task runs that FINISHED (the ones statistics use; a diverged run counts with its best
-    checkpoint — the report drops diverged rows first when asked to exclude them)."""
-    out = known_task_runs(runs)
-    return out[out["status"] == "FINISHED"]
-
-
-def at_chosen(frame: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
-    """Rows of `frame` at their arm's selected learning rate (chosen: task, arch, group, data_fraction, lr)."""
-    keys = ["task", "arch", "group", "data_fraction", "lr"]
-    if chosen.empty:
-        return frame.iloc[0:0]
-    return frame.merge(chosen[keys].astype({"lr": float, "data_fraction": float}), on=keys)
-
-
-EXTRA_SUMMARY = ("epochs_to_convergence", "emissions_kg", "energy_kwh", "duration_s")
-
-
-SUMMARY_COLUMNS = (
-    *KEYS, "metric", "n", "mean", "std", "median", "min", "max",
-    "n_runs", "n_failed", "n_diverged", "best_run_id", "best_val",
+from medtl.evaluation.collect import StudyData, collect
+from medtl.evaluation.comparisons import (
+    Comparisons,
+    choose_learning_rates,
+    chosen_frame,
+    compare_arms,
 )
+from medtl.evaluation.diagnostics import ArmCalibration, Diagnostics, diagnose, no_diagnostics
+from medtl.evaluation.figure_data import CURVE_EPOCHS, correlations, ratings_figure, study_figures
+from medtl.evaluation.figures import Correlation, Figure
+from medtl.evaluation.predictions import PredictionsReader, PredictionsSource
+from medtl.evaluation.ranks import Ranks, study_ranks
+from medtl.evaluation.reader_ratings import collect_ratings
+from medtl.evaluation.reader_stats import RatingsResult, analyse_ratings
+from medtl.evaluation.selection import Selection, select_runs
+from medtl.evaluation.stats import MODES, StatsError
+from medtl.evaluation.summaries import (
+    ArmResult,
+    ResultsTable,
+    at_chosen,
+    is_cheap,
+    results_tables,
+    summarize,
+    usable_runs,
+)
+from medtl.evaluation.verdicts import Verdict, verdicts
+from medtl.training import schema as S
+
+FAILED_COLUMNS = ("run_id", "task", "arch", "arm", "lr", "seed", "status", "failure_reason")
 
 
-CHEAP_ARM_SIZE = 8
+@dataclass(frozen=True)
+class RunCounts:
+    """How many runs the analysis counted, and what became of them."""
 
+    n_runs: int
+    n_finished: int
+    n_diverged: int
+    n_failed: int
+    n_unknown_task: int
+    n_set_aside: int
 
-CELL_RECORD_KEYS = ("data_fraction", "fingerprint", "protocol", "n_duplicates_set_aside", "diverged_runs")
-"""Keys comparisons.json adds to each stats record: the cell's fraction and protocol, how many
-duplicate runs of the cell were set aside, and whether diverged runs were `counted` or `excluded`."""
-
-
-_STATS_COLUMNS = (*KEYS, "seed", "status", "diverged", "epochs_to_convergence")
-
-
-def _cell_info(sel: Selection | None) -> dict[tuple[str, str, float], tuple[str | None, str, int]]:
-    """(task, arch label, fraction) → (fingerprint, protocol label, duplicates set aside)."""
-    if sel is None:
-        return {}
-    duplicates = sel.set_aside.groupby(["task", "arch", "data_fraction"]).size().to_dict()
-    out: dict[tuple[str, str, float], tuple[str | None, str, int]] = {}
-    for row in sel.protocols.itertuples(index=False):
-        key = (str(row.task), str(row.arch), float(row.data_fraction))
-        out.setdefault(key, (str(row.fingerprint), str(row.protocol), int(duplicates.get(key, 0))))
-    for key, n in duplicates.items():
-        cell = (str(key[0]), str(key[1]), float(key[2]))
-        if cell not in out:
-            out[cell] = (None, "", int(n))
-    return out
-
-
-def is_cheap(runs: pd.DataFrame) -> bool:
-    """Whether a second analysis mode is cheap: no arm holds more than CHEAP_ARM_SIZE runs."""
-    usable = known_task_runs(runs)
-    if usable.empty:
-        return True
-    return int(usable.groupby(list(KEYS), dropna=False).size().max()) <= CHEAP_ARM_SIZE
-
-
-def task_metrics(task: str) -> list[str]:
-    """A task's summary metrics: its test metrics, then epochs, emissions, energy, duration."""
-    return [f"test_{m}" for m in TEST_METRICS[TASKS[Task(task)].type]] + list(EXTRA_SUMMARY)
-
-
-def summarize(runs: pd.DataFrame, exclude_diverged: bool = False) -> pd.DataFrame:
-    """Per (task, arch, arm, lr, fraction) and metric: n, mean, sample std, median, min, max.
-
-    Statistics use FINISHED runs with a finite value (diverged ones at their best checkpoint,
-    unless `exclude_diverged`); `n_runs`, `n_failed` and `n_diverged` count every run. Runs not
-    yet through `select_runs` are selected first (one per grid point, protocols split). `best_run_id` is the usable run with the best validation
-    primary metric (direction-aware) and `best_val` that value.
-
-    Args:
-        runs: `collect(...).runs`.
-
-    Returns:
-        The summary.csv table (SUMMARY_COLUMNS), sorted by its keys.
-    """
-    if "protocol" not in runs.columns:
-        runs = select_runs(runs, allow_mixed_pretrained=True).runs
-    data = known_task_runs(runs)
-    if data.empty:
-        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    data["_usable"] = (data["status"] == "FINISHED") & ~(data["diverged"] & exclude_diverged)
-    data["_div"] = (data["status"] == "FINISHED") & data["diverged"]
-    cells, values = [], []
-    for task, rows in data.groupby("task"):
-        metrics = pd.DataFrame({"metric": task_metrics(str(task))})
-        cells.append(rows[list(KEYS)].drop_duplicates().merge(metrics, how="cross"))
-        long = rows[rows["_usable"]].melt(id_vars=list(KEYS), value_vars=metrics["metric"].tolist(), var_name="metric")
-        values.append(long[np.isfinite(long["value"].astype(float))])
-    long = pd.concat(values, ignore_index=True)
-    long["value"] = long["value"].astype(float)
-    stats = long.groupby([*KEYS, "metric"], dropna=False)["value"].agg(["count", "mean", "std", "median", "min", "max"])
-    table = pd.concat(cells, ignore_index=True).merge(stats.reset_index(), on=[*KEYS, "metric"], how="left")
-    table = table.rename(columns={"count": "n"})
-    table["n"] = table["n"].fillna(0).astype(int)
-    counts = data.groupby(list(KEYS), dropna=False).agg(
-        n_runs=("run_id", "size"), n_failed=("failed", "sum"), n_diverged=("_div", "sum")
-    )
-    table = table.merge(counts.reset_index(), on=list(KEYS), how="left")
-    table = table.merge(_best_runs(data), on=list(KEYS), how="left")
-    return table.sort_values([*KEYS, "metric"], kind="stable").reset_index(drop=True).loc[:, list(SUMMARY_COLUMNS)]
-
-
-def _best_runs(data: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for key, group in data[data["_usable"]].groupby(list(KEYS), dropna=False):
-        metric, higher = primary_metric(key[0])
-        val = group[f"best_val_{metric}"].to_numpy(dtype=float)
-        ok = np.isfinite(val)
-        if not ok.any():
-            continue
-        loss = group["best_val_loss"].to_numpy(dtype=float) if "best_val_loss" in group else np.full(len(val), np.inf)
-        loss = np.where(np.isnan(loss), np.inf, loss)
-        ranked = [(validation_rank_key(v, lo, t, higher), i) for i, (v, lo, t, good)
-                  in enumerate(zip(val, loss, group["start_time"], ok, strict=True)) if good]
-        best = min(ranked, key=lambda pair: pair[0])[1]
-        rows.append((*key, group["run_id"].iat[best], float(val[best])))
-    return pd.DataFrame(rows, columns=[*KEYS, "best_run_id", "best_val"])
-
-
-def chosen_lrs(analysis: Analysis) -> pd.DataFrame:
-    """The selected learning rates (task, arch, group, data_fraction, lr), selectable ones only."""
-    sel = analysis.selection()
-    return sel.loc[sel["lr"].notna(), ["task", "arch", "group", "data_fraction", "lr"]]
-
-# ---------------------------------------------------------------- arm comparisons
 
 @dataclass(frozen=True)
 class Analysis:
-    """One mode's comparisons: one ComparisonSet per training-data fraction (largest first)."""
+    """One study analysed: every number its report, its files and the served API show.
 
-    mode: str
-    per_lr: bool
-    sets: tuple[tuple[float, ComparisonSet], ...]
-    skipped_runs: int = 0
-    chosen_runs: Selection | None = None
-    exclude_diverged: bool = False
+    `comparisons[0]` is the main mode's (comparisons.json); a second mode, when cheap, follows.
+    `summary` is summary.csv, `chosen` the selected learning rates, `results` the results tables,
+    `diagnostics` calibration, confusion and subgroup results from the runs' predictions,
+    `figures` exactly the figures the report shows.
+    """
 
-    def records(self) -> list[dict[str, Any]]:
-        """comparisons.json: the stats records, each with CELL_RECORD_KEYS added."""
-        return [dict(r) for r in self._records]
+    study: str
+    tracking_uri: str
+    experiment_id: str
+    generated: datetime
+    selection: Selection
+    comparisons: tuple[Comparisons, ...]
+    counts: RunCounts
+    summary: pd.DataFrame
+    chosen: pd.DataFrame
+    lr_selection: pd.DataFrame
+    results: tuple[ResultsTable, ...]
+    verdicts: tuple[Verdict, ...]
+    ranks: Ranks
+    emissions: tuple[Correlation, ...]
+    failed: pd.DataFrame
+    figures: tuple[Figure, ...]
+    diagnostics: Diagnostics
+    ratings: RatingsResult | None = None
 
-    @cached_property
-    def _records(self) -> tuple[dict[str, Any], ...]:
-        cells = _cell_info(self.chosen_runs)
-        out = []
-        for f, cs in self.sets:
-            for r in cs.to_records():
-                fingerprint, protocol, duplicates = cells.get((r["task"], r["arch"], f), (None, "", 0))
-                out.append({
-                    **r,
-                    "data_fraction": f,
-                    "fingerprint": fingerprint,
-                    "protocol": protocol,
-                    "n_duplicates_set_aside": duplicates,
-                    "diverged_runs": "excluded" if self.exclude_diverged else "counted",
-                })
-        return tuple(out)
+    @property
+    def main(self) -> Comparisons:
+        """The main mode's comparisons."""
+        return self.comparisons[0]
 
-    def frame(self) -> pd.DataFrame:
-        """The records as a DataFrame."""
-        return pd.DataFrame(self.records(), columns=[*RECORD_KEYS, *CELL_RECORD_KEYS])
+    @property
+    def runs(self) -> pd.DataFrame:
+        """The runs counted: one per grid point, protocols split (`Selection.runs`)."""
+        return self.selection.runs
 
-    def selection(self) -> pd.DataFrame:
-        """The learning rate each arm is compared at, per fraction."""
-        frames = [cs.selection_frame().assign(data_fraction=f) for f, cs in self.sets]
-        return pd.concat(frames, ignore_index=True)
+    @property
+    def mode(self) -> str:
+        return self.main.mode
+
+    @property
+    def exclude_diverged(self) -> bool:
+        return self.main.exclude_diverged
+
+    def verdict_for(self, task: str, arch: str, data_fraction: float = 1.0) -> Verdict | None:
+        """The verdict of one cell (`arch` as the report labels it when a cell has several protocols):
+        best arm, each arm's mean with its interval, the adjusted p against the best arm."""
+        return next((v for v in self.verdicts if (v.task, v.arch, v.data_fraction) == (task, arch, data_fraction)), None)
+
+    def results_for(self, task: str, arch: str, data_fraction: float = 1.0) -> tuple[ArmResult, ...]:
+        """One cell's results-table rows: each arm at its selected lr, every test metric with its interval."""
+        return tuple(r for t in self.results if (t.task, t.data_fraction) == (task, data_fraction)
+                     for r in t.rows if r.arch == arch)
+
+    def calibration_for(self, task: str, arch: str) -> tuple[ArmCalibration, ...]:
+        """One classification cell's calibration at full data: ECE and Brier per arm with their intervals."""
+        return tuple(a for a in self.diagnostics.calibration if (a.task, a.arch) == (task, arch))
 
 
 def analyse(
-    runs: pd.DataFrame,
+    data: StudyData,
     mode: str = "paper",
-    per_lr: bool = False,
     *,
+    per_lr: bool = False,
     exclude_diverged: bool = False,
     allow_mixed_pretrained: bool = False,
-    selection: Selection | None = None,
+    second_mode: bool | None = None,
+    ratings: pd.DataFrame | None = None,
+    predictions: PredictionsSource | None = None,
+    on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
 ) -> Analysis:
-    """Compare the arms in one mode, separately for each training-data fraction and protocol.
+    """Analyse a collected study: select its runs, compare its arms, summarise, rank, judge, diagnose.
 
-    The runs first go through `selection.select_runs`: one run per grid point (the latest
-    FINISHED), cells with several protocol fingerprints split and labelled, a domain arm from
-    several pretrained versions refused.
+    One run per grid point counts (the latest FINISHED of each run_key), each protocol
+    fingerprint is its own cell, diverged runs count at their best checkpoint unless
+    `exclude_diverged` (then they leave every statistic: tests, tables, ranks, correlations).
 
     Args:
-        runs: `collect(...).runs`.
-        mode: "paper" or "recommended" (see `stats.compare`).
-        per_lr: compare at every learning rate instead of each arm's selected one.
-        exclude_diverged: leave diverged runs out (default: counted at their best checkpoint).
-        allow_mixed_pretrained: compare a domain arm built from several pretrained versions.
-        selection: an existing selection of these runs (skips selecting again).
-
-    Returns:
-        Analysis with one ComparisonSet per fraction; runs of unknown tasks are counted, not used.
+        data: `collect(...)` of the study.
+        mode: "paper" or "recommended" (the main mode: comparisons.json, verdicts).
+        per_lr: compare the arms at every learning rate too.
+        exclude_diverged: leave diverged runs out.
+        allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
+        second_mode: add the other mode's comparisons (None: when cheap, see `summaries.is_cheap`).
+        ratings: the reader-study ratings (`reader_ratings.collect_ratings`), if any.
+        predictions: reads the runs' predictions (`predictions.PredictionsReader`); None: no
+            calibration, confusion or subgroup results (the report says so).
+        on_figures: called with each batch of figures as soon as it is known — the study's figures
+            before the tests run, the reliability and ratings figures at the end (`drawing.Drawing.submit`:
+            they are drawn while the rest is computed).
 
     Raises:
-        StatsError: on an unknown mode.
-        MixedPretrainedError: several pretrained versions in one domain arm, not allowed.
+        StatsError: an unknown mode (the valid ones are listed).
+        MixedPretrainedError: a domain arm from several pretrained versions, not allowed.
+        RatingsError: ratings that are not scores 1-5.
     """
-    if selection is None:
-        selection = select_runs(runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
+    if mode not in MODES:
+        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
     runs = selection.runs
-    usable = known_task_runs(runs)
-    needed = [c for c in usable.columns if c in _STATS_COLUMNS or c.startswith(("test_", "best_val_"))]
-    usable = usable[needed].astype({c: object for c in ("task", "arch", "group", "status")})
-    fractions = sorted(usable["data_fraction"].unique(), reverse=True) or [1.0]
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on constant groups; noted per record
-        sets = tuple(
-            (float(f), compare(usable[usable["data_fraction"] == f], mode, per_lr, exclude_diverged=exclude_diverged))
-            for f in fractions
-        )
-    return Analysis(mode, per_lr, sets, len(runs) - len(usable), selection, exclude_diverged)
+    finished = runs["status"] == "FINISHED"
+    counted = runs[~(finished & runs["diverged"])] if exclude_diverged else runs
+    choices = choose_learning_rates(selection, exclude_diverged)
+    chosen = chosen_frame(choices)
+    used = _used_runs(counted, chosen)
+    reading = _read_in_background(predictions, used)  # files parse while the tests run
+    ranks = study_ranks(counted, chosen)
+    emissions = correlations(counted)
+    figures = study_figures(counted, data.histories, chosen, ranks, emissions[0])
+    if on_figures is not None:
+        on_figures(figures)
+    options = {"exclude_diverged": exclude_diverged, "selection": selection, "choices": choices}
+    comparisons = [compare_arms(data.runs, mode, per_lr, **options)]
+    if is_cheap(runs) if second_mode is None else second_mode:
+        other = next(m for m in MODES if m != mode)
+        comparisons.append(compare_arms(data.runs, other, per_lr, **options))
+    main = comparisons[0]
+    summary = summarize(runs, exclude_diverged)
+    at_lr = at_chosen(summary, chosen) if not summary.empty else summary
+    counts = RunCounts(len(runs), int(finished.sum()), int((finished & runs["diverged"]).sum()),
+                       int(runs["failed"].sum()), main.skipped_runs, selection.n_duplicates)
+    diagnostics = _diagnose(used, at_lr, reading)
+    rated = analyse_ratings(ratings) if ratings is not None and not ratings.empty else None
+    late = (*diagnostics.figures, *((ratings_figure(rated),) if rated is not None else ()))
+    if on_figures is not None and late:
+        on_figures(late)
+    return Analysis(
+        study=data.study,
+        tracking_uri=data.tracking_uri,
+        experiment_id=data.experiment_id,
+        generated=datetime.now(UTC),
+        selection=selection,
+        comparisons=tuple(comparisons),
+        counts=counts,
+        summary=summary,
+        chosen=chosen,
+        lr_selection=main.selection(),
+        results=results_tables(summary, at_lr, main.fractions),
+        verdicts=tuple(verdicts(at_lr, chosen, main)),
+        ranks=ranks,
+        emissions=emissions,
+        failed=runs.loc[runs["failed"], list(FAILED_COLUMNS)],
+        figures=(*figures, *late),
+        diagnostics=diagnostics,
+        ratings=rated,
+    )
 
-# ---------------------------------------------------------------- average ranks
 
-_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Average ranks of the arms over the (task, arch) cells (1 = best) and the Nemenyi CD."""
-
-    arms: tuple[str, ...]
-    average: tuple[float, ...]
-    n_cells: int
-    cd: float | None
-    note: str | None = None
+def _used_runs(counted: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose predictions the report uses: each arm's counted runs at its selected lr at full data."""
+    ok = usable_runs(counted)
+    return at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
 
 
-def average_ranks(means: pd.DataFrame, higher_is_better: pd.Series) -> Ranks:
-    """Average ranks of the arms over complete cells, and the Nemenyi critical difference (α=0.05).
+def _read_in_background(predictions: PredictionsSource | None, used: pd.DataFrame) -> Future | None:
+    """Start reading the runs' predictions on a thread (pyarrow parses without the GIL); None: not read."""
+    if predictions is None or used.empty:
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medtl-predictions")
+    try:
+        return pool.submit(predictions, used)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _diagnose(used: pd.DataFrame, at_lr: pd.DataFrame, reading: Future | None) -> Diagnostics:
+    """Diagnostics of the used runs from what the reading found (the best runs' curves from the summary)."""
+    if reading is None:
+        why = "no run at full training data" if used.empty else "predictions not read"
+        return no_diagnostics(f"{why}: no calibration, confusion or subgroup results")
+    best = at_lr[(at_lr["data_fraction"] == 1.0) & at_lr["best_run_id"].notna()] if len(at_lr) else at_lr
+    best_runs = {(str(t), str(a), str(g)): str(r) for t, a, g, r in
+                 best[["task", "arch", "arm", "best_run_id"]].drop_duplicates().itertuples(index=False, name=None)}
+    return diagnose(used, best_runs, reading.result())
+
+
+def analyse_study(
+    study: str,
+    tracking_uri: str | None = None,
+    mode: str = "paper",
+    *,
+    per_lr: bool = False,
+    exclude_diverged: bool = False,
+    allow_mixed_pretrained: bool = False,
+    second_mode: bool | None = None,
+    ratings: bool = True,
+    predictions: bool = True,
+    on_figures: Callable[[tuple[Figure, ...]], None] | None = None,
+) -> Analysis:
+    """The frozen analysis of one study in a tracking store: collect it, then `analyse` it.
+
+    What `medtl evaluate` renders and logs, what `medtl serve` answers with, and what a model card
+    quotes (a cell's arm means with their intervals, its verdict).
 
     Args:
-        means: one row a (task, arch) cell, one column an arm: the arm's mean primary metric.
-        higher_is_better: per row, whether larger values rank first.
-
-    Returns:
-        Ranks; `cd` None (with a note) when fewer than 2 arms or 2 complete cells.
-    """
-    complete = means.dropna(axis=0, how="any")
-    arms = tuple(str(a) for a in complete.columns)
-    if len(arms) < 2 or len(complete) < 2:
-        note = f"critical-difference diagram needs 2+ arms over 2+ complete cells; have {len(arms)} arm(s), {len(complete)} cell(s)"
-        return Ranks(arms, tuple(math.nan for _ in arms), len(complete), None, note)
-    signed = complete.mul(np.where(higher_is_better.loc[complete.index], -1.0, 1.0), axis=0)
-    ranks = signed.rank(axis=1, method="average").mean(axis=0)
-    k, n = len(arms), len(complete)
-    q = _Q05.get(k)
-    if q is None:
-        from scipy.stats import studentized_range
-
-        q = float(studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2))
-    cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
-    return Ranks(arms, tuple(float(ranks[a]) for a in arms), n, cd)
-
-
-def study_ranks(runs: pd.DataFrame, chosen: pd.DataFrame) -> Ranks:
-    """Average ranks of the main arms on the mean test primary metric over full-data cells."""
-    ok = usable_runs(runs)
-    at = at_chosen(ok[ok["data_fraction"] == 1.0], chosen)
-    if at.empty:
-        return average_ranks(pd.DataFrame(), pd.Series(dtype=bool))
-    metric = at["task"].map(lambda t: f"test_{primary_metric(t)[0]}")
-    values = [at.at[i, m] for i, m in metric.items()]
-    means = at.assign(v=np.asarray(values, float)).groupby(["task", "arch", "group"])["v"].mean()
-    table = means.unstack("group")
-    table = table[[g for g in arm_order(table.columns) if g in MAIN_ARMS]]
-    higher = pd.Series([primary_metric(t)[1] for t, _ in table.index], index=table.index)
-    return average_ranks(table, higher)
-
-# ---------------------------------------------------------------- reader-study ratings
-
-REQUIRED = ("arm", "rater", "score")
-
-
-KRUSKAL_METHOD = "scipy.stats.kruskal (tie-corrected H, chi-squared approximation)"
-
-
-MWU_METHOD = "scipy.stats.mannwhitneyu(x, y), defaults: two-sided, method='auto', one call per pair"
-
-
-class RatingsError(UserError, ValueError):
-    """A ratings table that cannot be summarised; the message names the expected columns."""
-
-
-def _finite(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _describe(scores: pd.Series) -> dict[str, Any]:
-    return {
-        "n": int(scores.size),
-        "mean": _finite(scores.mean()),
-        "median": _finite(scores.median()),
-        "std": _finite(scores.std(ddof=1)) if scores.size > 1 else None,
-    }
-
-
-def _kruskal(groups: dict[str, np.ndarray]) -> dict[str, Any]:
-    result: dict[str, Any] = {"test": "kruskal", "groups": list(groups), "method": KRUSKAL_METHOD, "note": None}
-    if len(groups) < 2:
-        return {**result, "statistic": None, "p": None, "note": "fewer than two arms"}
-    if len(np.unique(np.concatenate(list(groups.values())))) < 2:
-        return {**result, "statistic": None, "p": None, "note": "every score is identical: no test"}
-    stat, p = stats.kruskal(*groups.values())
-    return {**result, "statistic": _finite(stat), "p": _finite(p)}
-
-
-def _pairwise(groups: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    pairs = list(combinations(groups, 2))
-    out = []
-    for a, b in pairs:
-        x, y = groups[a], groups[b]
-        record: dict[str, Any] = {
-            "test": "mannwhitneyu", "group_a": a, "group_b": b, "n_a": int(x.size), "n_b": int(y.size),
-            "correction": "bonferroni", "n_comparisons": len(pairs), "method": MWU_METHOD, "note": None,
-        }
-        try:
-            result = stats.mannwhitneyu(x, y)
-            stat, p = _finite(result.statistic), _finite(result.pvalue)
-        except ValueError as exc:
-            stat, p, record["note"] = None, None, str(exc)
-        record.update(
-            statistic=stat,
-            p_raw=p,
-            p_adjusted=None if p is None else min(1.0, p * len(pairs)),
-            mean_a=_finite(x.mean()),
-            mean_b=_finite(y.mean()),
-        )
-        out.append(record)
-    return out
-
-
-def _model_summary(frame: pd.DataFrame, task: Any, arch: Any) -> dict[str, Any]:
-    arms = arm_order(frame["arm"].unique())
-    raters = sorted(frame["rater"].unique())
-    per_arm_rater = [
-        {"arm": arm, "rater": rater, **_describe(frame.loc[(frame["arm"] == arm) & (frame["rater"] == rater), "score"])}
-        for arm in arms
-        for rater in raters
-        if ((frame["arm"] == arm) & (frame["rater"] == rater)).any()
-    ]
-    per_arm = [{"arm": arm, **_describe(frame.loc[frame["arm"] == arm, "score"])} for arm in arms]
-    groups = {arm: frame.loc[frame["arm"] == arm, "score"].to_numpy(dtype=float) for arm in arms}
-    return {
-        "task": task,
-        "arch": arch,
-        "n": int(len(frame)),
-        "arms": arms,
-        "raters": raters,
-        "per_arm_rater": per_arm_rater,
-        "per_arm": per_arm,
-        "kruskal": _kruskal(groups),
-        "pairwise": _pairwise(groups),
-    }
-
-
-def prepare_ratings(frame: pd.DataFrame) -> pd.DataFrame:
-    """The ratings checked (arm, rater, score present) and typed, ready to summarise or draw.
+        study: the study name (experiment `medtl/<study>`).
+        tracking_uri: MLflow tracking URI (default: `$MLFLOW_TRACKING_URI`, else ./mlflow.db).
+        mode: "paper" or "recommended".
+        per_lr: compare the arms at every learning rate too.
+        exclude_diverged: leave diverged runs out.
+        allow_mixed_pretrained: compare a domain arm trained from several pretrained versions.
+        second_mode: add the other mode (None: when cheap).
+        ratings: read the reader-study ratings (artifacts of the study's gradcam runs).
+        predictions: read the runs' `predictions/test.csv` (calibration, confusion, subgroups).
+        on_figures: see `analyse`.
 
     Raises:
-        RatingsError: a required column is missing or a score is not a whole number from 1 to 5.
+        UnknownStudyError: the study is not in the store (the known ones are listed).
+        UserError: see `analyse`; an unreadable store.
     """
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise RatingsError(f"ratings lack column(s) {', '.join(missing)}; expected arm, rater, score (and task, arch)")
-    data = frame.copy()
-    data["score"] = pd.to_numeric(data["score"], errors="coerce")
-    bad = data["score"].isna() | ~data["score"].between(1, 5)
-    if bad.any():
-        raise RatingsError(f"{int(bad.sum())} rating(s) are not scores 1-5 (rows {', '.join(map(str, data.index[bad][:8]))})")
-    data["arm"] = data["arm"].astype(str)
-    data["rater"] = data["rater"].astype(str)
-    for col in ("task", "arch"):
-        data[col] = data[col].astype(str) if col in data.columns else None
-    return data
-
-
-def ratings_summary(frame: pd.DataFrame) -> dict[str, Any]:
-    """Ratings per arm and rater, and the arms compared, for each (task, arch) in `frame`.
-
-    Args:
-        frame: one row per rating with columns arm, rater, score (1-5) and optionally task, arch.
-
-    Returns:
-        `{"n": total ratings, "models": [...]}`; each model: task, arch, n, arms, raters,
-        `per_arm_rater` and `per_arm` (n, mean, median, std), `kruskal` (statistic, p) and
-        `pairwise` (Mann-Whitney U per pair: statistic, p_raw, p_adjusted (Bonferroni, capped at 1)).
-    """
-    data = prepare_ratings(frame)
-    models = []
-    if len(data):
-        keys = data[["task", "arch"]].drop_duplicates().itertuples(index=False, name=None)
-        for task, arch in sorted(keys, key=lambda k: (str(k[0]), str(k[1]))):
-            mask = np.ones(len(data), bool)
-            if task is not None:
-                mask &= (data["task"] == task).to_numpy()
-            if arch is not None:
-                mask &= (data["arch"] == arch).to_numpy()
-            models.append(_model_summary(data[mask], task, arch))
-    return {"n": int(len(data)), "models": models}
+    if mode not in MODES:
+        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    uri = S.resolve_tracking_uri(tracking_uri)
+    data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
+    return analyse(
+        data, mode, per_lr=per_lr, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained,
+        second_mode=second_mode, ratings=collect_ratings(uri, study) if ratings else None,
+        predictions=PredictionsReader(uri) if predictions else None, on_figures=on_figures,
+    )

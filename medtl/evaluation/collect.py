@@ -23,7 +23,6 @@ import pandas as pd
 from medtl.errors import UserError
 from medtl.evaluation.readers import STUDY_NAME, TrackingReader, mask_uri, reader
 from medtl.training import schema as S
-from medtl.training.schema import resolve_tracking_uri
 from medtl.training.spec import (
     PRIMARY_METRIC,
     TASKS,
@@ -102,7 +101,7 @@ def list_studies(tracking_uri: str | None = None) -> list[str]:
     """Names of the studies in a tracking store (experiments `medtl/<study>` but `medtl/pretrain`).
 
     Args:
-        tracking_uri: MLflow tracking URI (default: the mlops rule, see `resolve_tracking_uri`).
+        tracking_uri: MLflow tracking URI (default: the mlops rule, see `S.resolve_tracking_uri`).
 
     Returns:
         Sorted study names.
@@ -110,7 +109,7 @@ def list_studies(tracking_uri: str | None = None) -> list[str]:
     Raises:
         UserError: if the store cannot be reached or a SQLite file does not exist.
     """
-    return sorted(reader(resolve_tracking_uri(tracking_uri)).experiments())
+    return sorted(reader(S.resolve_tracking_uri(tracking_uri)).experiments())
 
 
 def collect(
@@ -130,7 +129,7 @@ def collect(
 
     Args:
         study: the study name (experiment `medtl/<study>`).
-        tracking_uri: MLflow tracking URI (default: `resolve_tracking_uri`).
+        tracking_uri: MLflow tracking URI (default: `S.resolve_tracking_uri`).
         history_keys: per-epoch metric keys to load (default: all of them).
         max_step: load epochs 1..max_step only (default: all).
         primary_only: load only `val_<primary>` of the study's tasks (what the report draws).
@@ -143,7 +142,7 @@ def collect(
         UserError: if the study name is not a plain name or the store cannot be read.
     """
     check_study_name(study)
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     store = reader(uri)
     known = store.experiments()
     if study not in known:
@@ -175,7 +174,7 @@ def fingerprint(study: str, tracking_uri: str | None = None) -> tuple[Any, ...]:
         UnknownStudyError: if the study is not in the store.
     """
     check_study_name(study)
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     token = reader(uri).fingerprint(S.study_experiment(study))
     if token is None:
         known = ", ".join(list_studies(uri)) or "none"
@@ -198,13 +197,14 @@ def _tidy(
     out["status"] = runs["status"].astype(str)
     out["start_time"] = pd.to_datetime(runs["start_time"], unit="ms", utc=True)
     out["end_time"] = pd.to_datetime(runs["end_time"], unit="ms", utc=True)
+    out["artifact_uri"] = runs["artifact_uri"].astype("string")
     p = _wide(params, "run_id", "key", "value").reindex(out.index)
     t = stage.reindex(out.index)
     for name in SPEC_STR:
         out[name] = _col(p, name).astype("string")
     for name, tag in (("task", S.TASK_TAG), ("arch", S.ARCH_TAG)):
         out[name] = out[name].fillna(_col(t, tag).astype("string"))
-    out["group"] = (  # the arm; stores logged before the glossary named it `group` (tag and param)
+    out["arm"] = (  # stores logged before the glossary named it `group` (tag and param) are read too
         _col(t, S.ARM_TAG).astype("string")
         .fillna(_col(t, S.LEGACY_ARM_TAG).astype("string"))
         .fillna(_col(p, "arm").astype("string"))
@@ -221,12 +221,7 @@ def _tidy(
     out["fingerprint"] = _col(t, S.FINGERPRINT_TAG).astype("string")
     missing = out.index[out["fingerprint"].isna()]
     if len(missing):  # stores written before the tag existed: recompute it from the logged params
-        memo: dict[tuple[tuple[str, str], ...], str | None] = {}
-        out.loc[missing, "fingerprint"] = pd.Series(
-            [_recomputed_fingerprint(row, memo) for row in p.loc[missing].to_dict("index").values()],
-            index=missing,
-            dtype="string",
-        )
+        out.loc[missing, "fingerprint"] = _recomputed_fingerprints(p.loc[missing])
     m = _wide(latest, "run_id", "key", "value").reindex(out.index)
     for name in FINAL_METRICS:
         out[name] = pd.to_numeric(_col(m, name), errors="coerce").astype(float)
@@ -237,8 +232,21 @@ def _tidy(
     out["diverged"] = (pd.to_numeric(_col(m, "diverged"), errors="coerce").fillna(0) > 0).astype(bool)
     out["failed"] = out["status"] != "FINISHED"
     out = out.reset_index().rename(columns={"index": "run_id"})
-    return out.sort_values(["task", "arch", "group", "lr", "seed", "run_id"], na_position="last",
+    return out.sort_values(["task", "arch", "arm", "lr", "seed", "run_id"], na_position="last",
                            kind="stable").reset_index(drop=True)
+
+
+def _recomputed_fingerprints(params: pd.DataFrame) -> pd.Series:
+    """Each run's protocol fingerprint from its logged params, computed once per distinct protocol (rows
+    that agree on every protocol param share it: lr and seed do not enter it)."""
+    keys = [c for c in params.columns if c in _PROTOCOL_PARAMS or c in ("task", "arch")]
+    if not keys:
+        return pd.Series(pd.NA, index=params.index, dtype="string")
+    codes = params[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    first = params.index[np.unique(codes, return_index=True)[1]]
+    memo: dict = {}
+    found = [_recomputed_fingerprint(row, memo) for row in params.loc[first].to_dict("index").values()]
+    return pd.Series(np.asarray(found, dtype=object)[codes], index=params.index, dtype="string")
 
 
 def _recomputed_fingerprint(params: dict[str, Any], memo: dict) -> str | None:

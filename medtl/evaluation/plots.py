@@ -1,37 +1,37 @@
-"""Report figures as PNG bytes (matplotlib's Agg canvas, no pyplot state): curves, boxes, CD diagram."""
+"""Report figures drawn as PNG bytes (matplotlib's Agg canvas, no pyplot state) from `figures` specs.
+
+Drawing only: every number comes from the frozen specs (curves, boxes, emissions, the CD diagram,
+reader ratings) that `figure_data` computed; the only randomness is the seeded horizontal jitter of dots.
+"""
 
 from __future__ import annotations
 
 import io
-import multiprocessing as mp
-import os
-import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from medtl.evaluation.analysis import KEYS, Ranks, at_chosen, study_ranks, usable_runs
-from medtl.evaluation.stats import primary_metric
-from medtl.training.schema import arm_order
+from medtl.evaluation.figures import (
+    Band,
+    BoxFigure,
+    CdFigure,
+    CurvesFigure,
+    EmissionsFigure,
+    Figure,
+    FractionsFigure,
+    RatingsFigure,
+    ReliabilityFigure,
+)
 
-CURVE_EPOCHS = 10
 DPI = 80
-# Nemenyi critical values q_0.05 (studentized range / sqrt 2) for k = 2..10 groups (Demšar 2006).
 _COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
-def safe_name(*parts: object) -> str:
-    """A file-name-safe join of parts (letters, digits, `_`, `.`, `-`)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(str(p) for p in parts))
-
-
 def _figure(width: float, height: float, ncols: int = 1):  # noqa: ANN202 - matplotlib types
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure as MplFigure
 
-    fig = Figure(figsize=(width, height))
+    fig = MplFigure(figsize=(width, height))
     fig.subplots_adjust(left=0.1 / max(1, ncols) + 0.04, right=0.98, bottom=0.2, top=0.84, wspace=0.3)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -61,97 +61,53 @@ def _colour(arms: Sequence[str], arm: str) -> str:
     return _COLOURS[list(arms).index(arm) % len(_COLOURS)]
 
 
-def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and epoch: mean, sample std and number of runs of `value` (columns group, step, value)."""
-    if curves.empty:
-        return pd.DataFrame(columns=["group", "step", "mean", "std", "n"])
-    finite = curves[np.isfinite(curves["value"].astype(float))]
-    stats = finite.groupby(["group", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
-    return stats.rename(columns={"count": "n"})
+def _mean_bands(ax, bands: Sequence[Band], arms: Sequence[str], alpha: float, label: Callable[[Band], str]) -> None:  # noqa: ANN001
+    """Each band's mean line and ±1 std band, coloured by the arm's place in `arms`."""
+    for band in bands:
+        colour = _colour(arms, band.arm)
+        ax.plot(band.steps, band.mean, marker="o", ms=3, color=colour, label=label(band))
+        ax.fill_between(band.steps, band.mean - band.std, band.mean + band.std, color=colour, alpha=alpha)
 
 
-def _mean_bands(
-    ax, stats: pd.DataFrame, arms: Sequence[str], alpha: float, label: Callable[[str, pd.DataFrame], str]  # noqa: ANN001
-) -> Iterator[pd.DataFrame]:
-    """Per arm with rows in `stats` (curve_stats): its mean line and ±1 std band; yields the arm's rows."""
-    for arm in arms:
-        s = stats[stats["group"] == arm].sort_values("step")
-        if s.empty:
-            continue
-        colour = _colour(arms, arm)
-        step, mean = s["step"].to_numpy(), s["mean"].to_numpy(float)
-        std = s["std"].fillna(0.0).to_numpy(float)
-        ax.plot(step, mean, marker="o", ms=3, color=colour, label=label(arm, s))
-        ax.fill_between(step, mean - std, mean + std, color=colour, alpha=alpha)
-        yield s
-
-
-def curves_png(
-    curves: pd.DataFrame, arms: Sequence[str], title: str, ylabel: str, epochs: int = CURVE_EPOCHS
-) -> bytes:
-    """Validation curves per arm over the first epochs: mean line, ±1 std band, runs per epoch.
-
-    Args:
-        curves: columns group, step, value (one row a run's epoch).
-        arms: arms in display order.
-        title: figure title.
-        ylabel: the metric's name.
-        epochs: the length of the epoch axis (a study shorter than CURVE_EPOCHS gets its own length).
-    """
+def curves_png(figure: CurvesFigure) -> bytes:
+    """Validation curves per arm over the first epochs: mean line, ±1 std band, runs per epoch."""
     fig, (ax,) = _figure(6.0, 3.6)
-    stats = curve_stats(curves)
-    if stats.empty:
+    if not figure.bands:
         ax.text(0.5, 0.5, "no per-epoch history", ha="center", va="center", transform=ax.transAxes)
-    for s in _mean_bands(ax, stats, arms, 0.2, lambda arm, _: arm):
-        counts = ",".join(str(int(n)) for n in s["n"])
+    for band in figure.bands:
+        _mean_bands(ax, [band], figure.arms, 0.2, lambda b: b.arm)
+        counts = ",".join(str(int(n)) for n in band.n)
         ax.plot([], [], " ", label=f"  n/epoch: {counts}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlim(0.5, epochs + 0.5)
-    if not stats.empty:
+    ax.set_ylabel(figure.ylabel)
+    ax.set_title(figure.title, fontsize=9)
+    ax.set_xlim(0.5, figure.epochs + 0.5)
+    if figure.bands:
         ax.legend(fontsize=6, loc="best")
     return _png(fig)
 
 
-def fractions_png(
-    curves: pd.DataFrame, arms: Sequence[str], fractions: Sequence[float], title: str, ylabel: str
-) -> bytes:
-    """Reduced-data curves: one panel per training fraction, one mean ± std line per arm.
-
-    Args:
-        curves: columns data_fraction, group, step, value.
-        arms: arms in display order.
-        fractions: the fractions to draw, one panel each.
-        title: figure title.
-        ylabel: the metric's name.
-    """
-    fig, axes = _figure(3.2 * max(1, len(fractions)), 3.2, ncols=max(1, len(fractions)))
-    for ax, fraction in zip(axes, fractions, strict=False):
-        stats = curve_stats(curves[curves["data_fraction"] == fraction])
-        for _ in _mean_bands(ax, stats, arms, 0.15, lambda arm, s: f"{arm} (n≤{s['n'].max()})"):
-            pass
+def fractions_png(figure: FractionsFigure) -> bytes:
+    """Reduced-data curves: one panel per training fraction, one mean ± std line per arm."""
+    fig, axes = _figure(3.2 * max(1, len(figure.panels)), 3.2, ncols=max(1, len(figure.panels)))
+    for ax, (fraction, bands) in zip(axes, figure.panels, strict=False):
+        _mean_bands(ax, bands, figure.arms, 0.15, lambda b: f"{b.arm} (n≤{b.n_max})")
         ax.set_title(f"{fraction:.0%} of training data", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        if not stats.empty:
+        ax.set_ylabel(figure.ylabel)
+        if bands:
             ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(figure.title, fontsize=9)
     return _png(fig)
 
 
-def box_png(panels: Sequence[tuple[str, dict[str, np.ndarray]]], title: str) -> bytes:
-    """Box plots per arm, one panel per metric, every run drawn as a point; empty arms labelled.
-
-    Args:
-        panels: (metric name, {arm: values}) per panel.
-        title: figure title.
-    """
-    fig, axes = _figure(3.4 * max(1, len(panels)), 3.2, ncols=max(1, len(panels)))
+def box_png(figure: BoxFigure) -> bytes:
+    """Box plots per arm, one panel per metric, every run drawn as a point; empty arms labelled."""
+    fig, axes = _figure(3.4 * max(1, len(figure.panels)), 3.2, ncols=max(1, len(figure.panels)))
     rng = np.random.default_rng(0)
-    for ax, (metric, arms) in zip(axes, panels, strict=False):
-        names = list(arms)
-        data = [np.asarray(arms[a], float) for a in names]
+    for ax, (metric, arms) in zip(axes, figure.panels, strict=False):
+        names = [a for a, _ in arms]
+        data = [np.asarray(values, float) for _, values in arms]
         shown = [d if d.size else np.array([np.nan]) for d in data]
         ax.boxplot(shown, showfliers=False)
         ax.set_xticks(range(1, len(names) + 1), [f"{a}\nn={d.size}" for a, d in zip(names, data, strict=True)], fontsize=7)
@@ -161,47 +117,30 @@ def box_png(panels: Sequence[tuple[str, dict[str, np.ndarray]]], title: str) -> 
             else:
                 ax.text(i, 0.5, "no runs", ha="center", transform=ax.get_xaxis_transform(), fontsize=7)
         ax.set_title(metric, fontsize=9)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(figure.title, fontsize=9)
     return _png(fig)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, int]:
-    """Pearson's r over the finite pairs, and their number; None when undefined (n<3 or constant)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    n = int(ok.sum())
-    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return None, n
-    return float(np.corrcoef(x[ok], y[ok])[0, 1]), n
-
-
-def emissions_png(frame: pd.DataFrame, x: str, y: str) -> bytes:
-    """Scatter of emissions against epochs, coloured by task, with Pearson's r in the title.
-
-    Args:
-        frame: one row a run with columns task, `x` and `y`.
-        x: the epochs column.
-        y: the emissions column.
-    """
+def emissions_png(figure: EmissionsFigure) -> bytes:
+    """Scatter of emissions against epochs, coloured by task, with Pearson's r in the title."""
     fig, (ax,) = _figure(5.0, 3.6)
-    r, n = pearson(frame[x].to_numpy(float), frame[y].to_numpy(float))
-    tasks = sorted(frame["task"].dropna().unique())
-    for i, task in enumerate(tasks):
-        rows = frame[frame["task"] == task]
-        ax.scatter(rows[x], rows[y], s=10, color=_COLOURS[i % 8], label=task)
-    if n == 0:
+    c = figure.correlation
+    for i, (task, x, y) in enumerate(figure.series):
+        ax.scatter(x, y, s=10, color=_COLOURS[i % 8], label=task)
+    if c.n == 0:
         ax.text(0.5, 0.5, "no emissions measured", ha="center", va="center", transform=ax.transAxes)
-    r_text = "undefined" if r is None else f"{r:.3f}"
-    ax.set_title(f"emissions vs {x}: Pearson r = {r_text} (n = {n})", fontsize=9)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    if tasks and n:
+    r_text = "undefined" if c.r is None else f"{c.r:.3f}"
+    ax.set_title(f"emissions vs {c.x}: Pearson r = {r_text} (n = {c.n})", fontsize=9)
+    ax.set_xlabel(c.x)
+    ax.set_ylabel(c.y)
+    if figure.series and c.n:
         ax.legend(fontsize=6)
     return _png(fig)
 
 
-def cd_png(ranks: Ranks) -> bytes:
+def cd_png(figure: CdFigure) -> bytes:
     """A simple critical-difference diagram: arms on a rank axis, CD bar, non-different arms joined."""
+    ranks = figure
     fig, (ax,) = _figure(6.0, 2.2 + 0.25 * len(ranks.arms))
     k = len(ranks.arms)
     ax.set_xlim(0.5, k + 0.5)
@@ -210,8 +149,7 @@ def cd_png(ranks: Ranks) -> bytes:
     for r in range(1, k + 1):
         ax.plot([r, r], [0, 0.15], color="black", lw=1)
         ax.text(r, 0.3, str(r), ha="center", fontsize=8)
-    order = sorted(zip(ranks.average, ranks.arms, strict=True))
-    for i, (rank, arm) in enumerate(order):
+    for i, (rank, arm) in enumerate(sorted(zip(ranks.average, ranks.arms, strict=True))):
         y = -(i + 1) * 0.8
         ax.plot([rank, rank], [0, y], color="gray", lw=0.8)
         ax.text(rank + 0.05, y, f"{arm} ({rank:.2f})", va="center", fontsize=8)
@@ -219,82 +157,80 @@ def cd_png(ranks: Ranks) -> bytes:
         ax.plot([1, 1 + ranks.cd], [1.5, 1.5], color="black", lw=2)
         ax.text(1 + ranks.cd / 2, 1.7, f"CD = {ranks.cd:.2f}", ha="center", fontsize=8)
         level = -0.4
-        for i in range(len(order)):
-            j = max(j for j in range(i, len(order)) if order[j][0] - order[i][0] <= ranks.cd)
-            if j > i and (i == 0 or order[j][0] - order[i - 1][0] > ranks.cd):
-                ax.plot([order[i][0], order[j][0]], [level, level], color="black", lw=3)
-                level -= 0.25
+        for low, high in ranks.cliques:
+            ax.plot([low, high], [level, level], color="black", lw=3)
+            level -= 0.25
     ax.set_axis_off()
     ax.set_title(f"average rank over {ranks.n_cells} (task, arch) cells; 1 = best", fontsize=9)
     return _png(fig)
 
 
-# ---------------------------------------------------------------- a study's figures
+def ratings_png(figure: RatingsFigure) -> bytes:
+    """Like the paper's Figure 9: per (task, arch) a panel of mean score per arm, one bar per rater
+    (error bars: standard deviation), each rating drawn as a dot."""
+    from matplotlib.figure import Figure as MplFigure
+
+    models = figure.models or ({"task": None, "arch": None, "arms": [], "raters": [], "per_arm_rater": []},)
+    points = figure.points or ({},)
+    fig = MplFigure(figsize=(4.2 * len(models), 3.4))
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    rng = np.random.default_rng(0)
+    for ax, model, scores in zip(axes, models, points, strict=False):
+        raters, arms = model["raters"], model["arms"]
+        width = 0.8 / max(1, len(raters))
+        for j, rater in enumerate(raters):
+            rows = {r["arm"]: r for r in model["per_arm_rater"] if r["rater"] == rater}
+            xs = np.arange(len(arms)) - 0.4 + width * (j + 0.5)
+            means = [rows[a]["mean"] if a in rows else np.nan for a in arms]
+            sds = [(rows[a]["std"] or 0.0) if a in rows else 0.0 for a in arms]
+            colour = _COLOURS[j % 6]
+            ax.bar(xs, means, width * 0.9, yerr=sds, capsize=3, color=colour, alpha=0.75, label=rater)
+            for x, arm in zip(xs, arms, strict=True):
+                dots = scores[(arm, rater)]
+                jitter = rng.uniform(-width * 0.3, width * 0.3, len(dots))
+                ax.scatter(x + jitter, dots, s=6, color="black", alpha=0.4, zorder=3)
+        ax.set_xticks(np.arange(len(arms)))
+        ax.set_xticklabels(arms)
+        ax.set_ylim(0, 5.5)
+        ax.set_ylabel("rating (1-5)")
+        title = " ".join(str(x) for x in (model["task"], model["arch"]) if x is not None)
+        ax.set_title(title or "no ratings", fontsize=10)
+        if raters:
+            ax.legend(title="rater", fontsize=8, title_fontsize=8, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
 
 
-def study_figures(
-    runs: pd.DataFrame, histories: pd.DataFrame, chosen: pd.DataFrame, workers: int | None = None
-) -> dict[str, bytes]:
-    """Every figure of a study report, file name → PNG bytes.
-
-    Per (task, arch): `curves_*` (first epochs, full data), `fractions_*` (reduced data, when any
-    run used less than all training data) and `box_*` (test primary metric and epochs); then
-    `emissions.png` and, when defined, `cd_diagram.png`.
-
-    Args:
-        runs: `collect(...).runs`.
-        histories: `collect(...).histories` (only `val_<primary>` up to CURVE_EPOCHS is drawn).
-        chosen: the selected learning rates (task, arch, group, data_fraction, lr).
-        workers: drawing processes (default: half the CPUs, at least 2 and at most 4, when there
-            are 2+ CPUs, 8+ figures and this is the main thread of a platform that can fork; else 1, which
-            draws in this process).
-    """
-    ok = usable_runs(runs)
-    hist = histories[histories["step"] <= CURVE_EPOCHS].merge(ok[["run_id", *KEYS]], on="run_id")
-    jobs: list[tuple[str, Callable[..., bytes], tuple[object, ...]]] = []
-    for (task, arch), cell in ok.groupby(["task", "arch"]):
-        metric, _ = primary_metric(task)
-        arms = arm_order(cell["group"].unique())
-        key = f"val_{metric}"
-        curves = at_chosen(hist[(hist["task"] == task) & (hist["arch"] == arch) & (hist["key"] == key)], chosen)
-        curves = curves[["group", "step", "value", "data_fraction"]]
-        # A study shorter than CURVE_EPOCHS (the demo's 5) gets an axis as long as its runs.
-        shown = min(CURVE_EPOCHS, int(curves["step"].max())) if len(curves) else CURVE_EPOCHS
-        title = f"{task} {arch}: {key}, first {shown} epochs (selected lr)"
-        jobs.append((safe_name("curves", task, arch), curves_png,
-                     (curves[curves["data_fraction"] == 1.0], arms, title, key, shown)))
-        fractions = sorted(f for f in cell["data_fraction"].unique() if f < 1.0)
-        if fractions:
-            jobs.append((safe_name("fractions", task, arch), fractions_png,
-                         (curves, arms, fractions, f"{task} {arch}: reduced training data (selected lr)", key)))
-        top = at_chosen(cell[cell["data_fraction"] == 1.0], chosen)
-        panels = [
-            (col, {a: top.loc[top["group"] == a, col].dropna().to_numpy(float) for a in arms})
-            for col in (f"test_{metric}", "epochs_to_convergence")
-        ]
-        jobs.append((safe_name("box", task, arch), box_png, (panels, f"{task} {arch} (selected lr)")))
-    jobs.append(("emissions", emissions_png, (ok[["task", "epochs_to_convergence", "emissions_kg"]],
-                                              "epochs_to_convergence", "emissions_kg")))
-    ranks = study_ranks(runs, chosen)
-    if ranks.cd is not None:
-        jobs.append(("cd_diagram", cd_png, (ranks,)))
-    return dict(zip([f"{name}.png" for name, _, _ in jobs], _draw_all(jobs, workers), strict=True))
+def reliability_png(figure: ReliabilityFigure) -> bytes:
+    """A cell's reliability diagram: per arm, observed frequency against confidence in each equal-mass bin
+    with its 95 % Clopper–Pearson interval, all arms on one axes; the diagonal is perfect calibration."""
+    fig, (ax,) = _figure(5.6, 3.9)
+    arms = [p.arm for p in figure.panels]
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
+    for panel in figure.panels:
+        colour = _colour(arms, panel.arm)
+        if panel.note:
+            ax.plot([], [], " ", label=f"{panel.label}: {panel.note}")
+            continue
+        ax.errorbar(panel.confidence, panel.observed, yerr=[panel.observed - panel.low, panel.high - panel.observed],
+                    fmt="o-", ms=3, lw=1, capsize=2, color=colour, label=panel.label)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(figure.xlabel)
+    ax.set_ylabel(figure.ylabel)
+    ax.set_title(figure.title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", title="bars: 95 % Clopper–Pearson", title_fontsize=6)
+    return _png(fig)
 
 
-def _draw(job: tuple[str, Callable[..., bytes], tuple[object, ...]]) -> bytes:
-    return job[1](*job[2])
+_DRAW: dict[type, Callable[[Any], bytes]] = {
+    CurvesFigure: curves_png, FractionsFigure: fractions_png, BoxFigure: box_png,
+    EmissionsFigure: emissions_png, CdFigure: cd_png, RatingsFigure: ratings_png, ReliabilityFigure: reliability_png,
+}
 
 
-def _draw_all(jobs: list[tuple[str, Callable[..., bytes], tuple[object, ...]]], workers: int | None) -> list[bytes]:
-    """Draw the figures, in forked worker processes when there are many and it is safe to fork."""
-    if workers is None:
-        safe = threading.current_thread() is threading.main_thread() and "fork" in mp.get_all_start_methods()
-        cpus = os.cpu_count() or 1
-        workers = min(4, max(2, cpus // 2)) if safe and cpus >= 2 and len(jobs) >= 8 else 1
-    if workers <= 1:
-        return [_draw(job) for job in jobs]
-    import matplotlib.figure  # noqa: F401 - once here, inherited by the forked workers
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        return list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-
-
+def draw(figure: Figure) -> bytes:
+    """One figure as PNG bytes."""
+    return _DRAW[type(figure)](figure)

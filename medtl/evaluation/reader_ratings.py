@@ -18,7 +18,6 @@ import pandas as pd
 
 from medtl.evaluation.readers import reader
 from medtl.training import schema as S
-from medtl.training.schema import resolve_tracking_uri
 
 KEY_PATH = "reader/key.json"
 """The gradcam run's artifact mapping (image, label) to arm; never part of a packet."""
@@ -42,7 +41,7 @@ def collect_ratings(tracking_uri: str | None, study: str) -> pd.DataFrame:
     Raises:
         UserError: if the store cannot be read.
     """
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = S.resolve_tracking_uri(tracking_uri)
     store = reader(uri)
     experiment = store.experiments().get(study)
     if experiment is None:

@@ -77,7 +77,7 @@ def reader(uri: str) -> TrackingReader:
 
 SQL_SCHEMA = {
     "experiments": ("experiment_id", "name", "lifecycle_stage", "last_update_time"),
-    "runs": ("run_uuid", "name", "status", "start_time", "end_time", "experiment_id", "lifecycle_stage"),
+    "runs": ("run_uuid", "name", "status", "start_time", "end_time", "artifact_uri", "experiment_id", "lifecycle_stage"),
     "tags": ("run_uuid", "key", "value"),
     "params": ("run_uuid", "key", "value"),
     "latest_metrics": ("run_uuid", "key", "value", "is_nan", "timestamp"),
@@ -85,6 +85,8 @@ SQL_SCHEMA = {
 }
 """Every table and column of MLflow's schema the SQL reader selects (checked by a contract test
 against the pinned MLflow's own schema)."""
+RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "artifact_uri")
+"""The columns of the runs frame either reader returns."""
 
 
 class _SqlReader:
@@ -141,7 +143,7 @@ class _SqlReader:
         eid = int(experiment_id)
         active = "r.experiment_id = :e AND r.lifecycle_stage = 'active'"
         runs = self._query(
-            f"SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time FROM runs r WHERE {active}",
+            f"SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time, r.artifact_uri FROM runs r WHERE {active}",
             e=eid,
         )
         tags = self._query(
@@ -162,7 +164,7 @@ class _SqlReader:
         lm = pd.DataFrame(latest, columns=["run_id", "key", "value", "is_nan"])
         lm["value"] = np.where(lm["is_nan"].astype(bool), np.nan, lm["value"].astype(float))
         return (
-            pd.DataFrame(runs, columns=["run_id", "run_name", "status", "start_time", "end_time"]),
+            pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
             pd.DataFrame(params, columns=["run_id", "key", "value"]),
             pd.DataFrame(tags, columns=["run_id", "key", "value"]),
             lm.drop(columns="is_nan"),
@@ -216,7 +218,10 @@ class _SqlReader:
             "FROM experiments e WHERE e.name = :n AND e.lifecycle_stage = 'active'",
             n=name,
         )
-        return tuple(rows[0]) if rows else None
+        if not rows:
+            return None
+        experiment_id, *rest = rows[0]
+        return (str(experiment_id), *rest)  # ids are strings in MLflow's API (and in the HTTP token)
 
 
 class _HttpReader:
@@ -253,7 +258,7 @@ class _HttpReader:
             )
             for run in page:
                 rid, info = run.info.run_id, run.info
-                runs.append((rid, info.run_name, info.status, info.start_time, info.end_time))
+                runs.append((rid, info.run_name, info.status, info.start_time, info.end_time, info.artifact_uri))
                 params += [(rid, k, v) for k, v in run.data.params.items()]
                 tags += [
                     (rid, k, v)
@@ -265,7 +270,7 @@ class _HttpReader:
             if not token:
                 break
         return (
-            pd.DataFrame(runs, columns=["run_id", "run_name", "status", "start_time", "end_time"]),
+            pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
             pd.DataFrame(params, columns=["run_id", "key", "value"]),
             pd.DataFrame(tags, columns=["run_id", "key", "value"]),
             pd.DataFrame(latest, columns=["run_id", "key", "value"]),

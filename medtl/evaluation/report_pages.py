@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from medtl.evaluation.report_tables import num
+from medtl.evaluation.formatting import num
 
 RUN_ID_COLUMNS = ("best run", "run_id", "kept_run_id")
 """Table columns whose cells are run ids (links to the MLflow UI when its address is known)."""

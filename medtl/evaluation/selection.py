@@ -27,7 +27,7 @@ PROTOCOL_COLUMNS = (
     "dataset", "max_epochs", "patience", "batch_size", "image_size", "normalization", "optimizer", "data_digest",
 )
 """The protocol fields a run row carries besides the cell keys, in the order labels name them."""
-SET_ASIDE_COLUMNS = ("run_id", "run_key", "task", "arch", "group", "lr", "seed", "status", "reason", "kept_run_id")
+SET_ASIDE_COLUMNS = ("run_id", "run_key", "task", "arch", "arm", "lr", "seed", "status", "reason", "kept_run_id")
 
 
 class MixedPretrainedError(UserError):
@@ -168,8 +168,8 @@ def _show(value: object, column: str = "") -> str:
 
 def _check_pretrained(kept: pd.DataFrame, allow: bool) -> list[str]:
     notes = []
-    domain = kept[kept["group"].astype(str).str.startswith("domain") & kept["init_resolved"].notna()]
-    for (task, arch, fraction, group), rows in domain.groupby([*CELL, "group"], sort=True):
+    domain = kept[kept["arm"].astype(str).str.startswith("domain") & kept["init_resolved"].notna()]
+    for (task, arch, fraction, arm), rows in domain.groupby([*CELL, "arm"], sort=True):
         counts = rows["init_resolved"].value_counts().sort_index()
         if len(counts) < 2:
             continue
@@ -177,9 +177,9 @@ def _check_pretrained(kept: pd.DataFrame, allow: bool) -> list[str]:
         where = f"{task} {arch}" + ("" if fraction == 1.0 else f" at fraction {fraction:g}")
         if not allow:
             raise MixedPretrainedError(
-                f"arm '{group}' of {where} was trained from {len(counts)} pretrained versions ({listed}); "
+                f"arm '{arm}' of {where} was trained from {len(counts)} pretrained versions ({listed}); "
                 "re-run those points from one version (a sweep pins the champion once per study) "
                 "or pass --allow-mixed-pretrained to compare them anyway"
             )
-        notes.append(f"arm '{group}' of {where} pools {len(counts)} pretrained versions ({listed}), as asked")
+        notes.append(f"arm '{arm}' of {where} pools {len(counts)} pretrained versions ({listed}), as asked")
     return notes

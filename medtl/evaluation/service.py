@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from medtl.errors import UserError
-from medtl.evaluation.analysis import EXTRA_SUMMARY, analyse, summarize
+from medtl.evaluation.analysis import Analysis, analyse
 from medtl.evaluation.collect import (
     STUDY_NAME,
     UnknownStudyError,
@@ -26,10 +26,13 @@ from medtl.evaluation.collect import (
     list_studies,
     mask_uri,
 )
-from medtl.evaluation.plots import CURVE_EPOCHS
+from medtl.evaluation.figure_data import CURVE_EPOCHS
+from medtl.evaluation.formatting import published
+from medtl.evaluation.predictions import PredictionsReader
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import MODES
+from medtl.evaluation.summaries import EXTRA_SUMMARY
 from medtl.training import schema as S
 from medtl.training.spec import TEST_METRICS, Arch, Task
 
@@ -74,7 +77,7 @@ class Response:
 
 
 class EvaluationService:
-    """Answers requests from a tracking store; results are cached per (study, mode) until the
+    """Answers requests from a tracking store from one `Analysis` per (study, mode), cached until the
     store's fingerprint for the study changes (one cheap query per request)."""
 
     def __init__(self, tracking_uri: str | None = None, allowed_hosts: tuple[str, ...] | None = None) -> None:
@@ -170,23 +173,31 @@ class EvaluationService:
             return value
 
     def _data(self, study: str) -> Any:
-        return self._cached(
-            study, "data", lambda: collect(study, self.tracking_uri, primary_only=True, max_step=CURVE_EPOCHS)
-        )
+        """The study's runs, histories and reader-study ratings, read once for every mode."""
+        return self._cached(study, "data", lambda: (
+            collect(study, self.tracking_uri, primary_only=True, max_step=CURVE_EPOCHS),
+            collect_ratings(self.tracking_uri, study),
+        ))
 
-    def _analysis(self, study: str, mode: str) -> Any:
-        return self._cached(study, f"analysis:{mode}", lambda: analyse(self._data(study).runs, mode))
+    def _analysis(self, study: str, mode: str) -> Analysis:
+        """The study's analysis in `mode`: what every route answers with (one main mode, as asked)."""
+        def build() -> Analysis:
+            data, ratings = self._data(study)
+            return analyse(data, mode, second_mode=False, ratings=ratings,
+                           predictions=PredictionsReader(self.tracking_uri))
+
+        return self._cached(study, f"analysis:{mode}", build)
 
     # ------------------------------------------------------------ routes
 
     def _summary(self, study: str, query: dict[str, str]) -> Response:
-        table = self._cached(study, "summary", lambda: _records(summarize(self._data(study).runs)))
+        table = self._cached(study, "summary", lambda: _records(published(self._analysis(study, "paper").summary)))
         rows = [r for r in table if all(r[k] == v for k, v in query.items())]
         return _json({"study": study, "rows": rows})
 
     def _comparisons(self, study: str, query: dict[str, str]) -> Response:
         mode = query.get("mode", "paper")
-        records = self._analysis(study, mode).records()
+        records = self._analysis(study, mode).main.records()
         filters = {k: v for k, v in query.items() if k != "mode"}
         rows = [r for r in records if all(r[k] == v for k, v in filters.items())]
         return _json({"study": study, "mode": mode, "records": _safe(rows)})
@@ -196,8 +207,7 @@ class EvaluationService:
 
         def build() -> bytes:
             with tempfile.TemporaryDirectory(prefix="medtl-report-") as tmp:
-                ratings = collect_ratings(self.tracking_uri, study)
-                render(self._data(study), [self._analysis(study, mode)], Path(tmp), ratings=ratings)
+                render(self._analysis(study, mode), Path(tmp))
                 return (Path(tmp) / "report.html").read_bytes()
 
         return Response(200, "text/html; charset=utf-8", self._cached(study, f"html:{mode}", build))
@@ -296,14 +306,16 @@ OPENAPI: dict[str, Any] = {
                              "responses": _ok({"type": "object", "properties": {
                                  "studies": {"type": "array", "items": {"type": "string"}}}})}},
         "/studies/{study}/summary": {"get": {
-            "summary": "summary.csv rows: per task, arch, arm, lr, fraction and metric",
+            "summary": "summary.csv rows: per task, arch, arm, lr, fraction and metric, each mean with its "
+                       "95 % bootstrap interval over seeds (ci_low, ci_high, ci_resamples, ci_seed, ci_note)",
             "parameters": [_STUDY, _param("task", "task name", _CHOICES["task"]),
                            _param("arch", "architecture", _CHOICES["arch"]),
                            _param("metric", "summary metric", SUMMARY_METRICS)],
             "responses": _ok({"type": "object", "properties": {
                 "study": {"type": "string"}, "rows": {"type": "array", "items": {"type": "object"}}}})}},
         "/studies/{study}/comparisons": {"get": {
-            "summary": "comparisons.json records of one mode",
+            "summary": "comparisons.json records of one mode, pairs with mean_diff and its 95 % bootstrap "
+                       "interval over seeds (diff_ci_low, diff_ci_high)",
             "parameters": [_STUDY, _param("task", "task name", _CHOICES["task"]),
                            _param("arch", "architecture", _CHOICES["arch"]),
                            _param("metric", "compared metric", COMPARISON_METRICS),

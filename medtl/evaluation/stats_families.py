@@ -11,7 +11,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from medtl.evaluation.stats_exact import (
     bonferroni,
@@ -22,11 +21,13 @@ from medtl.evaluation.stats_exact import (
     mwu_pair,
     permutation_pair,
     scipy_fields,
+    scipy_stats,
     too_few,
     ttest_pair,
     undefined,
 )
 from medtl.evaluation.stats_records import Comparison
+from medtl.evaluation.uncertainty import difference_interval
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,11 @@ def paper_family(ctx: Cell, arms: list[Arm], alpha: float) -> list[Comparison]:
     if reason is None and all(np.ptp(v) == 0 for v in values):
         levene = undefined("every arm constant: variance test undefined")
     elif reason is None:
-        levene = scipy_fields(stats.levene(*values))
+        levene = scipy_fields(scipy_stats().levene(*values))
     else:
         levene = undefined(reason)
     if reason is None:
-        kruskal = scipy_fields(stats.kruskal(*values))
+        kruskal = scipy_fields(scipy_stats().kruskal(*values))
         kruskal["min_attainable_p"] = kruskal_min_p([v.size for v in values])
         h = kruskal["statistic"]
         if h is not None and total > 1:
@@ -181,7 +182,21 @@ def _pair_base(ctx: Cell, a: Arm, b: Arm) -> dict[str, Any]:
     if ctx.lr is None:
         base.update(lr_a=a.lr, lr_b=b.lr)
     base["note"] = join_notes(exclusions([a, b]))
-    return base
+    return {**base, **difference_fields(a.values, b.values)}
+
+
+def difference_fields(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The INTERVAL_KEYS of a pair: both means, mean_a − mean_b and its bootstrap interval over seeds."""
+    interval = difference_interval(a, b)
+    mean_a = float(np.mean(a)) if a.size else None
+    mean_b = float(np.mean(b)) if b.size else None
+    return {
+        "mean_a": mean_a, "mean_b": mean_b,
+        "mean_diff": None if mean_a is None or mean_b is None else mean_a - mean_b,
+        "diff_ci_low": interval.low, "diff_ci_high": interval.high, "diff_ci_level": interval.level,
+        "diff_ci_method": interval.method, "diff_ci_resamples": interval.resamples, "diff_ci_seed": interval.seed,
+        "diff_ci_note": interval.note,
+    }
 
 
 def _merge(base: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ class Comparison:
     `statistic` is U of group_a (mannwhitneyu), H (kruskal), W (levene), t (ttest) or
     mean_a - mean_b (permutation). Effect sizes and `hl_shift` are positive when group_a's values
     are larger. `min_attainable_p` is the smallest raw p the test can give at these sizes.
-    Undefined tests carry p values None and say why in `note`.
+    Undefined tests carry p values None and say why in `note`. Pairs also carry both arms' means,
+    their difference and its 95 % bootstrap interval over seeds (INTERVAL_KEYS).
     """
 
     task: str
@@ -48,10 +49,20 @@ class Comparison:
     lr_a: float | None = None
     lr_b: float | None = None
     note: str | None = None
+    mean_a: float | None = None
+    mean_b: float | None = None
+    mean_diff: float | None = None
+    diff_ci_low: float | None = None
+    diff_ci_high: float | None = None
+    diff_ci_level: float | None = None
+    diff_ci_method: str | None = None
+    diff_ci_resamples: int | None = None
+    diff_ci_seed: int | None = None
+    diff_ci_note: str | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """Plain JSON-safe dict with exactly RECORD_KEYS (None for NaN or infinite numbers)."""
-        return {key: _json_safe(getattr(self, key)) for key in RECORD_KEYS}
+        """Plain JSON-safe dict with RECORD_KEYS, then INTERVAL_KEYS (None for NaN or infinite numbers)."""
+        return {key: _json_safe(getattr(self, key)) for key in (*RECORD_KEYS, *INTERVAL_KEYS)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class LrChoice:
 
     task: str
     arch: str
-    group: str
+    arm: str
     lr: float | None
     metric: str
     mean_val: float | None
@@ -73,7 +84,7 @@ class ArmCount:
 
     task: str
     arch: str
-    group: str
+    arm: str
     lr: float
     n_runs: int
     n_finished: int
@@ -98,22 +109,28 @@ class ComparisonSet:
         return [r.to_record() for r in self.records]
 
     def to_frame(self) -> pd.DataFrame:
-        """The records as a DataFrame with RECORD_KEYS as columns."""
-        return pd.DataFrame(self.to_records(), columns=list(RECORD_KEYS))
+        """The records as a DataFrame with RECORD_KEYS and INTERVAL_KEYS as columns."""
+        return pd.DataFrame(self.to_records(), columns=[*RECORD_KEYS, *INTERVAL_KEYS])
 
     def selection_frame(self) -> pd.DataFrame:
-        """The selected learning rates, one row per (task, arch, group)."""
+        """The selected learning rates, one row per (task, arch, arm)."""
         return pd.DataFrame(
             [dataclasses.asdict(c) for c in self.selection], columns=list(LR_COLUMNS)
         )
 
     def counts_frame(self) -> pd.DataFrame:
-        """Run counts per (task, arch, group, lr)."""
+        """Run counts per (task, arch, arm, lr)."""
         cols = [f.name for f in dataclasses.fields(ArmCount)]
         return pd.DataFrame([dataclasses.asdict(c) for c in self.counts], columns=cols)
 
 
-RECORD_KEYS = tuple(f.name for f in dataclasses.fields(Comparison))
+INTERVAL_KEYS = (
+    "mean_a", "mean_b", "mean_diff", "diff_ci_low", "diff_ci_high", "diff_ci_level", "diff_ci_method",
+    "diff_ci_resamples", "diff_ci_seed", "diff_ci_note",
+)
+"""A pair's means and the 95 % interval of mean_a − mean_b over seeds (`uncertainty`), beside its test;
+None for omnibus tests. comparisons.json and .csv carry them after every other key."""
+RECORD_KEYS = tuple(f.name for f in dataclasses.fields(Comparison) if f.name not in INTERVAL_KEYS)
 LR_COLUMNS = tuple(f.name for f in dataclasses.fields(LrChoice))
 
 

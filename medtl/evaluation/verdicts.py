@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from medtl.evaluation.analysis import Analysis, at_chosen, chosen_lrs
-from medtl.evaluation.report_tables import num
+from medtl.evaluation.comparisons import Comparisons
+from medtl.evaluation.formatting import interval, num
 from medtl.evaluation.stats import primary_metric
-from medtl.training.schema import MAIN_ARMS, arm_order
+from medtl.evaluation.summaries import interval_of
+from medtl.evaluation.uncertainty import Interval
+from medtl.training import schema as S
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The answer for one (task, arch, fraction) cell: best arm on the primary metric and on epochs.
 
-    `means` and `epochs` map each arm to its mean at its selected learning rate; `p_metric` and
-    `p_epochs` map each other arm to the adjusted p of its pairwise test against the best arm.
+    `means` and `epochs` map each arm to its mean at its selected learning rate, `intervals` and
+    `epoch_intervals` to that mean's 95 % interval over seeds; `p_metric` and `p_epochs` map each
+    other arm to the adjusted p of its pairwise test against the best arm.
     """
 
     task: str
@@ -35,6 +38,8 @@ class Verdict:
     p_epochs: dict[str, float | None]
     alpha: float
     test: str
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    epoch_intervals: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def significant(self) -> bool:
@@ -49,9 +54,10 @@ class Verdict:
         if self.best is None:
             return f"{where}: no arm has a usable {self.metric} yet."
         tests = "Mann-Whitney U, Bonferroni" if self.test == "mannwhitneyu" else "permutation, Holm"
-        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} ({_means_text(self.means, self.best)})"
+        return (f"{where}: {_lead(self.means, self.best)} on {self.metric} "
+                f"({_means_text(self.means, self.best, self.intervals)})"
                 f"{_sig_text(self.p_metric, self.alpha)}; fewest epochs to convergence: "
-                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest)})"
+                f"{_lead(self.epochs, self.fastest, 'fastest')} ({_means_text(self.epochs, self.fastest, self.epoch_intervals)})"
                 f"{_sig_text(self.p_epochs, self.alpha)} [{tests}].")
 
 
@@ -63,9 +69,14 @@ def _lead(means: dict[str, float], best: str | None, word: str = "best") -> str:
     return f"tied: {', '.join(tied)}" if len(tied) > 1 else (f"{best} is best" if word == "best" else best)
 
 
-def _means_text(means: dict[str, float], first: str | None) -> str:
+def _means_text(means: dict[str, float], first: str | None, intervals: dict[str, Interval]) -> str:
     order = [first, *[a for a in means if a != first]]
-    return ", ".join(f"{a} {num(means[a], 3)}" for a in order if a in means)
+    shown = []
+    for a in order:
+        if a in means:
+            ci = intervals.get(a)
+            shown.append(f"{a} {num(means[a], 3)}" + ("" if ci is None else f" {interval(ci.low, ci.high, ci.note, 3)}"))
+    return ", ".join(shown)
 
 
 def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
@@ -87,42 +98,48 @@ def _sig_text(ps: dict[str, float | None], alpha: float) -> str:
     return f", significant vs {', '.join(sig)} (p adj. {listed(sig)}), not vs {', '.join(rest)} (p adj. {listed(rest)})"
 
 
-def verdicts(summary: pd.DataFrame, analysis: Analysis) -> list[Verdict]:
-    """One Verdict per (task, arch, fraction) of the analysis, main arms at their selected lr.
+def verdicts(at_lr: pd.DataFrame, chosen: pd.DataFrame, comparisons: Comparisons) -> list[Verdict]:
+    """One Verdict per (task, arch, fraction) of the comparisons, main arms at their selected lr.
 
-    Arm means come from the summary (what the tables show); the p values are the analysis's
+    Arm means come from the summary (what the tables show); the p values are the comparisons'
     pairwise tests (Mann–Whitney U with Bonferroni in paper mode, permutation with Holm in
     recommended mode) of the best arm against each other main arm.
+
+    Args:
+        at_lr: the summary's rows at each arm's selected learning rate.
+        chosen: the selected learning rates (task, arch, arm, data_fraction, lr).
+        comparisons: the main mode's comparisons.
     """
-    chosen = chosen_lrs(analysis)
-    rows = at_chosen(summary, chosen) if not summary.empty else summary
-    records = analysis.records()
-    pair_test = "mannwhitneyu" if analysis.mode == "paper" else "permutation"
+    rows = at_lr
+    records = comparisons.records()
+    pair_test = "mannwhitneyu" if comparisons.mode == "paper" else "permutation"
     out = []
-    for fraction, cs in analysis.sets:
+    for fraction, cs in comparisons.sets:
         for task, arch in sorted({(r.task, r.arch) for r in cs.records}):
             metric, higher = primary_metric(task)
             cell = rows[(rows["task"] == task) & (rows["arch"] == arch) & (rows["data_fraction"] == fraction)
-                        & rows["group"].isin(MAIN_ARMS)]
-            means = _arm_means(cell, f"test_{metric}")
-            epochs = _arm_means(cell, "epochs_to_convergence")
+                        & rows["arm"].isin(S.MAIN_ARMS)]
+            means, intervals = _arm_means(cell, f"test_{metric}")
+            epochs, epoch_intervals = _arm_means(cell, "epochs_to_convergence")
             best = _pick(means, higher)
             fastest = _pick(epochs, False)
             recs = [r for r in records if r["task"] == task and r["arch"] == arch and r["data_fraction"] == fraction
                     and r["test"] == pair_test]
             lrs = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
-            lr_of = dict(zip(lrs["group"], lrs["lr"].astype(float), strict=True)) if analysis.per_lr else {}
+            lr_of = dict(zip(lrs["arm"], lrs["lr"].astype(float), strict=True)) if comparisons.per_lr else {}
             out.append(Verdict(task, arch, float(fraction), metric, higher, best, means,
                                _pvalues(recs, f"test_{metric}", best, means, lr_of.get(best)),
                                fastest, epochs, _pvalues(recs, "epochs_to_convergence", fastest, epochs, lr_of.get(fastest)),
-                               cs.alpha, pair_test))
+                               cs.alpha, pair_test, intervals, epoch_intervals))
     return out
 
 
-def _arm_means(cell: pd.DataFrame, metric: str) -> dict[str, float]:
+def _arm_means(cell: pd.DataFrame, metric: str) -> tuple[dict[str, float], dict[str, Interval]]:
+    """Each arm's mean (arms in display order) and its interval, from the summary's rows."""
     values = cell[(cell["metric"] == metric) & (cell["n"] > 0)]
-    means = {str(g): float(m) for g, m in zip(values["group"], values["mean"], strict=True) if math.isfinite(m)}
-    return {a: means[a] for a in arm_order(list(means))}
+    rows = {str(row["arm"]): row for _, row in values.iterrows() if math.isfinite(float(row["mean"]))}
+    order = S.arm_order(list(rows))
+    return {a: float(rows[a]["mean"]) for a in order}, {a: interval_of(rows[a]) for a in order}
 
 
 def _pick(means: dict[str, float], higher: bool) -> str | None:

@@ -41,29 +41,30 @@ def _test_metrics(task: str, quality: float) -> dict[str, float]:
     return {"test_mae": 20 - 10 * quality, "test_rmse": 25 - 10 * quality}
 
 
-def _log_run(client, exp, store: Store, *, task, arch, group, lr, seed, fraction=1.0, epochs=EPOCHS,
+def _log_run(client, exp, store: Store, *, task, arch, arm, lr, seed, fraction=1.0, epochs=EPOCHS,
              status="FINISHED", diverged=False, params=True, parent="", constant_epochs=False):
     from mlflow.entities import Metric, Param
 
-    rng = np.random.default_rng(zlib.crc32(repr((task, arch, group, lr, seed, fraction)).encode()))
+    rng = np.random.default_rng(zlib.crc32(repr((task, arch, arm, lr, seed, fraction)).encode()))
     metric, higher = TASKS[task]
-    init = "domain" if group.startswith("domain") else group
-    tags = {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": group, "medtl.task": task,
+    init = "domain" if arm.startswith("domain") else arm
+    # `medtl.group`: the arm's tag before the glossary named it (an older store, read as the arm)
+    tags = {"medtl.stage": "finetune", "medtl.study": STUDY, "medtl.group": arm, "medtl.task": task,
             "medtl.arch": arch, "medtl.run_key": f"k{len(store.finetune):04d}"}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp, tags=tags, run_name=f"{task} {arch} {group} lr={lr:g} seed={seed}")
+    run = client.create_run(exp, tags=tags, run_name=f"{task} {arch} {arm} lr={lr:g} seed={seed}")
     rid = run.info.run_id
     store.finetune.add(rid)
     ps = []
     if params:
         spec = {"task": task, "arch": arch, "init": init, "lr": repr(lr), "seed": str(seed),
                 "dataset": "synthetic", "init_source": "", "data_fraction": repr(fraction),
-                "pretrain_modality": group.removeprefix("domain-") if "-" in group else "all",
+                "pretrain_modality": arm.removeprefix("domain-") if "-" in arm else "all",
                 "max_epochs": "200", "patience": "10", "batch_size": "16", "image_size": "64",
                 "normalization": "auto"}
-        ps = [Param(k, v) for k, v in {**spec, "group": group, "optimizer": "AdamW"}.items()]
-    boost = {"random": 0.0, "imagenet": 0.15, "domain": 0.1}.get(group, 0.05) + (0.05 if lr == 1e-4 else 0.0)
+        ps = [Param(k, v) for k, v in {**spec, "group": arm, "optimizer": "AdamW"}.items()]
+    boost = {"random": 0.0, "imagenet": 0.15, "domain": 0.1}.get(arm, 0.05) + (0.05 if lr == 1e-4 else 0.0)
     quality = 0.6 + boost + 0.03 * rng.standard_normal() - 0.1 * (1 - fraction)
     now = 1_700_000_000_000 + 1000 * len(store.finetune)
     ms = []
@@ -113,28 +114,28 @@ def build_store(path: Path) -> Store:
     store.sweep_parent = parent.info.run_id
     for task in TASKS:
         for arch in ARCHS:
-            for group in ARMS:
+            for arm in ARMS:
                 for lr in LRS:
                     for seed in SEEDS:
                         kw = {}
-                        if (task, arch, group, lr, seed) == ("demo-binary", "resnet18", "random", 1e-3, 2):
+                        if (task, arch, arm, lr, seed) == ("demo-binary", "resnet18", "random", 1e-3, 2):
                             kw = {"status": "FAILED", "epochs": 2}
-                        if (task, arch, group, lr, seed) == ("demo-regression", "mobilenet_v3_small", "domain", 1e-4, 1):
+                        if (task, arch, arm, lr, seed) == ("demo-regression", "mobilenet_v3_small", "domain", 1e-4, 1):
                             kw = {"diverged": True}
-                        if (task, arch, group) == ("demo-regression", "resnet18", "imagenet"):
+                        if (task, arch, arm) == ("demo-regression", "resnet18", "imagenet"):
                             kw = {"constant_epochs": True}
-                        _log_run(client, exp, store, task=task, arch=arch, group=group, lr=lr, seed=seed,
+                        _log_run(client, exp, store, task=task, arch=arch, arm=arm, lr=lr, seed=seed,
                                  parent=store.sweep_parent, **kw)
     store.no_params = _log_run(client, exp, store, task="demo-binary", arch="mobilenet_v3_small",
-                               group="imagenet", lr=1e-3, seed=9, status="FAILED", epochs=1, params=False)
+                               arm="imagenet", lr=1e-3, seed=9, status="FAILED", epochs=1, params=False)
     for seed in range(3):
-        _log_run(client, exp, store, task="demo-binary", arch="resnet18", group="domain-CR", lr=1e-4, seed=seed)
-    for group in ARMS:
+        _log_run(client, exp, store, task="demo-binary", arch="resnet18", arm="domain-CR", lr=1e-4, seed=seed)
+    for arm in ARMS:
         for seed in range(2):
-            _log_run(client, exp, store, task="demo-binary", arch="resnet18", group=group, lr=1e-3,
+            _log_run(client, exp, store, task="demo-binary", arch="resnet18", arm=arm, lr=1e-3,
                      seed=seed, fraction=0.25, epochs=5)
     other = client.create_experiment("medtl/other")
-    _log_run(client, other, Store(uri, path), task="demo-binary", arch="resnet18", group="random", lr=1e-3, seed=0)
+    _log_run(client, other, Store(uri, path), task="demo-binary", arch="resnet18", arm="random", lr=1e-3, seed=0)
     pre = client.create_experiment("medtl/pretrain")
     client.set_terminated(client.create_run(pre, tags={"medtl.stage": "pretrain"}).info.run_id)
     return store

@@ -51,7 +51,7 @@ def test_types_and_values(data, synthetic_store):
     assert runs["lr"].dtype == float and runs["data_fraction"].dtype == float
     assert str(runs["seed"].dtype) == "Int64" and runs["diverged"].dtype == bool
     assert set(FINAL_METRICS) <= set(runs.columns)
-    assert set(runs["group"]) == {"random", "imagenet", "domain", "domain-CR"}
+    assert set(runs["arm"]) == {"random", "imagenet", "domain", "domain-CR"}
     assert sorted(runs["data_fraction"].dropna().unique()) == [0.25, 1.0]
     one = runs.set_index("run_id")
     for rid, expected in synthetic_store.expected.items():
@@ -62,7 +62,7 @@ def test_types_and_values(data, synthetic_store):
 
 def test_run_without_params_falls_back_to_tags(data, synthetic_store):
     row = data.runs.set_index("run_id").loc[synthetic_store.no_params]
-    assert (row["task"], row["arch"], row["group"]) == ("demo-binary", "mobilenet_v3_small", "imagenet")
+    assert (row["task"], row["arch"], row["arm"]) == ("demo-binary", "mobilenet_v3_small", "imagenet")
     assert math.isnan(row["lr"]) and row["failed"]
 
 

@@ -1,4 +1,4 @@
-"""Reader-study ratings: known answers against direct scipy calls, rendering, the figure."""
+"""Reader-study ratings: known answers against direct scipy calls, the report's section, the figure."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 from scipy import stats
 
 from medtl.errors import UserError
-from medtl.evaluation.analysis import ratings_summary
-from medtl.evaluation.ratings import ratings_figure, render_ratings_markdown
+from medtl.evaluation.figures import RatingsFigure
+from medtl.evaluation.plots import ratings_png
+from medtl.evaluation.reader_stats import analyse_ratings, ratings_summary
+from medtl.evaluation.report import ratings_blocks
+from medtl.evaluation.report_pages import to_markdown
 
 SCORES = {
     ("domain", "r1"): [5, 4, 5, 4, 3, 5],
@@ -69,7 +72,7 @@ def test_without_task_columns_and_with_all_scores_equal():
     frame = pd.DataFrame({"arm": ["a", "b"] * 3, "rater": "r", "score": [3] * 6})
     (model,) = ratings_summary(frame)["models"]
     assert model["task"] is None and model["kruskal"]["p"] is None and model["kruskal"]["note"]
-    assert "Kruskal" in render_ratings_markdown(ratings_summary(frame))
+    assert "Kruskal–Wallis across arms: H = –, p = –" in to_markdown(ratings_blocks(analyse_ratings(frame), False))
 
 
 def test_bad_tables_are_refused():
@@ -79,12 +82,20 @@ def test_bad_tables_are_refused():
         ratings_summary(pd.DataFrame({"arm": ["a", "b"], "rater": "r", "score": [3, 7]}))
 
 
+def ratings_figure(frame: pd.DataFrame) -> bytes:
+    rated = analyse_ratings(frame)
+    return ratings_png(RatingsFigure("reader_ratings.png", tuple(rated.summary["models"]), rated.points))
+
+
 def test_markdown_and_figure():
-    summary = ratings_summary(_frame())
-    text = render_ratings_markdown(summary)
-    assert "### brain-tumor-mri resnet50" in text and "| domain | r1 | 6 | 4.33 |" in text
-    assert "Bonferroni over 3 pair(s)" in text
-    assert "No ratings imported yet" in render_ratings_markdown(ratings_summary(_frame().iloc[:0]))
+    rated = analyse_ratings(_frame())
+    text = to_markdown(ratings_blocks(rated, True))
+    assert "### brain-tumor-mri resnet50" in text and "| domain | r1 | 6 | 4.333 |" in text
+    assert "![reader_ratings.png](plots/reader_ratings.png)" in text
+    assert "| mannwhitneyu | random | imagenet | 12 | 12 | bonferroni | 3 |" in text
+    (model,) = rated.summary["models"]
+    assert [list(rated.points[0][(arm, "r1")]) for arm in model["arms"]] == [
+        SCORES[(arm, "r1")] for arm in ("random", "imagenet", "domain")]
     png = ratings_figure(pd.concat([_frame(), _frame("grazpedwri-osteopenia")], ignore_index=True))
     assert png.startswith(b"\x89PNG") and len(png) > 2000
-    assert ratings_figure(_frame().iloc[:0]).startswith(b"\x89PNG")
+    assert ratings_png(RatingsFigure("reader_ratings.png", (), ())).startswith(b"\x89PNG")

@@ -75,7 +75,7 @@ def test_sql_reader_matches_the_client_reader(store):
     gradcam = [r for r, stage in made.items() if stage is S.Stage.GRADCAM]
     assert sql.run_ids_tagged(exp, S.STAGE_TAG, S.Stage.GRADCAM.value) == gradcam
     assert client.run_ids_tagged(exp, S.STAGE_TAG, S.Stage.GRADCAM.value) == gradcam
-    assert sql.fingerprint(S.study_experiment("contract"))[0] == int(exp)
+    assert sql.fingerprint(S.study_experiment("contract"))[0] == exp
     assert sql.fingerprint("medtl/absent") is None and client.fingerprint("medtl/absent") is None
 
 

@@ -10,18 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtl.evaluation.analysis import (
-    CELL_RECORD_KEYS,
-    SUMMARY_COLUMNS,
-    Ranks,
-    analyse,
-    average_ranks,
-    summarize,
-)
+from medtl.evaluation.analysis import analyse
 from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS, cd_png
+from medtl.evaluation.comparisons import CELL_RECORD_KEYS
+from medtl.evaluation.figure_data import CURVE_EPOCHS
+from medtl.evaluation.figures import CdFigure
+from medtl.evaluation.formatting import PUBLISHED_NAMES
+from medtl.evaluation.plots import cd_png
+from medtl.evaluation.ranks import Ranks, average_ranks
 from medtl.evaluation.report import render
 from medtl.evaluation.stats import RECORD_KEYS
+from medtl.evaluation.stats_records import INTERVAL_KEYS
+from medtl.evaluation.summaries import SUMMARY_COLUMNS, summarize
 
 from .conftest import STUDY
 
@@ -31,10 +31,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def built(synthetic_store, tmp_path_factory):
     data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
-    analyses = [analyse(data.runs, "paper"), analyse(data.runs, "recommended")]
+    analysis = analyse(data, "paper", second_mode=True)
     out = tmp_path_factory.mktemp("report")
-    written = render(data, analyses, out)
-    return data, analyses, out, written
+    written = render(analysis, out)
+    return data, analysis.comparisons, out, written
 
 
 def test_all_files_written_and_nothing_half_written(built):
@@ -62,7 +62,9 @@ def test_comparisons_json_has_the_contract_fields(built):
     assert tests == {"levene", "kruskal", "mannwhitneyu", "ttest"}
     assert {r["data_fraction"] for r in records} == {1.0, 0.25}
     csv = pd.read_csv(out / "comparisons.csv")
-    assert list(csv.columns) == [*RECORD_KEYS, *CELL_RECORD_KEYS] and len(csv) == len(records)
+    # the published keys first, unchanged; the intervals after them
+    assert list(csv.columns) == [*RECORD_KEYS, *CELL_RECORD_KEYS, *INTERVAL_KEYS] and len(csv) == len(records)
+    assert list(records[0]) == [*RECORD_KEYS, *CELL_RECORD_KEYS, *INTERVAL_KEYS]
 
 
 def test_degenerate_cells_are_noted_not_crashed(built):
@@ -80,10 +82,10 @@ def test_degenerate_cells_are_noted_not_crashed(built):
 def test_summary_numbers(built):
     data, _, out, _ = built
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary.columns) == [PUBLISHED_NAMES.get(c, c) for c in SUMMARY_COLUMNS]  # the arm stays `group`
     runs = data.runs
     ok = runs[(runs["status"] == "FINISHED") & ~runs["diverged"]]
-    cell = ok[(ok["task"] == "demo-binary") & (ok["arch"] == "resnet18") & (ok["group"] == "imagenet")
+    cell = ok[(ok["task"] == "demo-binary") & (ok["arch"] == "resnet18") & (ok["arm"] == "imagenet")
               & (ok["lr"] == 1e-3) & (ok["data_fraction"] == 1.0)]
     row = summary[(summary["task"] == "demo-binary") & (summary["arch"] == "resnet18")
                   & (summary["group"] == "imagenet") & (summary["lr"] == 1e-3)
@@ -102,7 +104,7 @@ def test_summary_numbers(built):
                                          "energy_kwh", "duration_s"}
     best = regression[(regression["arch"] == "resnet18") & (regression["group"] == "random")
                       & (regression["lr"] == 1e-4)].iloc[0]
-    mae = ok[(ok["task"] == "demo-regression") & (ok["arch"] == "resnet18") & (ok["group"] == "random")
+    mae = ok[(ok["task"] == "demo-regression") & (ok["arch"] == "resnet18") & (ok["arm"] == "random")
              & (ok["lr"] == 1e-4)]
     assert best["best_run_id"] == mae.loc[mae["best_val_mae"].idxmin(), "run_id"]  # lower is better
 
@@ -129,9 +131,9 @@ def test_latex_tables_per_task(built):
 
 def test_tiny_study_with_one_run_renders(synthetic_store, tmp_path):
     data = collect("other", synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
-    analysis = analyse(data.runs, "paper")
-    render(data, [analysis], tmp_path / "o")
-    assert any("only one arm" in (r["note"] or "") for r in analysis.records())
+    analysis = analyse(data, "paper")
+    render(analysis, tmp_path / "o")
+    assert any("only one arm" in (r["note"] or "") for r in analysis.main.records())
     assert "critical-difference diagram needs" in (tmp_path / "o" / "report.md").read_text()
     assert not (tmp_path / "o" / "plots" / "cd_diagram.png").exists()
 
@@ -139,7 +141,7 @@ def test_tiny_study_with_one_run_renders(synthetic_store, tmp_path):
 def test_empty_runs_table(tmp_path, synthetic_store):
     data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=1)
     empty = type(data)(data.study, data.tracking_uri, data.experiment_id, data.runs.iloc[0:0], data.histories.iloc[0:0])
-    render(empty, [analyse(empty.runs)], tmp_path / "e", figures=False)
+    render(analyse(empty), tmp_path / "e", figures=False)
     assert summarize(empty.runs).empty
     assert json.loads((tmp_path / "e" / "comparisons.json").read_text()) == []
 
@@ -149,7 +151,24 @@ def test_average_ranks_and_cd():
     ranks = average_ranks(means, pd.Series([True, True, False]))
     assert ranks.average == (1.0, 2.0)
     assert ranks.cd == pytest.approx(1.960 * math.sqrt(2 * 3 / (6 * 3)))
-    assert cd_png(ranks).startswith(PNG)
+    assert ranks.cliques == ((1.0, 2.0),)  # ranks 1 and 2 lie within the CD (1.13): one bar joins them
+    figure = CdFigure("cd_diagram.png", ranks.arms, ranks.average, ranks.n_cells, ranks.cd, ranks.cliques)
+    assert cd_png(figure).startswith(PNG)
     short = average_ranks(means.iloc[:1], pd.Series([True]))
     assert short.cd is None and "2+ complete cells" in (short.note or "")
     assert isinstance(short, Ranks)
+
+
+def test_excluded_diverged_runs_leave_every_number_computed_once(synthetic_store):
+    """One computation per number: with --exclude-diverged the emissions sentence, the emissions figure
+    and the ranks all count the same runs (the diverged ones left out)."""
+    from medtl.evaluation.figures import EmissionsFigure
+
+    data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
+    excluded = analyse(data, "paper", exclude_diverged=True)
+    counted = analyse(data, "paper")
+    (figure,) = [f for f in excluded.figures if isinstance(f, EmissionsFigure)]
+    assert figure.correlation == excluded.emissions[0]
+    finished = data.runs[(data.runs["status"] == "FINISHED") & data.runs["emissions_kg"].notna()]
+    assert counted.emissions[0].n == len(finished)
+    assert excluded.emissions[0].n == len(finished) - len(synthetic_store.diverged)

@@ -12,9 +12,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from medtl.evaluation.analysis import analyse
-from medtl.evaluation.collect import collect
-from medtl.evaluation.plots import CURVE_EPOCHS
+from medtl.evaluation.analysis import analyse_study
 from medtl.evaluation.report import render
 from medtl.evaluation.service import EvaluationService, make_server
 
@@ -33,9 +31,8 @@ def server(synthetic_store):
 
 @pytest.fixture(scope="module")
 def files(synthetic_store, tmp_path_factory):
-    data = collect(STUDY, synthetic_store.uri, primary_only=True, max_step=CURVE_EPOCHS)
     out = tmp_path_factory.mktemp("files")
-    render(data, [analyse(data.runs, "paper")], out, figures=False)  # numbers only
+    render(analyse_study(STUDY, synthetic_store.uri, "paper", second_mode=False), out, figures=False)  # numbers only
     return out
 
 
@@ -73,6 +70,7 @@ def test_summary_matches_summary_csv(server, files):
         served[list(csv.columns)].astype({"lr": float, "data_fraction": float}), csv,
         check_dtype=False, rtol=1e-12,
     )
+    assert served["ci_low"].notna().any() and (served["ci_resamples"] == 2000).all()  # every mean's interval
     status, part = get_json(f"{server}/studies/{STUDY}/summary?task=demo-binary&arch=resnet18&metric=test_f1")
     assert status == 200 and part["rows"]
     assert {(r["task"], r["arch"], r["metric"]) for r in part["rows"]} == {("demo-binary", "resnet18", "test_f1")}
@@ -82,6 +80,8 @@ def test_comparisons_match_comparisons_json(server, files):
     status, body = get_json(f"{server}/studies/{STUDY}/comparisons")
     assert status == 200 and body["mode"] == "paper"
     assert body["records"] == json.loads((files / "comparisons.json").read_text())
+    pairs = [r for r in body["records"] if r["test"] == "mannwhitneyu" and r["n_a"] >= 2 and r["n_b"] >= 2]
+    assert pairs and all(r["diff_ci_low"] <= r["mean_diff"] <= r["diff_ci_high"] for r in pairs)
     status, some = get_json(f"{server}/studies/{STUDY}/comparisons?test=kruskal&metric=test_mae&mode=paper")
     assert status == 200 and {(r["test"], r["metric"]) for r in some["records"]} == {("kruskal", "test_mae")}
     status, rec = get_json(f"{server}/studies/{STUDY}/comparisons?mode=recommended&task=demo-binary")

@@ -21,6 +21,7 @@ from medtl.evaluation.stats_exact import (
     mann_whitney_null_pmf,
     permutation_test,
 )
+from medtl.evaluation.stats_records import INTERVAL_KEYS
 
 SEPARATED = {
     "random": [1, 2, 3, 4, 5],
@@ -32,16 +33,16 @@ SEPARATED = {
 def runs(
     arms, task="covid19", arch="resnet18", lr=1e-3, metric="f1", val=None, epochs=None, **extra
 ):
-    """One row per value: arms maps group -> test metric values (val/epochs default to the same)."""
+    """One row per value: arms maps arm -> test metric values (val/epochs default to the same)."""
     rows = []
-    for group, values in arms.items():
+    for arm, values in arms.items():
         for i, v in enumerate(values):
             rows.append({
-                "task": task, "arch": arch, "group": group, "lr": lr, "seed": i,
+                "task": task, "arch": arch, "arm": arm, "lr": lr, "seed": i,
                 "status": "FINISHED", "diverged": False,
-                f"best_val_{metric}": v if val is None else val[group][i],
+                f"best_val_{metric}": v if val is None else val[arm][i],
                 f"test_{metric}": v,
-                "epochs_to_convergence": v if epochs is None else epochs[group][i],
+                "epochs_to_convergence": v if epochs is None else epochs[arm][i],
                 **extra,
             })  # fmt: skip
     return pd.DataFrame(rows)
@@ -315,13 +316,17 @@ def test_small_arms_single_arm_and_nan_metrics():
 def test_records_are_json_safe_with_exactly_the_documented_keys():
     df = pd.concat([runs(SEPARATED), runs({"domain-CR": [1, 2, 3, 4, 5]})])
     df["test_f1"] = df["test_f1"].astype(float)
-    df.loc[df["group"] == "random", "test_f1"] = 0.5
+    df.loc[df["arm"] == "random", "test_f1"] = 0.5
     for mode in st.MODES:
         cs = st.compare(df, mode)
         records = cs.to_records()
-        assert records and all(tuple(r) == st.RECORD_KEYS for r in records)
+        assert records and all(tuple(r) == (*st.RECORD_KEYS, *INTERVAL_KEYS) for r in records)
         json.dumps(records, allow_nan=False)
-        assert list(cs.to_frame().columns) == list(st.RECORD_KEYS)
+        assert list(cs.to_frame().columns) == [*st.RECORD_KEYS, *INTERVAL_KEYS]
+        pairs = [r for r in records if r["group_b"] is not None and r["n_a"] >= 2 and r["n_b"] >= 2]
+        assert pairs and all(r["diff_ci_low"] <= r["mean_diff"] <= r["diff_ci_high"] for r in pairs)
+        omnibus = [r for r in records if r["test"] in ("levene", "kruskal")]
+        assert all(r["mean_diff"] is None and r["diff_ci_low"] is None for r in omnibus)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cs.records[0].p_raw = 0.0
 
@@ -367,7 +372,7 @@ def test_failed_and_diverged_runs_are_counted_and_excluded():
     assert counted.note == "arm 'random': 1 failed run(s) excluded; arm 'random': 1 diverged run(s) counted at their best checkpoint"
     as_text = st.compare(df.assign(diverged=df["diverged"].astype(str)), exclude_diverged=True)  # MLflow tags are text
     assert pick(as_text, "mannwhitneyu")[0] == r
-    counts = cs.counts_frame().set_index("group")
+    counts = cs.counts_frame().set_index("arm")
     assert counts.loc["random", ["n_runs", "n_finished", "n_failed", "n_diverged"]].tolist() == [
         7,
         6,
@@ -397,3 +402,12 @@ def test_bad_input_raises_typed_errors():
     with pytest.raises(UserError, match="task"):
         st.compare(runs(SEPARATED, task="mnist"))
     assert st.primary_metric("rsna-boneage") == ("mae", False)
+
+
+def test_a_runs_table_made_before_the_glossary_names_the_arm_group():
+    """Callers that built their table with a `group` column get the same records; the selection names
+    the arm `arm` (lr_selection.csv publishes it as `group`, tested with the report)."""
+    now = st.compare(runs(SEPARATED)).to_records()
+    assert st.compare(runs(SEPARATED).rename(columns={"arm": "group"})).to_records() == now
+    chosen = st.select_learning_rates(runs(SEPARATED))
+    assert list(chosen.columns) == ["task", "arch", "arm", "lr", "metric", "mean_val", "n_runs"]

@@ -30,8 +30,7 @@ def select_from_study(study: str, tracking_uri: str | None, path: Path) -> LrSel
     if full.empty:
         return LrSelection(study, ())
     chosen = select_learning_rates(full)
-    arm = "arm" if "arm" in chosen.columns else "group"  # the column's name before and after the arm rename
-    lrs = {(r["task"], r["arch"], r[arm]): float(r["lr"]) for r in chosen.to_dict("records") if r["lr"] == r["lr"] and r["lr"] is not None}
+    lrs = {(r["task"], r["arch"], r["arm"]): float(r["lr"]) for r in chosen.to_dict("records") if r["lr"] == r["lr"] and r["lr"] is not None}
     fingerprints = tuple(sorted(str(f) for f in full["fingerprint"].dropna().unique()))
     return LrSelection(study, fingerprints, lrs)
 

@@ -1,20 +1,20 @@
 """What a fine-tuned model card takes from the study's evaluation: the cell's verdict and each arm's intervals.
 
-`study_results` is the one place the model card calls `medtl.evaluation` (collect → selection →
-analysis → verdicts); the intervals are percentile bootstraps over seeds (`gate.seed_interval`) of each
-arm's test metrics at its selected learning rate. Results are cached per study and store state, so
+`study_results` is the one place the model card calls `medtl.evaluation`: the study's frozen `Analysis`
+(`analyse_study`, paper mode, the same numbers `medtl evaluate` reports), from which it quotes the cell's
+verdict, each arm's selected learning rate and every test metric's mean with its 95 % interval over seeds
+(calibration from the analysis's diagnostics). Analyses are cached per study and store state, so
 promoting several cells of one study evaluates it once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from medtl.errors import UserError
-from medtl.mlops.tracking.gate import SeedInterval, seed_interval
+from medtl.mlops.tracking.gate import SeedInterval, from_interval
 
 log = logging.getLogger(__name__)
 _CACHE: dict[tuple[Any, ...], Any] = {}
@@ -31,20 +31,17 @@ class CellResults:
     intervals: dict[str, dict[str, SeedInterval]] = field(default_factory=dict)
 
 
-def _analysed(study: str, tracking_uri: str) -> tuple[Any, Any, list[Any]]:
-    """(selection, analysis, verdicts) of a study in paper mode, cached until the study's runs change."""
-    from medtl.evaluation.analysis import analyse, summarize
-    from medtl.evaluation.collect import collect, fingerprint
-    from medtl.evaluation.selection import select_runs
-    from medtl.evaluation.verdicts import verdicts
+def _analysed(study: str, tracking_uri: str) -> Any:
+    """The study's frozen Analysis in paper mode, cached until the study's runs change."""
+    from medtl.evaluation.analysis import analyse_study
+    from medtl.evaluation.collect import fingerprint
 
     key = (study, tracking_uri, fingerprint(study, tracking_uri))
     if key not in _CACHE:
-        data = collect(study, tracking_uri, primary_only=True, max_step=1)
-        selection = select_runs(data.runs, allow_mixed_pretrained=True)
-        analysis = analyse(data.runs, "paper", selection=selection)
+        analysis = analyse_study(study, tracking_uri, "paper", allow_mixed_pretrained=True, second_mode=False,
+                                 ratings=False)
         _CACHE.clear()
-        _CACHE[key] = (selection, analysis, verdicts(summarize(selection.runs), analysis))
+        _CACHE[key] = analysis
     return _CACHE[key]
 
 
@@ -64,35 +61,29 @@ def study_results(
     Returns:
         CellResults; when the study cannot be evaluated, a verdict saying why and no intervals.
     """
-    from medtl.evaluation.analysis import chosen_lrs
-
     try:
-        selection, analysis, found = _analysed(study, tracking_uri)
+        analysis = _analysed(study, tracking_uri)
     except UserError as exc:
         return CellResults(f"unavailable: {exc}")
     except Exception as exc:  # a card says what it could not compute rather than block a promotion
         log.warning("the evaluation of study %s failed while writing a model card: %r", study, exc)
         return CellResults(f"unavailable: the study's evaluation failed ({exc.__class__.__name__}: {exc})")
-    runs = selection.runs
+    runs = analysis.runs
     cell = runs[(runs["task"] == task) & (runs["fingerprint"] == fingerprint) & (runs["data_fraction"] == fraction)]
     if cell.empty:
         return CellResults("unavailable: the study's evaluation holds no run of this cell")
     arch = str(cell["arch"].iloc[0])
-    verdict = next((v for v in found if v.task == task and v.arch == arch and v.data_fraction == fraction), None)
-    chosen = chosen_lrs(analysis)
-    chosen = chosen[(chosen["task"] == task) & (chosen["arch"] == arch) & (chosen["data_fraction"] == fraction)]
-    lrs = {str(g): float(lr) for g, lr in zip(chosen["group"], chosen["lr"], strict=True)}
-    usable = cell[(cell["status"] == "FINISHED")]
-    intervals: dict[str, dict[str, SeedInterval]] = {}
-    for arm, lr in lrs.items():
-        rows = usable[(usable["group"] == arm) & (usable["lr"].astype(float).sub(lr).abs() < 1e-12 * max(1.0, abs(lr)))]
-        intervals[arm] = {m: seed_interval(_values(rows, m)) for m in metrics}
+    rows = analysis.results_for(task, arch, fraction)
+    lrs = {row.arm: float(row.lr) for row in rows}
+    intervals: dict[str, dict[str, SeedInterval]] = {
+        row.arm: {m.metric: from_interval(m.n, m.mean, m.ci) for m in row.metrics if m.metric in metrics} for row in rows
+    }
+    if fraction == 1.0:
+        for arm in analysis.calibration_for(task, arch):
+            for name, mean, ci in (("test_ece", arm.ece, arm.ece_ci), ("test_brier", arm.brier, arm.brier_ci)):
+                if name in metrics and mean is not None:
+                    intervals.setdefault(arm.arm, {})[name] = from_interval(arm.n_known, mean, ci)
+    verdict = analysis.verdict_for(task, arch, fraction)
     if verdict is None:
         return CellResults("unavailable: no comparison of this cell (one arm only?)", lrs=lrs, intervals=intervals)
     return CellResults(verdict.text, verdict.best, verdict.significant, lrs, intervals)
-
-
-def _values(rows: Any, metric: str) -> list[float]:
-    if metric not in rows.columns:
-        return []
-    return [float(v) for v in rows[metric].astype(float) if math.isfinite(v)]

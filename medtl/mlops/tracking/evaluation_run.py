@@ -1,7 +1,9 @@
-"""Evaluate a study: collect its runs, compare the arms, render the report, log it as an MLflow run.
+"""Evaluate a study: analyse it once (`evaluation.analysis`), render the report from that, log it as an MLflow run.
 
 Imports neither torch nor (until the report is logged) MLflow: `medtl evaluate` spends its time on
-the study, not on loading libraries it does not use.
+the study, not on loading libraries it does not use. The figures' drawing process starts first, so
+that loading matplotlib overlaps loading pandas and reading the store, and the figures are drawn
+while the statistics are computed; the analysis and the report modules are imported after it.
 """
 
 from __future__ import annotations
@@ -9,18 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from medtl.evaluation.analysis import Analysis, analyse, is_cheap, summarize
-from medtl.evaluation.collect import StudyData, collect
-from medtl.evaluation.plots import CURVE_EPOCHS
-from medtl.evaluation.reader_ratings import collect_ratings
-from medtl.evaluation.report import render
-from medtl.evaluation.selection import select_runs
-from medtl.evaluation.stats import MODES, StatsError
-from medtl.evaluation.verdicts import Verdict, verdicts
+from medtl.evaluation.drawing import Drawing
 from medtl.provenance import git_commit
 from medtl.redact import mask_url
 from medtl.training import schema as S
+
+if TYPE_CHECKING:
+    from medtl.evaluation.analysis import Analysis
+    from medtl.evaluation.verdicts import Verdict
 
 logger = logging.getLogger(__name__)
 EVALUATION = S.Stage.EVALUATION.value
@@ -58,13 +58,13 @@ def evaluate(
     allow_mixed_pretrained: bool = False,
     ui_url: str | None = None,
 ) -> Evaluation:
-    """Collect, compare and render a study's report; optionally log the folder as an MLflow run.
+    """Analyse a study once, render its report from that analysis; optionally log the folder as an MLflow run.
 
     One run per grid point counts (the latest FINISHED of each run_key), each protocol
     fingerprint is its own cell, diverged runs count at their best checkpoint unless
     `exclude_diverged`. The chosen mode's comparisons go to comparisons.json; the other mode is
     added to the report as a second section when it is cheap (no arm above
-    `report.CHEAP_ARM_SIZE` runs).
+    `summaries.CHEAP_ARM_SIZE` runs).
 
     Args:
         study: study name (experiment `medtl/<study>`).
@@ -85,25 +85,22 @@ def evaluate(
         UserError: unknown study (the known ones are listed), unknown mode, unreadable store,
             a domain arm from several pretrained versions (unless allowed).
     """
-    if mode not in MODES:
-        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     uri = S.resolve_tracking_uri(tracking_uri)
-    data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
-    selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
-    options = {"exclude_diverged": exclude_diverged, "selection": selection}
-    analyses = [analyse(data.runs, mode, per_lr, **options)]
-    other = next(m for m in MODES if m != mode)
-    if is_cheap(selection.runs):
-        analyses.append(analyse(data.runs, other, per_lr, **options))
     folder = Path(out) if out is not None else Path("reports") / study
-    render(data, analyses, folder, ratings=collect_ratings(uri, study), ui_url=ui_url)
+    with Drawing() as drawing:
+        from medtl.evaluation.analysis import analyse_study
+        from medtl.evaluation.report import render
+
+        analysis = analyse_study(study, uri, mode, per_lr=per_lr, exclude_diverged=exclude_diverged,
+                                 allow_mixed_pretrained=allow_mixed_pretrained, on_figures=drawing.submit)
+        render(analysis, folder, ui_url=ui_url, drawing=drawing)
     if log:
-        log_evaluation(data, analyses[0], folder, uri)
-    found = verdicts(summarize(selection.runs, exclude_diverged), analyses[0])
-    return Evaluation(folder / "report.html", tuple(found), selection.n_duplicates, exclude_diverged, selection.notes)
+        log_evaluation(analysis, folder, uri)
+    return Evaluation(folder / "report.html", analysis.verdicts, analysis.counts.n_set_aside, exclude_diverged,
+                      analysis.selection.notes)
 
 
-def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_uri: str) -> str:
+def log_evaluation(analysis: Analysis, folder: Path, tracking_uri: str) -> str:
     """Log a rendered report folder as a FINISHED run (stage `evaluation`) in the study's experiment.
 
     Returns:
@@ -113,25 +110,25 @@ def log_evaluation(data: StudyData, analysis: Analysis, folder: Path, tracking_u
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    runs = data.runs
     tags = {
         S.STAGE_TAG: EVALUATION,
-        S.STUDY_TAG: data.study,
+        S.STUDY_TAG: analysis.study,
         S.GIT_COMMIT_TAG: git_commit(),
-        "mlflow.runName": f"evaluation {data.study} ({analysis.mode})",
+        "mlflow.runName": f"evaluation {analysis.study} ({analysis.mode})",
     }
-    run = client.create_run(data.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
+    run = client.create_run(analysis.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     run_id = run.info.run_id
     try:
-        params = {"mode": analysis.mode, "per_lr": str(analysis.per_lr), "study": data.study,
+        params = {"mode": analysis.mode, "per_lr": str(analysis.main.per_lr), "study": analysis.study,
                   "exclude_diverged": str(analysis.exclude_diverged)}
+        c = analysis.counts
         counts = {
-            "n_runs": len(runs),
-            "n_set_aside": analysis.chosen_runs.n_duplicates if analysis.chosen_runs is not None else 0,
-            "n_finished": int((runs["status"] == "FINISHED").sum()),
-            "n_failed": int(runs["failed"].sum()),
-            "n_diverged": int(((runs["status"] == "FINISHED") & runs["diverged"]).sum()),
-            "n_comparisons": len(analysis.records()),
+            "n_runs": c.n_runs,
+            "n_set_aside": c.n_set_aside,
+            "n_finished": c.n_finished,
+            "n_failed": c.n_failed,
+            "n_diverged": c.n_diverged,
+            "n_comparisons": len(analysis.main.records()),
         }
         client.log_batch(
             run_id,

@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import UserError
-
-LEVEL = 0.95
-RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
+from medtl.evaluation.uncertainty import LEVEL, RESAMPLES
+from medtl.evaluation.uncertainty import SEED as BOOTSTRAP_SEED
 
 MOVED, FORCED, REFUSED, KEPT = "moved", "forced", "refused", "kept"
 ACTIONS = (MOVED, FORCED, REFUSED, KEPT)
@@ -60,33 +58,27 @@ class SeedInterval:
                 f"{self.n} seeds, {self.resamples} resamples, seed {self.seed})")
 
 
-def seed_interval(
-    values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> SeedInterval:
+def seed_interval(values: Sequence[float]) -> SeedInterval:
     """The percentile bootstrap interval of the mean of `values` (one per seed); non-finite values dropped.
 
-    The values are sorted before resampling, so the interval does not depend on the order the store
-    returned the runs in.
-
-    Args:
-        values: one value per seed.
-        level: coverage, e.g. 0.95.
-        resamples: bootstrap resamples (each draws len(values) seeds with replacement).
-        seed: the generator's seed, so the interval is reproducible.
+    The one bootstrap over seeds medtl has (`medtl.evaluation.uncertainty.mean_interval`: the report's
+    intervals and the gate's margin are the same numbers); values are sorted first, so the interval does
+    not depend on the order the store returned the runs in.
 
     Returns:
         SeedInterval; unavailable (low/high None, `reason` set) with fewer than two finite values.
     """
-    data = np.sort(np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64))
+    from medtl.evaluation.uncertainty import mean_interval
+
+    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     mean = float(data.mean()) if len(data) else math.nan
-    if len(data) < 2:
-        return SeedInterval(len(data), mean, None, None, level, resamples, seed,
-                            reason=f"{len(data)} seed(s) with a finite value; an interval needs at least 2")
-    draws = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))
-    means = data[draws].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return SeedInterval(len(data), mean, float(low), float(high), level, resamples, seed)
+    return from_interval(len(data), mean, mean_interval(data))
+
+
+def from_interval(n: int, mean: float, interval: Any) -> SeedInterval:
+    """A SeedInterval from evaluation's `Interval` (its bounds, level, resamples and seed, or why it has none)."""
+    return SeedInterval(n, float(mean), interval.low, interval.high, interval.level, interval.resamples,
+                        interval.seed, reason=interval.note or "")
 
 
 @dataclass(frozen=True)

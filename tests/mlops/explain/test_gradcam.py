@@ -272,7 +272,7 @@ def test_import_round_trips_to_the_arms(demo, packet, tmp_path, capsys):
     frame = collect_ratings(demo["uri"], "xai")
     means = frame.groupby(["rater", "arm"])["score"].mean().to_dict()
     assert means[("r1", "random")] == 5.0 and means[("r2", "random")] == 1.0 and len(frame) == 6 * N
-    from medtl.evaluation.analysis import ratings_summary
+    from medtl.evaluation.reader_stats import ratings_summary
 
     model = ratings_summary(frame)["models"][0]
     assert model["task"] == "demo-binary" and model["arms"] == list(ARMS) and model["raters"] == ["r1", "r2"]
