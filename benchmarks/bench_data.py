@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -146,24 +147,16 @@ def main(n: int = 300, size: int = 64, source_px: int = 64) -> dict:
         "jpeg (brain-tumor-mri)": (make_jpeg, brain_tumor_mri.load),
         "ct slices (luna16)": (make_ct, luna16.load),
     }
-    saved = os.environ.get("MEDTL_CACHE_DIR")
     results: dict[str, object] = {
         "n_files": n,
         "image_size": size,
         "source_px": source_px,
         "threads": os.cpu_count(),
     }
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, (name, (make, load)) in enumerate(kinds.items()):
-                results[name] = bench_kind(
-                    name.split()[0], make, load, n, size, source_px, Path(tmp) / str(i)
-                )
-    finally:
-        if saved is None:
-            os.environ.pop("MEDTL_CACHE_DIR", None)
-        else:
-            os.environ["MEDTL_CACHE_DIR"] = saved
+    # bench_kind switches the cache on and off; the caller's setting comes back afterwards
+    with mock.patch.dict(os.environ), tempfile.TemporaryDirectory() as tmp:
+        for i, (name, (make, load)) in enumerate(kinds.items()):
+            results[name] = bench_kind(name.split()[0], make, load, n, size, source_px, Path(tmp) / str(i))
     return results
 
 

@@ -21,7 +21,6 @@ from mlflow.tracking import MlflowClient
 from medtl.mlops.tracking.client import get_or_create_experiment
 from medtl.mlops.tracking.emissions import EmissionsCallback
 from medtl.mlops.tracking.epoch_logger import EpochLogger
-from medtl.mlops.tracking.system_metrics import SystemMetrics
 from medtl.training.checkpoint import Checkpointer
 from medtl.training.data.synthetic import load_synthetic
 from medtl.training.factory import build_model
@@ -113,7 +112,9 @@ def main(arch: str = "resnet18", image_size: int = 64, epochs: int = 4, blocks: 
             logger.close()  # the logger sends from its own thread; flush before ending the run
             client.set_terminated(run.info.run_id)
             medtl_times += list(np.diff(clock.marks))[1:]
-        system_costs = _system_metrics_costs(client, experiment, uri)
+        from bench_runs import fixed_costs  # the runner's fixed costs, measured in one place
+
+        system_cost = fixed_costs(client, experiment, uri)["system_metrics_per_run_s"]
     bare, ours = statistics.median(bare_times), statistics.median(medtl_times)
     return {
         "arch": arch,
@@ -127,24 +128,8 @@ def main(arch: str = "resnet18", image_size: int = 64, epochs: int = 4, blocks: 
         "device": runtime.device,
         "torch_threads": runtime.threads,
         # Per run, not per epoch: MLflow system metrics' start + stop (the first, import-warming one left out).
-        "system_metrics_per_run_s": statistics.median(system_costs),
+        "system_metrics_per_run_s": system_cost,
     }
-
-
-def _system_metrics_costs(client: MlflowClient, experiment: str, uri: str, runs: int = 6) -> list[float]:
-    """Fixed cost the runner's `SystemMetrics` adds to a grid point: start + stop, sampling time excluded."""
-    costs = []
-    for _ in range(runs + 1):
-        run_id = client.create_run(experiment).info.run_id
-        started = time.perf_counter()
-        monitor = SystemMetrics(run_id, uri)
-        running = time.perf_counter()
-        time.sleep(0.3)
-        stopping = time.perf_counter()
-        monitor.stop()
-        costs.append((running - started) + (time.perf_counter() - stopping))
-        client.set_terminated(run_id)
-    return costs[1:]
 
 
 if __name__ == "__main__":

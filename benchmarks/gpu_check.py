@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,17 +114,9 @@ def cached_dataset(s: Settings, folder: Path):
     from medtl.training.data import covid19
 
     root = make_png8(folder / "covid19", s.images, s.source_px)
-    saved = os.environ.get("MEDTL_CACHE_DIR")
-    os.environ["MEDTL_CACHE_DIR"] = str(folder / "cache")
-    try:
+    with mock.patch.dict(os.environ, {"MEDTL_CACHE_DIR": str(folder / "cache")}):
         covid19.load(root, image_size=s.size, balance=False)  # fills the cache
-        splits = covid19.load(root, image_size=s.size, balance=False)  # served from it (memory-mapped)
-    finally:
-        if saved is None:
-            os.environ.pop("MEDTL_CACHE_DIR", None)
-        else:
-            os.environ["MEDTL_CACHE_DIR"] = saved
-    return splits
+        return covid19.load(root, image_size=s.size, balance=False)  # served from it (memory-mapped)
 
 
 def _loader(s: Settings, splits, runtime):
