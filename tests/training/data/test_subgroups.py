@@ -7,7 +7,13 @@ import math
 import pytest
 
 from medtl.training.data import DataError
-from medtl.training.data.subgroups import MAX_VALUES, check_subgroup, csv_subgroups, sex_label, texts
+from medtl.training.data.subgroups import (
+    MAX_VALUES,
+    check_subgroup,
+    csv_subgroups,
+    sex_label,
+    texts,
+)
 
 
 def test_values_as_written_and_empty_cells_unknown():
