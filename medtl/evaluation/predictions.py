@@ -21,10 +21,10 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pandas as pd
 
+from medtl.training import schema as S
 from medtl.training.spec import TASKS, Task, TaskType
 
 PREDICTIONS_PATH = "predictions/test.csv"
-SUBGROUP_PREFIX = "subgroup_"
 REMOTE_THREADS = 8
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
@@ -81,7 +81,7 @@ def parse(table: Columns, task: str) -> Predictions:
         if missing:
             raise PredictionsError(f"{PREDICTIONS_PATH} lacks column(s) {', '.join(missing)}")
 
-    subgroups = {c.removeprefix(SUBGROUP_PREFIX): _labels(table[c]) for c in columns if c.startswith(SUBGROUP_PREFIX)}
+    subgroups = {c.removeprefix(S.SUBGROUP_PREFIX): _labels(table[c]) for c in columns if c.startswith(S.SUBGROUP_PREFIX)}
     if info.type is TaskType.SEGMENTATION:
         need("dice")
         dice = np.asarray(table["dice"], float)
@@ -126,9 +126,15 @@ def _labels(values: np.ndarray) -> np.ndarray:
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
     """A CSV file's columns as arrays (pyarrow's parser: several times faster than pandas' on small files)."""
+    import pyarrow as pa
     import pyarrow.csv as pv
 
-    table = pv.read_csv(path)
+    with open(path, "rb") as handle:  # the header alone: which columns are subgroups
+        header = handle.readline().decode("utf-8", "replace").strip().split(",")
+    # subgroup values are labels, never numbers (projection "2", not 2.0) and an empty cell is unknown
+    labels = {c: pa.string() for c in header if c.startswith(S.SUBGROUP_PREFIX)}
+    options = pv.ConvertOptions(column_types=labels, strings_can_be_null=True, quoted_strings_can_be_null=False)
+    table = pv.read_csv(path, convert_options=options)
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 

@@ -47,6 +47,8 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, task_type: Ta
     if len(present) > 1 and finite:
         if task_type is TaskType.BINARY:
             out["auc"] = float(skm.roc_auc_score(targets, probs))
+        elif probs.shape[1] == 2:  # two classes: sklearn wants the second class's probability, not (N, 2)
+            out["auc"] = float(skm.roc_auc_score(targets, probs[:, 1]))
         elif len(present) == probs.shape[1]:
             out["auc"] = float(skm.roc_auc_score(targets, probs, multi_class="ovr", average="macro"))
     return out

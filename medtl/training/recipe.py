@@ -246,7 +246,10 @@ class Recipe(Generic[SpecT]):
         return FitSummary.of(self.state, self.adapter.primary)
 
     def test(self) -> RecipeResult:
-        """The fit's summary, test metrics and per-sample predictions of the best checkpoint, every artifact's path."""
+        """The fit's summary, test metrics and per-sample predictions of the best checkpoint, every artifact's path.
+
+        The predictions table carries the test samples' subgroup attributes (`subgroup_<name>` columns).
+        """
         best = self.checkpoints.best
         untested = RecipeResult(
             fit=self.fit_summary() if self.state is not None else None,
@@ -262,5 +265,6 @@ class Recipe(Generic[SpecT]):
         targets = np.asarray(self.splits.test.targets)
         metrics = self.adapter.metrics(targets, predictions)
         path = self.workdir / "predictions" / "test.csv"
-        self.adapter.write_predictions(path, self.splits.test.ids, targets, predictions)
+        test = self.splits.test
+        self.adapter.write_predictions(path, test.ids, targets, predictions, test.attributes)
         return dataclasses.replace(untested, metrics=metrics, predictions_path=path)

@@ -148,3 +148,8 @@ def param_dtypes() -> dict[str, type]:
     """
     hints = typing.get_type_hints(RunSpec)
     return {f.name: _param_type(hints[f.name]) for f in dataclasses.fields(RunSpec)}
+
+
+SUBGROUP_PREFIX = "subgroup_"
+"""`predictions/test.csv` columns named `subgroup_<name>` give each test sample's subgroup (sex, projection,
+modality, ...): written by the recipe, read by evaluation's per-subgroup table."""

@@ -4,12 +4,14 @@ Every arm of every task is trained by the same loop; only the adapter changes. O
 task type, found through `ADAPTERS` (keyed by `TaskType`); pretraining's image reconstruction has its
 own. Regression targets are standardised with the training split's mean and std (stored in the
 checkpoint) so one learning-rate grid fits targets in months as well as in [0, 1]; predictions are
-reported in the original unit.
+reported in the original unit. The predictions table ends with a `subgroup_<name>` column for each
+subgroup attribute of the test samples (sex, projection, modality), after the task type's columns.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from medtl.atomic import atomic_open
 from medtl.training import metrics as M
+from medtl.training import schema as S
 from medtl.training.spec import PRIMARY_METRIC, TaskInfo, TaskType
 
 
@@ -68,13 +71,42 @@ class TaskAdapter:
         """Header and one row a sample for the predictions CSV."""
         raise NotImplementedError
 
-    def write_predictions(self, path: Path, ids: tuple[str, ...], targets: np.ndarray, predictions: np.ndarray) -> None:
-        """One row a test sample (see `prediction_rows`), written atomically."""
-        header, rows = self.prediction_rows(ids, targets, predictions)
+    def write_predictions(
+        self,
+        path: Path,
+        ids: tuple[str, ...],
+        targets: np.ndarray,
+        predictions: np.ndarray,
+        attributes: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """One row a test sample (see `prediction_rows`), then its subgroups (`with_subgroups`), written atomically."""
+        header, rows = with_subgroups(*self.prediction_rows(ids, targets, predictions), attributes)
         with atomic_open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
+
+
+def with_subgroups(
+    header: list[str], rows: list[list[Any]], attributes: Mapping[str, Sequence[str]] | None
+) -> tuple[list[str], list[list[Any]]]:
+    """The table with a `subgroup_<name>` column a subgroup attribute appended (names sorted; empty where unknown).
+
+    Raises:
+        ValueError: an attribute's values do not match the rows one to one.
+    """
+    given = dict(attributes or {})
+    if not given:
+        return header, rows
+    names = sorted(given)
+    for name in names:
+        if len(given[name]) != len(rows):
+            raise ValueError(f"subgroup {name!r} has {len(given[name])} values for {len(rows)} rows")
+    columns = [given[name] for name in names]
+    return (
+        [*header, *(f"{S.SUBGROUP_PREFIX}{name}" for name in names)],
+        [[*row, *(values[i] for values in columns)] for i, row in enumerate(rows)],
+    )
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,16 @@ def test_predictions_behind_a_server_are_downloaded(start_mlflow_server, tmp_pat
     assert analysis.runs.set_index("run_id").at[runs["random0"], "artifact_uri"].startswith("mlflow-artifacts:")
     assert calib.at[runs["domain0"], "ece"] == pytest.approx(0.45)
     assert json.loads(json.dumps(analysis.main.records()))  # the served store gives a complete analysis
+
+
+def test_subgroup_cells_are_labels_and_an_empty_one_is_unknown(tmp_path):
+    """pyarrow would read a projection column of digits with an empty cell as floats ("2.0"), and an
+    empty text cell as "": both are read as written, and empty is "unknown"."""
+    from medtl.evaluation.predictions import read_csv
+
+    path = tmp_path / "test.csv"
+    path.write_text("id,target,prediction,prob_positive,subgroup_projection,subgroup_sex\n"
+                    "a,1,1,0.9,2,male\nb,0,0,0.2,,\nc,0,1,0.6,1,female\n")
+    table = parse_columns(read_csv(path), "demo-binary")
+    assert table.subgroups["projection"].tolist() == ["2", "unknown", "1"]
+    assert table.subgroups["sex"].tolist() == ["male", "unknown", "female"]

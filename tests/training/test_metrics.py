@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from medtl.training.metrics import classification_metrics, regression_metrics, segmentation_metrics
 from medtl.training.spec import TaskType
@@ -62,3 +63,12 @@ def test_classification_metrics_carry_calibration_known_answers():
 def test_calibration_is_nan_for_a_diverged_network():
     out = classification_metrics(np.array([0, 1]), np.array([np.nan, 0.5]), TaskType.BINARY)
     assert np.isnan(out["ece"]) and np.isnan(out["brier"])
+
+
+def test_multiclass_metrics_with_two_classes_give_the_binary_auc():
+    """A pretraining set with two clusters is multiclass with two columns; sklearn refuses (N, 2) for AUC."""
+    targets = np.array([0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4]])
+    out = classification_metrics(targets, probs, TaskType.MULTICLASS)
+    assert out["auc"] == pytest.approx(skm.roc_auc_score(targets, probs[:, 1]))
+    assert out["accuracy"] == pytest.approx(0.8)

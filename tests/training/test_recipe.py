@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch.nn as nn
 
@@ -69,3 +70,14 @@ def test_the_recipe_names_its_checkpoints_and_reports_its_fit(tmp_path, one_thre
     assert result.predictions_path is not None and result.predictions_path.exists()
     assert set(result.artifacts()) == {"predictions", "best_checkpoint", "last_checkpoint", "transfer_report"}
     assert "auc" in result.metrics
+
+
+def test_the_predictions_carry_the_test_samples_subgroups(tmp_path, one_thread):
+    spec = RunSpec(task="demo-regression", arch="mobilenet_v3_small", lr=1e-3, max_epochs=1, image_size=32, batch_size=32)
+    recipe = FinetuneRecipe.prepare(spec, tmp_path)
+    recipe.fit()
+    table = pd.read_csv(recipe.test().predictions_path, dtype={"id": str})
+    assert list(table.columns) == ["id", "target", "prediction", "subgroup_sex"]
+    test = recipe.splits.test
+    assert tuple(table["id"]) == test.ids and tuple(table["subgroup_sex"]) == test.attributes["sex"]
+    assert set(table["subgroup_sex"]) == {"male", "female"}

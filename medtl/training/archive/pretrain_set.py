@@ -4,7 +4,8 @@ Rows of dropped clusters (`label == -1`) are left out. Labels are remapped to 0.
 selected modality (the mapping is recorded in `Splits.notes["label_map"]`). Patients are ordered
 by a keyed digest of their (already de-identified) key and the data seed, then cut 80/10/10 with
 at least one patient in validation and test, so a patient's images never straddle two splits
-and the split does not depend on the order of the manifest.
+and the split does not depend on the order of the manifest. Each image carries the manifest's
+`modality` and `body_part` (fixed vocabularies, docs/privacy.md) as subgroup attributes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from medtl.training.data.base import DataError, SampleSet, Splits
+from medtl.training.data.subgroups import texts
 from medtl.training.spec import Modality, parse_enum
 
 FRACTIONS = (0.8, 0.1, 0.1)
+SUBGROUP_COLUMNS = ("modality", "body_part")
+"""Manifest columns kept as subgroup attributes: vocabulary words of the header allow-list, never identifiers."""
 
 
 def split_patients(patients: list[str], seed: int = 0, fractions: tuple[float, float, float] = FRACTIONS) -> dict[str, str]:
@@ -101,6 +105,7 @@ def load_pretrain(folder: Path, *, modality: str | Modality = Modality.ALL, imag
             targets=sel["label"].map(mapping).to_numpy(np.int64),
             ids=tuple(sel["image_path"]),
             groups=tuple(sel["patient_key"]),
+            attributes={c: tuple(texts(sel[c])) for c in SUBGROUP_COLUMNS if c in sel.columns},
         )
     digest = hashlib.sha256(pd.util.hash_pandas_object(rows[["image_path", "label"]], index=False).values.tobytes())
     return Splits(

@@ -15,16 +15,18 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from medtl.training import schema as S
 from medtl.training.data import cache
-from medtl.training.data.base import DataError, SampleSet, Splits
+from medtl.training.data.base import UNKNOWN, DataError, SampleSet, Splits
 from medtl.training.data.sample_ids import deid_key, keyed_paths, keyed_sample_ids
 from medtl.training.data.splits import SPLIT_NAMES, balanced_undersample, group_split, split_labels
+from medtl.training.data.subgroups import csv_subgroups
 from medtl.training.spec import TaskType
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -79,7 +81,11 @@ def fit(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Record:
-    """One sample before decoding: where its file is, which split it goes to, and its labels."""
+    """One sample before decoding: where its file is, which split it goes to, its labels and subgroups.
+
+    `attributes`: subgroup name → value (sex, projection, ...); a name another record has and this
+    one lacks is `UNKNOWN` for it.
+    """
 
     id: str
     path: Path
@@ -88,6 +94,7 @@ class Record:
     group: str | None = None
     extras: tuple[float, ...] = ()
     mask_path: Path | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def _decode(record: Record, size: int) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -138,7 +145,8 @@ def assemble(
     """Decode the records' images (through the cache) and bundle them as train/val/test Splits.
 
     The cache stores images in split order so each split is a contiguous memory-mapped slice.
-    Records whose file is missing or cannot be decoded are dropped and counted in `notes`.
+    Records whose file is missing or cannot be decoded are dropped and counted in `notes`. Targets,
+    extras and subgroup attributes come from the records at every load, never from the cache.
 
     Raises:
         DataError: no image could be read.
@@ -189,6 +197,7 @@ def assemble(
     else:
         targets_all = np.asarray([r.target for r in kept_records], dtype=np.int64)
     has_groups = any(r.group is not None for r in kept_records)
+    attribute_names = sorted({name for r in ordered for name in r.attributes})
     parts: dict[str, SampleSet] = {}
     start = 0
     for name in SPLIT_NAMES:
@@ -202,6 +211,7 @@ def assemble(
             if extra_names
             else None,
             groups=tuple(str(r.group) for r in chunk) if has_groups else None,
+            attributes={n: tuple(r.attributes.get(n, UNKNOWN) for r in chunk) for n in attribute_names},
         )
         start = stop
     return Splits(
@@ -304,7 +314,9 @@ def _read_csv(csv: Path, required: Sequence[str], layout: str):
     csv = Path(csv)
     if not csv.is_file():
         raise DataError(f"no CSV file {csv}; expected {layout}")
-    frame = pd.read_csv(csv)
+    header = pd.read_csv(csv, nrows=0).columns
+    # Subgroup values are kept as written ("1", not 1.0 once a cell is empty).
+    frame = pd.read_csv(csv, dtype={c: str for c in header if str(c).strip().startswith(S.SUBGROUP_PREFIX)})
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -316,9 +328,9 @@ def _read_csv(csv: Path, required: Sequence[str], layout: str):
 
 def _csv_records(frame, csv: Path, targets: Sequence[float], extras: list[str]) -> list[Record]:
     grouped = "patient_id" in frame.columns
+    subgroups = csv_subgroups(frame, str(csv))
     records = []
-    for i, row in enumerate(frame.itertuples(index=False)):
-        row = row._asdict()
+    for i, row in enumerate(frame.to_dict("records")):
         file = Path(str(row["path"]))
         file = file if file.is_absolute() else csv.parent / file
         records.append(
@@ -329,6 +341,7 @@ def _csv_records(frame, csv: Path, targets: Sequence[float], extras: list[str]) 
                 target=targets[i],
                 group=str(row["patient_id"]) if grouped else None,
                 extras=tuple(float(row[c]) for c in extras),
+                attributes={name: values[i] for name, values in subgroups.items()},
             )
         )
     return records
@@ -337,11 +350,12 @@ def _csv_records(frame, csv: Path, targets: Sequence[float], extras: list[str]) 
 def load_csv_classification(
     csv: Path, *, image_size: int = 224, seed: int = 0, classes: Sequence[str] | None = None
 ) -> Splits:
-    """Classification from a CSV `path,label[,patient_id]` (paths relative to the CSV's folder).
+    """Classification from a CSV `path,label[,patient_id][,subgroup_<name>...]` (paths relative to the CSV's folder).
 
-    Split 75/12.5/12.5 stratified by label and, with `patient_id`, by patient.
+    Split 75/12.5/12.5 stratified by label and, with `patient_id`, by patient. Each `subgroup_<name>`
+    column (e.g. `subgroup_site`) becomes the samples' attribute `name` (see `subgroups`).
     """
-    layout = "a CSV with columns path,label[,patient_id]"
+    layout = "a CSV with columns path,label[,patient_id][,subgroup_<name>...]"
     frame = _read_csv(csv, ["path", "label"], layout)
     labels = [str(v) for v in frame["label"]]
     names = _classes_of(labels, classes)
@@ -364,13 +378,17 @@ def load_csv_classification(
 
 
 def load_csv_regression(csv: Path, *, image_size: int = 224, seed: int = 0) -> Splits:
-    """Regression from a CSV `path,target[,extra...][,patient_id]`; other columns are extra inputs.
+    """Regression from a CSV `path,target[,extra...][,patient_id][,subgroup_<name>...]`; other columns are extra inputs.
 
-    Split 75/12.5/12.5 (by patient with `patient_id`); extra inputs must be numeric.
+    Split 75/12.5/12.5 (by patient with `patient_id`); extra inputs must be numeric. `subgroup_<name>`
+    columns are subgroup attributes, never inputs (see `subgroups`).
     """
-    layout = "a CSV with columns path,target[,extra inputs...][,patient_id]"
+    layout = "a CSV with columns path,target[,extra inputs...][,patient_id][,subgroup_<name>...]"
     frame = _read_csv(csv, ["path", "target"], layout)
-    extras = [c for c in frame.columns if c not in {"path", "target", "patient_id"}]
+    extras = [
+        c for c in frame.columns
+        if c not in {"path", "target", "patient_id"} and not c.startswith(S.SUBGROUP_PREFIX)
+    ]
     try:
         targets = frame["target"].astype(float).tolist()
         for c in extras:

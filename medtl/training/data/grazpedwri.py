@@ -1,7 +1,9 @@
 """GRAZPEDWRI-DX osteopenia: 16-bit wrist radiographs, balanced by undersampling, split by patient.
 
 As in the study the majority class is undersampled (seeded) to the size of the minority class
-before splitting 75/12.5/12.5 — here by `patient_id`, so no patient appears in two splits. Turn the
+before splitting 75/12.5/12.5 — here by `patient_id`, so no patient appears in two splits. Each
+image carries the subgroup attributes `projection` (the file's `projection` value as written, e.g.
+`1`, `2`) and `sex` (`male` / `female` from `gender`), empty where the file has none. Turn the
 undersampling off with `BALANCE = False`, `MEDTL_GRAZPEDWRI_BALANCE=0` or `load(..., balance=False)`
 (the argument wins over the variable, the variable over the module default).
 """
@@ -16,6 +18,7 @@ from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
 from medtl.training.data.generic import Record, assemble, balanced_splits, index_images
 from medtl.training.data.splits import env_flag
+from medtl.training.data.subgroups import texts
 from medtl.training.spec import TASKS, Task
 
 BALANCE = True
@@ -40,6 +43,7 @@ COLUMNS = (
     "device_manufacturer",
 )
 REQUIRED = ("filestem", "patient_id", "osteopenia")
+SEXES = {"m": "male", "f": "female"}
 
 
 def _layout(root: Path) -> str:
@@ -71,6 +75,16 @@ def read_flags(values) -> np.ndarray:
     return out
 
 
+def _subgroups(frame) -> dict[str, list[str]]:
+    """`projection` as written in the file and `sex` (`male`/`female`, from `gender`), where the columns exist."""
+    out = {}
+    if "projection" in frame.columns:
+        out["projection"] = texts(frame["projection"])
+    if "gender" in frame.columns:
+        out["sex"] = [SEXES.get(v.lower(), v.lower()) for v in texts(frame["gender"])]
+    return out
+
+
 def load(
     path: Path | None,
     *,
@@ -99,7 +113,9 @@ def load(
         )
     root = Path(path)
     csv = _find_csv(root)
-    frame = pd.read_csv(csv, dtype={"filestem": str, "patient_id": str})
+    frame = pd.read_csv(
+        csv, dtype={"filestem": str, "patient_id": str, "projection": str, "gender": str}
+    )
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
@@ -110,6 +126,7 @@ def load(
         .reset_index(drop=True)
     )
     labels = read_flags(frame["osteopenia"].tolist())
+    subgroups = _subgroups(frame)
     do_balance = balance if balance is not None else env_flag(BALANCE_ENV, BALANCE)
     index = index_images(csv.parent, (".png",))
     if not index:
@@ -125,6 +142,7 @@ def load(
                 split="train",
                 target=int(labels[i]),
                 group=str(frame.at[i, "patient_id"]).strip(),
+                attributes={name: values[i] for name, values in subgroups.items()},
             )
         )
     digest = cache.source_digest(root, [csv, *(r.path for r in every)])  # the whole download

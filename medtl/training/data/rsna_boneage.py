@@ -1,4 +1,4 @@
-"""RSNA Pediatric Bone Age: official train/validation/test splits, age in months, sex as an extra input."""
+"""RSNA Pediatric Bone Age: official train/validation/test splits, age in months, sex as an extra input and a subgroup."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
 from medtl.training.data.generic import Record, assemble, index_images
+from medtl.training.data.subgroups import sex_label
 from medtl.training.spec import TASKS, Task
 
 TRAIN_FILES = ("train.csv", "boneage-training-dataset.csv")
@@ -96,7 +97,10 @@ def _records(
         )
         path = _image_for(stem, index, hint, root)
         records.append(
-            Record(id=stem, path=path, split=split, target=float(age), extras=(float(sex),))
+            Record(
+                id=stem, path=path, split=split, target=float(age), extras=(float(sex),),
+                attributes={"sex": sex_label(float(sex))},
+            )
         )
     return records
 
@@ -107,8 +111,9 @@ def load(
     """Read the RSNA bone-age download under `path` with its official splits.
 
     Images are found by `<id>.png` anywhere under `path` (preferring folders whose name says
-    train / valid / test). `extras` holds `male` (1.0 / 0.0) from all three files. `seed` is
-    unused: the splits are the challenge's.
+    train / valid / test). `extras` holds `male` (1.0 / 0.0) from all three files, and the
+    subgroup attribute `sex` the same as `male` / `female`. `seed` is unused: the splits are the
+    challenge's.
 
     Raises:
         DataError: a file or column is missing, or a sex value cannot be parsed.

@@ -3,6 +3,7 @@
 Deterministic from a data seed (independent of the run seed, so every run of a grid sees the same
 data), learnable but not trivial: low contrast, random position, size and intensity, a smooth
 illumination gradient, speckle noise, and distractors that share the positive class's features.
+demo-regression has a sex input (`male`, shifting the target), also its subgroup attribute `sex`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import numpy as np
 
 from medtl.training.data.base import SampleSet, Splits
+from medtl.training.data.subgroups import sex_label
 from medtl.training.spec import Task
 
 DEFAULT_SIZES = {"train": 256, "val": 96, "test": 128}
@@ -94,6 +96,7 @@ def _segmentation_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarra
 def _make_split(task: Task, n: int, size: int, rng: np.random.Generator, prefix: str) -> SampleSet:
     images = np.empty((n, size, size), np.uint8)
     extras = None
+    attributes = None
     ids = tuple(f"{prefix}-{i:05d}" for i in range(n))
     if task is Task.DEMO_BINARY:
         targets = np.arange(n, dtype=np.int64) % 2
@@ -106,6 +109,7 @@ def _make_split(task: Task, n: int, size: int, rng: np.random.Generator, prefix:
     elif task is Task.DEMO_REGRESSION:
         targets = np.empty(n, np.float32)
         extras = (np.arange(n) % 2).astype(np.float32)[:, None]
+        attributes = {"sex": tuple(sex_label(float(m)) for m in extras[:, 0])}
         for i in range(n):
             images[i], targets[i] = _regression_sample(rng, size, int(extras[i, 0]))
     elif task is Task.DEMO_SEGMENTATION:
@@ -114,7 +118,7 @@ def _make_split(task: Task, n: int, size: int, rng: np.random.Generator, prefix:
             images[i], targets[i] = _segmentation_sample(rng, size)
     else:
         raise ValueError(f"{task.value} is not a synthetic task")
-    return SampleSet(images=images, targets=targets, ids=ids, extras=extras)
+    return SampleSet(images=images, targets=targets, ids=ids, extras=extras, attributes=attributes)
 
 
 def load_synthetic(

@@ -90,7 +90,7 @@ def make_grazpedwri(root: Path, n_patients: int = 24, osteopenic_every: int = 4)
                     "gender": "M" if p % 2 else "F",
                     "age": 10.5,
                     "laterality": "L",
-                    "projection": 2,
+                    "projection": "" if p == 5 else 1 + study % 2,  # one patient without it
                     "initial_exam": 1 if study == 0 else "",
                     "ao_classification": "23r-M/2.1",
                     "cast": "",

@@ -133,3 +133,17 @@ def test_seeds_share_the_source_digest_and_keep_their_entries(graz_root, cache_d
     b = load_graz(graz_root, image_size=16, seed=1)
     assert a.source_digest == b.source_digest and a.digest != b.digest
     assert len([p for p in (cache_dir / "grazpedwri").iterdir() if p.is_dir()]) == 2
+
+
+def test_subgroup_attributes_survive_a_cache_hit(graz_root, monkeypatch):
+    first = load_graz(graz_root, image_size=16)
+
+    def boom(path):
+        raise AssertionError(f"decoded {path}")
+
+    monkeypatch.setattr(generic, "read_gray", boom)
+    second = load_graz(graz_root, image_size=16)  # a hit: nothing decoded
+    assert isinstance(second.train.images, np.memmap)
+    assert second.attribute_names == ("projection", "sex")
+    for (_, a), (_, b) in zip(first.items(), second.items(), strict=True):
+        assert a.ids == b.ids and a.attributes == b.attributes

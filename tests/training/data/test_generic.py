@@ -126,3 +126,43 @@ def test_deidentified_sample_ids_carry_no_file_name(tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(DataError, match=KEY_ENV):  # never falls back to file names
         load_class_folders(root, image_size=16)
+
+
+def _subgroup_csv(tmp_path, n=24, **columns):
+    rows = []
+    for i in range(n):
+        _png(tmp_path / "img" / f"{i}.png", 5 * i)
+        rows.append({"path": f"img/{i}.png", "label": "yes" if i % 2 else "no", "target": 2.0 * i,
+                     "age": 10 + i, "patient_id": f"p{i // 2}", **{k: v(i) for k, v in columns.items()}})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path / "labels.csv"
+
+
+def test_csv_subgroup_columns_become_attributes_as_written(tmp_path):
+    csv = _subgroup_csv(tmp_path, subgroup_site=lambda i: "north" if i < 12 else "south",
+                        subgroup_view=lambda i: "" if i == 3 else str(1 + i % 3))
+    splits = load_csv_classification(csv, image_size=16)
+    assert splits.attribute_names == ("site", "view")
+    for _, part in splits.items():
+        for k, sample_id in enumerate(part.ids):
+            i = int(sample_id.removeprefix("img/").removesuffix(".png"))
+            assert part.attributes["site"][k] == ("north" if i < 12 else "south")
+            assert part.attributes["view"][k] == ("" if i == 3 else str(1 + i % 3))  # "2", never 2.0
+    pd.read_csv(csv).drop(columns=["label"]).to_csv(tmp_path / "regression.csv", index=False)
+    regression = load_csv_regression(tmp_path / "regression.csv", image_size=16)
+    assert regression.extra_names == ("age",) and regression.train.extras.shape[1] == 1  # never an input
+    assert regression.attribute_names == ("site", "view")
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "match"),
+    [
+        ("subgroup_record", lambda i: f"r{i}", "24 distinct values in 24 rows"),
+        ("subgroup_patient", lambda i: f"p{i // 2}", "repeats patient_id"),
+        ("subgroup_Site", lambda i: "a", "lower-case letters"),
+    ],
+)
+def test_csv_subgroup_that_could_identify_someone_is_refused(tmp_path, column, values, match):
+    csv = _subgroup_csv(tmp_path, **{column: values})
+    with pytest.raises(DataError, match=match):
+        load_csv_classification(csv, image_size=16)

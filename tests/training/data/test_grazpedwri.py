@@ -122,3 +122,36 @@ def test_unreadable_and_missing_images_are_counted(graz_root):
     splits = load(graz_root, image_size=16, balance=False)
     assert sum(splits.counts().values()) == 46
     assert splits.notes["skipped"].startswith("2 unreadable")
+
+
+def _expected(stem: str) -> dict[str, str]:
+    """The fixture's subgroups of an image: projection 1 or 2 by study (empty for patient 1005), sex by patient."""
+    patient, study = int(stem.split("_")[0]) - 1000, int(stem.split("_")[2]) - 1
+    return {"projection": "" if patient == 5 else str(1 + study % 2), "sex": "male" if patient % 2 else "female"}
+
+
+def test_projection_and_sex_subgroups_as_written_in_the_file(graz_root):
+    splits = load(graz_root, image_size=16, balance=False)
+    assert splits.attribute_names == ("projection", "sex")
+    for _, part in splits.items():
+        assert [{n: part.attributes[n][k] for n in ("projection", "sex")} for k in range(len(part))] == [
+            _expected(i) for i in part.ids
+        ]
+    values = {v for _, part in splits.items() for v in part.attributes["projection"]}
+    assert values == {"1", "2", ""}  # as written: "2", not 2.0, though a cell is empty
+
+
+def test_subgroups_survive_the_training_fraction(graz_root):
+    part = load_splits(TASK, str(graz_root), image_size=16, fraction=0.5).train
+    assert 0 < len(part) < 18
+    assert [part.attributes["projection"][k] for k in range(len(part))] == [_expected(i)["projection"] for i in part.ids]
+
+
+def test_subgroups_only_where_the_file_has_the_columns(graz_root):
+    csv = graz_root / "dataset.csv"
+    frame = pd.read_csv(csv, dtype=str)
+    frame.drop(columns=["projection"]).to_csv(csv, index=False)
+    assert load(graz_root, image_size=16).attribute_names == ("sex",)
+    frame.drop(columns=["projection", "gender"]).to_csv(csv, index=False)
+    splits = load(graz_root, image_size=16)
+    assert splits.attribute_names == () and splits.test.attributes is None

@@ -66,3 +66,12 @@ def test_unreadable_image_is_skipped_and_counted(rsna_root):
     assert (
         splits.notes["skipped"].startswith("1 unreadable") and "1380.png" in splits.notes["skipped"]
     )
+
+
+def test_sex_subgroup_follows_the_male_input_in_every_file(rsna_root):
+    splits = load_splits(Task.RSNA_BONEAGE, str(rsna_root), image_size=16)
+    assert splits.attribute_names == ("sex",)
+    for _, part in splits.items():
+        assert part.attributes["sex"] == tuple("male" if m else "female" for m in part.extras[:, 0])
+    assert splits.test.attributes["sex"] == ("male", "male", "female", "female", "female", "female")  # M/F in the xlsx
+    assert set(splits.train.attributes["sex"]) == {"male", "female"}
