@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
-from medtl.training.data.generic import Record, assemble, balanced_splits, list_images
+from medtl.training.data.generic import Record, assemble_balanced, list_images
 from medtl.training.data.splits import env_flag
 from medtl.training.spec import TASKS, Task
 
@@ -70,13 +70,5 @@ def load(
         ]
     digest = cache.source_digest(root, [r.path for r in records])  # before undersampling
     do_balance = balance if balance is not None else env_flag(BALANCE_ENV, BALANCE)
-    records = balanced_splits(records, seed, balance=do_balance, grouped=False)
-    return assemble(
-        records,
-        kind="covid19",
-        root=root,
-        task_type=TASKS[task].type,
-        image_size=image_size,
-        digest=digest,
-        notes={"balanced": str(do_balance)},
-    )
+    return assemble_balanced(records, seed, balance=do_balance, grouped=False, kind="covid19", root=root,
+                             task_type=TASKS[task].type, image_size=image_size, digest=digest)

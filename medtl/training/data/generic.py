@@ -265,6 +265,15 @@ def balanced_splits(records: list[Record], seed: int, *, balance: bool, grouped:
     return assign_splits(records, [r.target for r in records], seed, grouped=grouped)
 
 
+def assemble_balanced(
+    records: list[Record], seed: int, *, balance: bool, grouped: bool, **assemble_options: object
+) -> Splits:
+    """`balanced_splits`, then `assemble` with the choice noted (`notes["balanced"]`): the two
+    undersampled binary datasets of the study (GRAZPEDWRI-DX, COVID-19)."""
+    records = balanced_splits(records, seed, balance=balance, grouped=grouped)
+    return assemble(records, notes={"balanced": str(balance)}, **assemble_options)
+
+
 def _classes_of(values: Sequence[str], classes: Sequence[str] | None) -> tuple[str, ...]:
     found = sorted(set(values))
     if classes is None:

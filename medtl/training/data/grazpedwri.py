@@ -16,7 +16,7 @@ import numpy as np
 
 from medtl.training.data import cache
 from medtl.training.data.base import DataError, Splits
-from medtl.training.data.generic import Record, assemble, balanced_splits, index_images
+from medtl.training.data.generic import Record, assemble_balanced, index_images
 from medtl.training.data.splits import env_flag
 from medtl.training.data.subgroups import texts
 from medtl.training.spec import TASKS, Task
@@ -146,13 +146,5 @@ def load(
             )
         )
     digest = cache.source_digest(root, [csv, *(r.path for r in every)])  # the whole download
-    records = balanced_splits(every, seed, balance=do_balance, grouped=True)
-    return assemble(
-        records,
-        kind="grazpedwri",
-        root=root,
-        task_type=TASKS[task].type,
-        image_size=image_size,
-        digest=digest,
-        notes={"balanced": str(do_balance)},
-    )
+    return assemble_balanced(every, seed, balance=do_balance, grouped=True, kind="grazpedwri", root=root,
+                             task_type=TASKS[task].type, image_size=image_size, digest=digest)
