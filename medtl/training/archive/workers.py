@@ -17,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from medtl.training.archive.shards import read_shard, shard_path, write_shard
 IN_PROGRESS = ".inprogress"
 DECODE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # a worker loads the OCR models before it takes a file
+ORPHAN_CHECK_S = 2.0  # how often an idle worker checks that its supervisor is alive
 # A file in flight when this many runs died (markers left behind) is skipped: an innocent file is
 # finished early in the rerun (files before it are already done), a culprit kills the rerun again.
 RUN_DEATHS = 2
@@ -37,10 +39,19 @@ RUN_DEATHS = 2
 log = logging.getLogger(__name__)
 
 
-def _serve(conn: multiprocessing.connection.Connection, init: tuple, stage: Any) -> None:
-    """A decoding worker: converts the files it is sent until it is sent None."""
+def _serve(
+    conn: multiprocessing.connection.Connection, supervisor_end: multiprocessing.connection.Connection,
+    supervisor_pid: int, init: tuple, stage: Any,
+) -> None:
+    """A decoding worker: converts the files it is sent until it is sent None, or its supervisor is gone.
+
+    A forked worker inherits the supervisor's end of its own pipe: it is closed first, so a supervisor
+    that dies (SIGKILL, the OOM killer) leaves the worker an end of file instead of a wait for ever;
+    the parent check covers ends held by sibling workers forked later.
+    """
     import signal
 
+    supervisor_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     convert.init_worker(*init, stage=stage)
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):  # the supervisor is gone
@@ -51,6 +62,9 @@ def _serve(conn: multiprocessing.connection.Connection, init: tuple, stage: Any)
             return
         conn.send(("ready", ""))
         while True:
+            while not conn.poll(ORPHAN_CHECK_S):
+                if os.getppid() != supervisor_pid:
+                    return
             task = conn.recv()
             if task is None:
                 return
@@ -63,7 +77,7 @@ class _Worker:
     def __init__(self, ctx: Any, init: tuple) -> None:
         self.conn, child = ctx.Pipe()
         self.stage = ctx.Value("i", convert.STAGE_DECODING, lock=False)  # set by the worker: decoding or scanning
-        self.proc = ctx.Process(target=_serve, args=(child, init, self.stage), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, self.conn, os.getpid(), init, self.stage), daemon=True)
         self.proc.start()
         child.close()
         self.task: tuple[str, str, str] | None = None  # (path, rel, path key)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from pydicom.data import get_testdata_files
 
@@ -180,8 +181,13 @@ def test_killed_run_loses_nothing_and_rerun_duplicates_nothing(archive, referenc
         while time.time() < deadline and len(list((out / ".shards").rglob("*.json"))) < 12:
             time.sleep(0.05)
         assert proc.poll() is None, "ingest finished before it could be killed"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "the ingest had no worker process to orphan"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        # its decoding workers notice and exit instead of waiting for ever on a pipe nobody writes to
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert alive == [], f"{len(alive)} ingest worker(s) outlived their killed supervisor"
     finally:
         proc.kill()
     assert not (out / "manifest.parquet").exists()
