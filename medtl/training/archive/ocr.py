@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import UserError
+
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+"""onnxruntime >= 1.29 sends usage telemetry from Linux too (a device id and an event cache under
+~/.cache/Microsoft/DeveloperTools, uploads to Microsoft) unless this is set before its first session;
+medtl sets it to 1 (a user who sets it to 0 opts back in). Ingest runs where patient data lives: no
+outbound connection, nothing written outside the output folder."""
 
 DETECTOR_SIDE = 512
 """Long side of the detector's input in pixels (`Det.limit_type: max`): larger images are shrunk to it."""
@@ -92,6 +99,7 @@ class TextReader:
     """
 
     def __init__(self, side: int = DETECTOR_SIDE, threads: int = 1, min_side: int = DETECTOR_MIN_SIDE) -> None:
+        os.environ.setdefault(TELEMETRY_ENV, "1")  # before onnxruntime creates its environment
         import onnxruntime as ort
 
         logging.getLogger("RapidOCR").setLevel(logging.CRITICAL + 1)

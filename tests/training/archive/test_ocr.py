@@ -66,3 +66,23 @@ def test_detector_input_is_shrunk_to_its_side_and_tiny_images_are_enlarged():
     reader.detect(np.zeros((200, 120), dtype=np.uint8))  # kept
     reader.detect(np.zeros((1024, 800), dtype=np.uint8))  # shrunk to 256
     assert seen == [(1, 3, 160, 96), (1, 3, 192, 128), (1, 3, 256, 192)]
+
+
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TF_BUILD", "BUILD_BUILDID", "JENKINS_URL", "TRAVIS")
+
+
+def test_onnxruntime_sends_no_telemetry_and_writes_nothing_in_the_home_folder(tmp_path):
+    """onnxruntime >= 1.29 keeps a device id and an upload cache in ~/.cache/Microsoft unless told not to
+    (it stays quiet by itself only where a CI variable is set, so the child runs without them)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES and k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / ".cache"))
+    script = ("import numpy as np\nfrom medtl.training.archive.ocr import TextReader\n"
+              "TextReader().read(np.full((200, 300), 40, np.uint8))\nprint('read')\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "read" in done.stdout
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if "Microsoft" in p.as_posix()] == []
