@@ -288,7 +288,29 @@ def main(sizes: tuple[int, ...] = (2000, 10000), predictions: bool = True) -> di
                           "command_speedup": naive_total / command["command_s"],
                           "command_speedup_without_predictions": without / command["command_s"]}
             print(json.dumps({n: results[n]}, default=float, indent=1), flush=True)
-    return results
+    return readable(results)
+
+
+def readable(results: dict) -> dict[str, dict]:
+    """BENCHMARKS.md's table: one row per measure, one column per store size."""
+    rows: dict[str, dict] = {}
+
+    def row(label: str, key) -> None:
+        for n, r in results.items():
+            rows.setdefault(label, {})[f"{n:,} runs"] = key(r) if callable(key) else r[key]
+
+    row("store: build s / SQLite MB", lambda r: f"{r['build_s']:.1f} / {r['db_mb']:,.0f}")
+    row("in-process report: collect / stats / render s", lambda r: f"{r['collect_s']:.2f} / {r['stats_s']:.2f} / {r['render_s']:.2f}")
+    row("predictions files read / figures drawn", lambda r: f"{r['predictions_read']:,} / {r['figures']}")
+    row("`medtl evaluate --no-log`, whole command: median s (runs)",
+        lambda r: f"**{r['command_s']:.2f}** ({', '.join(f'{x:.2f}' for x in r['command_runs_s'])})")
+    row("naive MLflow-API way (estimated): search / histories / predictions s",
+        lambda r: f"{r['search_runs_s']:.1f} / {r['history_estimated_s']:.1f} / {r['predictions_estimated_s']:.1f}")
+    row("naive total, + the same statistics and rendering s", lambda r: f"{r['naive_report_estimated_s']:.1f}")
+    row("speed-up of the command", lambda r: f"**{r['command_speedup']:.1f}×**")
+    row("speed-up without charging the naive way for predictions", lambda r: f"{r['command_speedup_without_predictions']:.1f}×")
+    row("speed-up of the in-process report", lambda r: f"{r['speedup']:.1f}×")
+    return rows
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ class Lab:
                 self.server.kill()
                 self.server.wait()
 
+    def set_max_connections(self, slots: int) -> None:
+        """PostgreSQL's `max_connections` (a restart applies it), as the stack sets POSTGRES_MAX_CONNECTIONS."""
+        self.pg.psql(f"ALTER SYSTEM SET max_connections = {int(slots)};")
+        self.restart_postgres(0)
+
     def restart_postgres(self, down_s: float = 3) -> None:
         self.pg.stop()
         time.sleep(down_s)

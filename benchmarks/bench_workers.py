@@ -21,7 +21,7 @@ finish empty trials as fast as they can (the rate at which the queue saturates),
 send one epoch's `log_batch` in a loop (the rate at which one MLflow server process saturates), and 4
 threads upload 32 MB checkpoints through the server's artifact proxy (MB/s).
 
-Usage: python benchmarks/bench_workers.py [--workers 16,32] [--points-per-worker 2] [--probe-claims 32]
+Usage: python benchmarks/bench_workers.py [--workers 16,32] [--points-per-worker 2] [--probe-claims 32] [--max-connections 200]
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def run_workers(lab: Lab, workers: int, points_per_worker: int, folder: Path) ->
     # A 404 from get-by-name is a lookup that found nothing (the first run of a study), not a failure.
     misses = sum(1 for m in access if m.group(2) == "404" and "get-by-name" in m.group(1))
     per_second = _busiest_second(lab, log_start)
+    failed = _failed_requests(access)
     rss = [v / 2**20 for v in sampler.peak_rss.values()]
     uss = [v / 2**20 for v in sampler.peak_uss.values()]
     return {
@@ -221,6 +222,8 @@ def run_workers(lab: Lab, workers: int, points_per_worker: int, folder: Path) ->
         "server req/s busiest second": per_second,
         "server errors 4xx/5xx": f"{sum(n for s, n in statuses.items() if 400 <= s < 500) - misses}/{sum(n for s, n in statuses.items() if s >= 500)}",
         "lookup misses (404)": misses,
+        "failed requests by endpoint": "; ".join(f"{n}× {k}" for k, n in failed.most_common(3)) or "none",
+        "server error causes": "; ".join(f"{n}× {k}" for k, n in _error_causes(lab, log_start).most_common(3)) or "none",
         "requests per point": round(len(access) / max(points, 1), 1),
         "server peak RSS MiB": round(sampler.server_rss / 2**20),
         "server CPU % p95": round(_pct(sampler.server_cpu, 0.95) or 0),
@@ -229,6 +232,25 @@ def run_workers(lab: Lab, workers: int, points_per_worker: int, folder: Path) ->
         "worker peak USS MiB median": round(statistics.median(uss)) if uss else None,
         "tracebacks": text.count("Traceback"),
     }
+
+
+def _failed_requests(access: list[re.Match]) -> Counter:
+    """`status endpoint` of every answer ≥ 400 (query strings dropped), lookups that found nothing aside."""
+    return Counter(f"{m.group(2)} {m.group(1).split('?')[0]}" for m in access
+                   if int(m.group(2)) >= 400 and not (m.group(2) == "404" and "get-by-name" in m.group(1)))
+
+
+def _error_causes(lab: Lab, start: int) -> Counter:
+    """The exception lines the server logged after `start` (a traceback's last line, or an ERROR line), shortened."""
+    causes: Counter = Counter()
+    for line in _access_lines(lab)[start:]:
+        if ACCESS_LINE.search(line):
+            continue
+        text = line.strip()
+        if re.match(r"^[\w.]+(Error|Exception|Timeout)\b", text):  # a traceback's last line: the cause
+            text = re.sub(r'"[^"]*"', '"…"', text)  # socket paths and the like
+            causes[text[-160:]] += 1
+    return causes
 
 
 def _first_to_go(pid: int) -> None:
@@ -265,7 +287,7 @@ def import_rss() -> dict:
 def probe_claims(lab: Lab, claimers: int, seconds: float, folder: Path) -> dict:
     """Queue capacity: `claimers` processes claim and complete empty trials for `seconds`; claims/s in all."""
     name = f"probe{claimers}"
-    points = 1500  # more than 32 claimers finish in 20 s on 2 cores (~50/s)
+    points = 1500  # the rate divides by the time the claimers took, so running out early is measured right
     path = _enqueue(lab, name, points, folder)
     code = (
         "import sys, time, os\n"
@@ -273,18 +295,22 @@ def probe_claims(lab: Lab, claimers: int, seconds: float, folder: Path) -> dict:
         "from medtl.mlops.sweeps.study import load_study\n"
         "from optuna.trial import TrialState\n"
         "study = load_study(sys.argv[1]); q = Q.open_optuna_study(study, Q.open_storage(sys.argv[2]), publish=False)\n"
-        "owner = Q.worker_token(); end = time.monotonic() + float(sys.argv[3]); n = 0\n"
+        "owner = Q.worker_token(); start = time.monotonic(); end = start + float(sys.argv[3]); n = 0\n"
         "while time.monotonic() < end:\n"
         "    t = Q.claim_next(q, owner)\n"
         "    if t is None: break\n"
         "    Q.finish(q, t, owner, TrialState.COMPLETE, 0.0); n += 1\n"
-        "print(n)\n"
+        "print(n, start, time.monotonic())\n"
     )
     env = {**os.environ, **lab.secret, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), lab.optuna_url, str(seconds)], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(claimers)]
-    done = sum(int(p.communicate(timeout=seconds + 300)[0].strip() or 0) for p in procs)
-    return {"claimers": claimers, "seconds": seconds, "claims+completes": done, "per second": round(done / seconds, 1)}
+    outputs = [p.communicate(timeout=seconds + 300)[0].split() for p in procs]
+    done = sum(int(o[0]) for o in outputs if o)
+    # from the first claimer's start to the last one's end (CLOCK_MONOTONIC is one clock for every process)
+    took = max(float(o[2]) for o in outputs if o) - min(float(o[1]) for o in outputs if o) if any(outputs) else seconds
+    return {"claimers": claimers, "seconds": round(took, 1), "claims+completes": done, "per second": round(done / took, 1),
+            "points left": points - done}
 
 
 def probe_server(lab: Lab, clients: int, seconds: float) -> dict:
@@ -344,7 +370,8 @@ def probe_artifacts(lab: Lab, clients: int = 4, megabytes: int = 32, uploads: in
     return {"clients": clients, "MB/s": round(clients * uploads * megabytes / seconds, 1)}
 
 
-def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32) -> dict[str, dict]:
+def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe: int = 32,
+         max_connections: int = 200) -> dict[str, dict]:
     """One row per measure, one column per worker count; the probes and import costs as rows of their own."""
     runs: list[dict] = []
     probes: dict[str, dict] = {}
@@ -352,6 +379,9 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
         folder = Path(tmp)
         lab = Lab(folder)
         try:
+            if max_connections:  # the stack's POSTGRES_MAX_CONNECTIONS; 0 keeps PostgreSQL's default (100)
+                lab.set_max_connections(max_connections)
+            slots = lab.pg.psql("SHOW max_connections;").split()
             lab.start_mlflow()
             for count in workers:
                 print(f"bench workers: {count} workers ...", file=sys.stderr, flush=True)
@@ -368,6 +398,7 @@ def main(workers: tuple[int, ...] = (16, 32), points_per_worker: int = 2, probe:
                 probes["server artifact proxy: MB/s, 4 uploads of 32 MB at once"] = {"value": artifacts["MB/s"]}
         finally:
             lab.close()
+    probes["PostgreSQL max_connections"] = {"value": next((w for w in slots if w.isdigit()), "?")}
     for label, cost in import_rss().items():
         probes[f"memory of a fresh process, MiB: {label}"] = {"value": cost}
     table: dict[str, dict] = {}
@@ -389,6 +420,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", default="16,32", help="comma-separated worker counts (empty: the probes only)")
     parser.add_argument("--points-per-worker", type=int, default=2)
     parser.add_argument("--probe-claims", type=int, default=32, help="claimer processes of the queue probe (0: skip)")
+    parser.add_argument("--max-connections", type=int, default=200,
+                        help="PostgreSQL's max_connections, as the stack sets it (0: PostgreSQL's default, 100)")
     args = parser.parse_args()
-    for measure, values in main(tuple(int(w) for w in args.workers.split(",") if w.strip()), args.points_per_worker, args.probe_claims).items():
+    for measure, values in main(tuple(int(w) for w in args.workers.split(",") if w.strip()), args.points_per_worker,
+                                args.probe_claims, args.max_connections).items():
         print(f"{measure}: {values}")

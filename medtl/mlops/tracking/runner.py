@@ -445,6 +445,26 @@ def _log_dataset(client: MlflowClient, run_id: str, recipe: Recipe) -> None:
         name = task.value if task is not None else f"pretrain-{recipe.spec.modality.value}"
         dataset = MetaDataset(source=source, name=name, digest=splits.digest)
         inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "train")])]
-        client.log_inputs(run_id, datasets=inputs)
+        _log_inputs(client, run_id, inputs)
     except Exception as exc:  # provenance is also in params (data_digest); never fail a run on it
         log.warning("could not log the dataset input: %s", exc)
+
+
+DATASET_INPUT_TRIES = 3
+
+
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list, pause_s: float = 0.2) -> None:
+    """`log_inputs`, tried again after a BAD_REQUEST: MLflow's SQL store looks a dataset up, then inserts it,
+    so when two runs of one experiment log the same new dataset at once (workers starting points of one
+    task together) the second insert hits the dataset's primary key and the request fails with 400; on the
+    next try the lookup finds the dataset (seen once in 64 points with 32 workers, BENCHMARKS.md)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, DATASET_INPUT_TRIES + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "BAD_REQUEST" or attempt == DATASET_INPUT_TRIES:
+                raise
+            time.sleep(pause_s * attempt)

@@ -152,3 +152,66 @@ def test_a_missing_dataset_creates_no_run(tracking_uri, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         run_spec(spec, study="unit", tracking_uri=tracking_uri)
     assert MlflowClient(tracking_uri).get_experiment_by_name("medtl/unit") is None
+
+
+def _dataset_inputs(digest: str) -> list:
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = MetaDataset(source=CodeDatasetSource({"source": "demo"}), name="demo-binary", digest=digest)
+    return [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "train")])]
+
+
+def test_runs_that_log_one_new_dataset_at_once_all_get_it(postgres):
+    """MLflow's SQL store looks a dataset up, then inserts it: of 8 runs logging the same new dataset at
+    the same moment, 3-6 got 400 (unique violation on dataset_pk) when measured on this PostgreSQL."""
+    import threading
+    import uuid
+
+    from medtl.mlops.tracking.runner import _log_inputs
+
+    client = MlflowClient(postgres.mlflow_url)
+    experiment = client.create_experiment(f"inputs-race-{uuid.uuid4().hex}")
+    runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+    inputs = _dataset_inputs(uuid.uuid4().hex[:8])
+    barrier, errors = threading.Barrier(len(runs)), []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            _log_inputs(client, run_id, inputs, pause_s=0.05)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for run_id in runs:
+        assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["demo-binary"]
+
+
+def test_only_a_bad_request_is_tried_again():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, PERMISSION_DENIED
+
+    from medtl.mlops.tracking.runner import DATASET_INPUT_TRIES, _log_inputs
+
+    class Client:
+        def __init__(self, code: int) -> None:
+            self.code, self.calls = code, 0
+
+        def log_inputs(self, run_id, datasets):  # noqa: ANN001
+            self.calls += 1
+            raise MlflowException("no", error_code=self.code)
+
+    denied = Client(PERMISSION_DENIED)
+    with pytest.raises(MlflowException):
+        _log_inputs(denied, "r", [], pause_s=0)
+    racing = Client(BAD_REQUEST)
+    with pytest.raises(MlflowException):
+        _log_inputs(racing, "r", [], pause_s=0)
+    assert (denied.calls, racing.calls) == (1, DATASET_INPUT_TRIES)
