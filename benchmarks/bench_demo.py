@@ -144,11 +144,11 @@ def main(runs: int = 3) -> list[dict]:
         {"measure": "epochs per point, s (median)", "value": round(statistics.median(epoch), 2)},
         {"measure": "fixed cost per point, s (median)", "value": round(statistics.median(fixed), 2)},
     ]
-    for r in results:
+    for number, r in enumerate(results, 1):
         for h in r["headline"]:
             domain, random_ = h["arms"].get("domain", (float("nan"),))[0], h["arms"].get("random", (float("nan"),))[0]
             p = "n/a" if h["p_adjusted"] is None else f"{h['p_adjusted']:.4f}"
-            rows.append({"measure": f"{h['task']} {h['arch']} {h['measure']}, mean: domain vs random",
+            rows.append({"measure": f"run {number}: {h['task']} {h['arch']} {h['measure']}, mean: domain vs random",
                          "value": f"{domain:.3f} vs {random_:.3f}, adjusted p {p}"})
     return rows
 
