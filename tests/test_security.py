@@ -11,20 +11,14 @@ from mlflow.tracking import MlflowClient
 
 from medtl.evaluation.collect import mask_uri
 from medtl.mlops.cli import main
+from medtl.mlops.sweeps.study import study_text
 from medtl.mlops.tracking.client import end_run, log_params, set_tags
 from medtl.redact import mask_url
 from medtl.training import schema as S
 from medtl.training.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint
 from medtl.training.init import read_weights
 
-STUDY = """
-name: security
-defaults: {max_epochs: 1, patience: 1, batch_size: 8, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3]
-seeds: [0]
-"""
+STUDY = study_text("security", seeds=[0], max_epochs=1, patience=1, batch_size=8, image_size=32)
 
 MASKED = [
     ("postgresql+psycopg://medtl:s3cret@db:5432/optuna", "postgresql+psycopg://medtl:***@db:5432/optuna"),

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 LOG = """\
 INFO:     127.0.0.1:50000 - "POST /api/2.0/mlflow/runs/log-batch HTTP/1.1" 200 OK
@@ -25,12 +20,8 @@ INFO:     127.0.0.1:50004 - "GET /api/2.0/mlflow/runs/get?run_id=abc HTTP/1.1" 4
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        yield importlib.import_module("bench_workers")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def bench(bench_module):
+    return bench_module("bench_workers")
 
 
 def test_failed_requests_by_endpoint_leave_lookup_misses_aside(bench):

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        yield importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def gpu_check(bench_module):
+    return bench_module("gpu_check")
 
 
 def test_without_cuda_it_says_so_in_one_line_and_exits_0(gpu_check, monkeypatch, capsys):

@@ -10,15 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtl.mlops.cli import main
+from medtl.mlops.sweeps.study import study_text
 
-ONE_POINT = """
-name: smoke
-defaults: {max_epochs: 2, patience: 2, batch_size: 16, image_size: 32}
-tasks:
-  demo-binary: {archs: [mobilenet_v3_small]}
-lrs: [1.0e-3]
-seeds: [0]
-"""
+ONE_POINT = study_text("smoke", seeds=[0], max_epochs=2, patience=2, batch_size=16, image_size=32)
 
 
 def _medtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -58,7 +52,7 @@ def test_bad_run_input_is_one_line_exit_2_and_no_run(tmp_path, args, fragment):
 
 def test_bad_study_file_is_refused_with_file_key_and_choices(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(ONE_POINT.replace("seeds: [0]", "seeds: [0]\nlearning_rates: [0.1]"))
+    bad.write_text(ONE_POINT + "learning_rates: [0.1]\n")
     result = _medtl("sweep", "--study", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
