@@ -202,8 +202,8 @@ def report_blocks(analysis: Analysis, figures: dict[str, bytes]) -> list[Block]:
         blocks += [("h", 3, f"{table.task}{label}"), ("table", results_frame(table))]
     blocks += diagnostics_blocks(analysis, figures)
     for comparisons in analysis.comparisons:
-        title = "Comparisons" if comparisons is main else f"Comparisons in {comparisons.mode} mode (second analysis)"
-        blocks.append(("h", 2, f"{title} ({comparisons.mode})"))
+        title = f"Comparisons ({comparisons.mode})" if comparisons is main else f"Comparisons in {comparisons.mode} mode (second analysis)"
+        blocks.append(("h", 2, title))
         tables = comparisons.tables()
         if not tables:
             blocks.append(("p", "No comparisons: no runs of a known task."))

@@ -119,6 +119,8 @@ def test_html_is_self_contained(built):
     assert "Comparisons in recommended mode" in page and "Failed runs (2)" in page
     md = (out / "report.md").read_text()
     assert "](plots/cd_diagram.png)" in md and "## Average ranks of the arms" in md
+    assert re.findall(r"^## Comparisons.*$", md, flags=re.M) == [
+        "## Comparisons (paper)", "## Comparisons in recommended mode (second analysis)"]
 
 
 def test_latex_tables_per_task(built):
