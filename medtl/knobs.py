@@ -153,6 +153,15 @@ def checkpoint_upload_every(default: int) -> int:
     return env_whole(UPLOAD_EVERY_ENV, default, minimum=0)
 
 
+PROMOTION_WAIT_ENV = "MEDTL_PROMOTION_WAIT_S"
+PROMOTION_WAIT_DEFAULT_S = 120.0
+
+
+def promotion_wait_s() -> float:
+    """`$MEDTL_PROMOTION_WAIT_S`: how long a promotion waits for another one of the same model to finish."""
+    return env_seconds(PROMOTION_WAIT_ENV, PROMOTION_WAIT_DEFAULT_S)
+
+
 def torchrun_world() -> tuple[int, int]:
     """(`$WORLD_SIZE`, `$LOCAL_RANK`) as torchrun sets them; (1, 0) outside torchrun."""
     return env_whole("WORLD_SIZE", 1, minimum=1), env_whole("LOCAL_RANK", 0, minimum=0)

@@ -46,6 +46,7 @@ def test_bad_values_are_one_line_user_errors(reader, text, message):
         ("MEDTL_CHECKPOINT_UPLOAD_EVERY", lambda: knobs_module.checkpoint_upload_every(1), "-1", "MEDTL_CHECKPOINT_UPLOAD_EVERY must be a whole number >= 0, got -1"),
         ("MEDTL_INFRA_PATIENCE_S", lambda: knobs_module.infra_patience_s(), "0", "MEDTL_INFRA_PATIENCE_S must be a positive number of seconds, got 0"),
         ("MEDTL_HEARTBEAT_S", lambda: knobs_module.knobs(), "x", "MEDTL_HEARTBEAT_S must be a whole number, got 'x'"),
+        ("MEDTL_PROMOTION_WAIT_S", lambda: knobs_module.promotion_wait_s(), "soon", "MEDTL_PROMOTION_WAIT_S must be a number of seconds >= 0, got 'soon'"),
     ],
 )
 def test_every_numeric_knob_is_read_here_with_one_line(monkeypatch, variable, read, text, message):

@@ -9,15 +9,23 @@ holder, each side's validation metric and protocol fingerprint, and the candidat
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
 import math
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
+from medtl.knobs import PROMOTION_WAIT_ENV, promotion_wait_s
 from medtl.mlops.tracking import alias_history as H
 from medtl.mlops.tracking.gate import Decision, Margin, Side, decide
 from medtl.mlops.tracking.registry import CHAMPION, PREVIOUS, champion
@@ -28,6 +36,81 @@ ALIAS_TAG_PREFIX = "medtl.alias."
 """`medtl.alias.<alias>.since|from|reason|by` on the version that gained an alias, `.until` on the one that lost it."""
 
 _PRETRAIN_GRID = ("lr", "seed")
+
+LOCK_TAG = "medtl.promotion_lock"
+"""Registered-model tag held while one promotion reads the holder, decides and moves: `token until by`."""
+LOCK_SETTLE_S = 0.5
+LOCK_LEASE_S = 600.0
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Who holds a model's promotion lock, and until when (epoch seconds)."""
+
+    token: str
+    until: float
+    by: str
+
+
+def lock_of(client: MlflowClient, name: str) -> Lock | None:
+    """`name`'s promotion lock as its tag holds it, or None (an unreadable expiry counts as expired)."""
+    value = client.get_registered_model(name).tags.get(LOCK_TAG, "")
+    if not value.strip():
+        return None
+    token, until, by = (value.split(" ", 2) + ["", ""])[:3]
+    try:
+        expiry = float(until)
+    except ValueError:
+        expiry = 0.0
+    return Lock(token, expiry, by)
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    client: MlflowClient,
+    name: str,
+    *,
+    wait_s: float | None = None,
+    settle_s: float = LOCK_SETTLE_S,
+    lease_s: float = LOCK_LEASE_S,
+    poll_s: float = 0.25,
+) -> Iterator[None]:
+    """One promotion at a time per registered model, while it reads the holder, decides and moves the alias.
+
+    MLflow has no compare-and-set on aliases or tags, so this is a lease on a registered-model tag with a
+    settle time: a promoter that finds no unexpired lock writes its token, waits `settle_s` and reads the
+    tag back; only the last writer goes on, the others wait. Two promoters both go on only if one of them
+    takes longer than `settle_s` between finding the lock free and writing its own. The lock is removed
+    at the end; a crashed promoter's expires after `lease_s`. The model must exist.
+
+    Raises:
+        UserError: another promotion of `name` held the lock for longer than `wait_s` (default
+            `$MEDTL_PROMOTION_WAIT_S`, 120 s).
+    """
+    wait_s = promotion_wait_s() if wait_s is None else wait_s
+    token = secrets.token_hex(8)
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = lock_of(client, name)
+        if held is None or held.until <= time.time():
+            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease_s:.3f} {who()}")
+            time.sleep(settle_s)
+            held = lock_of(client, name)
+            if held is not None and held.token == token:
+                break
+        if time.monotonic() >= deadline:
+            holder = "another promotion" if held is None else f"{held.by or 'another user'} (lock held until " \
+                f"{datetime.fromtimestamp(held.until, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+            raise UserError(f"registered model {name!r} is being promoted by {holder}; waited {wait_s:g} s "
+                            f"({PROMOTION_WAIT_ENV}): try again when it is done")
+        time.sleep(poll_s * (1 + random.random()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # never hide the body's own error; an unremoved lock expires
+            held = lock_of(client, name)
+            if held is not None and held.token == token:
+                client.delete_registered_model_tag(name, LOCK_TAG)
 
 
 def who() -> str:
@@ -187,13 +270,18 @@ def offer(
         family = family_values(client, run, metric_name)
     except Exception:  # the version's run is gone: no seeds to measure
         family = [side.metric]
-    current = champion(client, name)
-    holder = None if current is None else version_side(client, current)
-    decision = decide(side, holder, alias=CHAMPION, metric_name=metric_name, higher_is_better=higher,
+
+    def decision_now() -> Decision:
+        current = champion(client, name)
+        holder = None if current is None else version_side(client, current)
+        return decide(side, holder, alias=CHAMPION, metric_name=metric_name, higher_is_better=higher,
                       family=family, margin=margin, force=force, reason=reason)
+
     if dry_run:
-        return decision, None
-    return decision, apply(client, name, decision, study=study or candidate_version.tags.get(S.STUDY_TAG))
+        return decision_now(), None
+    with promotion_lock(client, name):  # the holder read, the decision and the move as one step
+        decision = decision_now()
+        return decision, apply(client, name, decision, study=study or candidate_version.tags.get(S.STUDY_TAG))
 
 
 def primary_of(run: Any) -> tuple[str, bool]:

@@ -33,13 +33,19 @@ from medtl.mlops.tracking.champion import (
     family_values,
     offer,
     primary_of,
+    promotion_lock,
     run_fingerprint,
     run_side,
     version_side,
 )
 from medtl.mlops.tracking.gate import Decision, Margin, decide
 from medtl.mlops.tracking.model_card import has_card, write_card
-from medtl.mlops.tracking.registry import CHAMPION, champion, register_version
+from medtl.mlops.tracking.registry import (
+    CHAMPION,
+    champion,
+    ensure_registered_model,
+    register_version,
+)
 from medtl.training import schema as S
 from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec
 
@@ -198,25 +204,34 @@ def promote(
     for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):
         run, name = cand.run, f"finetuned-{task}-{arch}"
         metric_name, _ = primary_of(run)
-        decision = _decide(client, name, run, margin, force, reason)
-        holder = None if decision.holder is None else decision.holder.version
-        common = dict(model=name, run_id=run.info.run_id, metric_name=metric_name, metric=decision.candidate.metric,
-                      reason=decision.reason, fingerprint=cand.fingerprint, other_fingerprints=cand.other_fingerprints,
-                      holder=holder)
         if dry_run:
+            decision = _decide(client, name, run, margin, force, reason)
+            holder = None if decision.holder is None else decision.holder.version
             after = decision.candidate.version if decision.moves else holder
-            done.append(Promotion(action=_DRY[decision.action], version=decision.candidate.version, champion=after, **common))
+            done.append(Promotion(action=_DRY[decision.action], version=decision.candidate.version, champion=after,
+                                  **_common(name, run, metric_name, decision, cand)))
             continue
-        registered = decision.moves and decision.candidate.version is None
-        if registered:
-            number = _register(client, uri, study, run, cand.fingerprint)
-            decision = replace(decision, candidate=replace(decision.candidate, version=number))
-        apply(client, name, decision, study=study)
+        ensure_registered_model(client, name)
+        with promotion_lock(client, name):  # the holder read, the decision and the move as one step
+            decision = _decide(client, name, run, margin, force, reason)
+            registered = decision.moves and decision.candidate.version is None
+            if registered:
+                number = _register(client, uri, study, run, cand.fingerprint)
+                decision = replace(decision, candidate=replace(decision.candidate, version=number))
+            apply(client, name, decision, study=study)
+        common = _common(name, run, metric_name, decision, cand)
         card = _card_if_missing(client, name, decision.candidate.version if registered else None, card_template, uri)
         after = champion(client, name)
         done.append(Promotion(action=decision.action, version=decision.candidate.version, registered=registered,
                               champion=None if after is None else str(after.version), card=card, **common))
     return done
+
+
+def _common(name: str, run, metric_name: str, decision: Decision, cand) -> dict:  # noqa: ANN001
+    """The Promotion fields every outcome shares."""
+    return dict(model=name, run_id=run.info.run_id, metric_name=metric_name, metric=decision.candidate.metric,
+                reason=decision.reason, fingerprint=cand.fingerprint, other_fingerprints=cand.other_fingerprints,
+                holder=None if decision.holder is None else decision.holder.version)
 
 
 def _decide(client: MlflowClient, name: str, run, margin: Margin | None, force: bool, reason: str) -> Decision:  # noqa: ANN001

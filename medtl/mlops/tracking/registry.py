@@ -116,7 +116,7 @@ def register_version(
         serialization_format="pickle",
         extra_files=[str(best_path)],
     )
-    _ensure_registered_model(client, name)
+    ensure_registered_model(client, name)
     version_tags = {
         **{k: mask_url(str(v)) for k, v in tags.items()},
         S.RUN_TAG: run_id,
@@ -151,7 +151,8 @@ def log_registered_version(client: MlflowClient, *, card_template: str | None = 
     return Registered(name, number, decision.moves, previous)
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create registered model `name` unless it exists (another process may create it at the same time)."""
     try:
         client.get_registered_model(name)
     except Exception:
