@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"source {src} does not exist")
     if args.image_size < 16:
         raise UserError(f"--image-size must be at least 16, got {args.image_size}")
-    check_allowed(args.allow_modality)
+    allowed = check_allowed(args.allow_modality)
     check_source_map(args.source_map, out, src)
     mode = parse_mode(args.burned_in)
     key = load_key(out, key_file=args.key_file, ephemeral=args.ephemeral_key)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"image_size": args.image_size, "workers": args.workers, "burned_in": summary.scan_mode,
                 "scan_side": max(args.scan_side, args.image_size), "scan_threads": args.scan_threads,
                 "retry_skipped": args.retry_skipped,
-                "allow_modality": ",".join(sorted({m.upper() for m in args.allow_modality})) or "none",
+                "allow_modality": ",".join(sorted(allowed)) or "none",
                 "decode_timeout": args.decode_timeout, "max_pixels": args.max_pixels}
     run_id = log_ingest_run(out, summary, settings, args.tracking_uri)
     print(f"{summary.line()}; MLflow run {run_id}")

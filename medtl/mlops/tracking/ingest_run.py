@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medtl.mlops.tracking.client import get_or_create_experiment, log_metrics, log_params
+from medtl.mlops.tracking.client import end_run, get_or_create_experiment, log_metrics, log_params
 from medtl.mlops.tracking.environment import source_tags
 from medtl.training import schema as S
 
@@ -51,15 +51,14 @@ def log_ingest_run(out: Path, summary: Any, settings: dict[str, Any], tracking_u
     run = client.create_run(experiment, run_name=f"ingest-{out.name}", tags={**source_tags(), **tags})
     params = {**settings, **{f"ocr_{k}": v for k, v in ocr.engine_versions().items()}}
     counts = {k: float(v) for k, v in dataclasses.asdict(summary).items() if isinstance(v, int | float)}
-    verdicts = shards.verdict_counts(shards.records(out))
     try:
         log_params(client, run.info.run_id, params)
-        log_metrics(client, run.info.run_id, {**counts, **scan_metrics(verdicts)})
+        log_metrics(client, run.info.run_id, {**counts, **scan_metrics(shards.read_verdicts(out))})
         for name in (shards.VERDICTS, shards.SKIPPED):
             if (out / name).is_file():
                 client.log_artifact(run.info.run_id, str(out / name))
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        end_run(client, run.info.run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id)
+    end_run(client, run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -23,14 +23,11 @@ from medtl.training.archive.pseudolabel import MOSAICS
 from medtl.training.archive.shards import (
     MANIFEST,
     STATE_FILE,
-    VERDICT_COLUMNS,
-    VERDICTS,
-    read_shard,
     records,
     shard_path,
-    verdict_counts,
     write_shard,
     write_skipped,
+    write_verdicts,
 )
 
 FORGOTTEN = "forgotten (removed with --forget; never converted into this folder again)"
@@ -76,28 +73,30 @@ def forget(out: Path, keys: list[str]) -> Forgotten:
     if unknown:
         raise UserError(f"source key {unknown[0]} is not in {out} ({len(unknown)} of {len(wanted)} unknown); "
                         "nothing was removed")
+    by_path = dict(shard_records)
     targets: dict[Path, dict[str, Any]] = {}
     for pkey in wanted:
         for shard, record in holders[pkey]:
             targets[shard] = record
             if record.get("duplicate_of"):  # the same pixels, converted under the first path's key
                 content = shard_path(out, record["duplicate_of"])
-                original = read_shard(content)
-                if original is not None:
-                    targets[content] = original
+                if content in by_path:
+                    targets[content] = by_path[content]
     manifest = pd.read_parquet(out / MANIFEST) if (out / MANIFEST).is_file() else None
     sources = {k for record in targets.values() for k in record["path_keys"]}
     images = {row["image_path"] for record in targets.values() for row in record["rows"]}
     if manifest is not None and "source_key" in manifest:
         images |= set(manifest.loc[manifest["source_key"].isin(sources), "image_path"])
+    tombstones: dict[Path, dict[str, Any]] = {}
     for shard, record in targets.items():  # 1. tombstones: from here on the sources never come back
         counts: dict[str, int] = {}
         for row in record["rows"]:
             name = f"forgotten|{row.get('modality', 'OT')}|"
             counts[name] = counts.get(name, 0) + 1
-        write_shard(shard, {"path_keys": record["path_keys"], "rows": [], "forgotten": True, "refused": None,
-                            "scan_mode": record.get("scan_mode"), "scan": counts,
-                            "skipped": [{"source_key": k, "reason": FORGOTTEN} for k in record["path_keys"]]})
+        tombstones[shard] = {"path_keys": record["path_keys"], "rows": [], "forgotten": True, "refused": None,
+                             "scan_mode": record.get("scan_mode"), "scan": counts,
+                             "skipped": [{"source_key": k, "reason": FORGOTTEN} for k in record["path_keys"]]}
+        write_shard(shard, tombstones[shard])
     for rel in sorted(images):  # 2. the pixels
         (out / rel).unlink(missing_ok=True)
     mosaics = 0
@@ -111,9 +110,9 @@ def forget(out: Path, keys: list[str]) -> Forgotten:
             write_atomic(out / MANIFEST, buffer.getvalue())
         else:
             (out / MANIFEST).unlink(missing_ok=True)
-    updated = records(out)  # 4. the lists
+    updated = [(shard, tombstones.get(shard, record)) for shard, record in shard_records]  # 4. the lists
     write_skipped(out, updated)
-    write_atomic(out / VERDICTS, pd.DataFrame(verdict_counts(updated), columns=list(VERDICT_COLUMNS)).to_csv(index=False).encode())
+    write_verdicts(out, updated)
     return Forgotten(len(sources), len(images), mosaics)
 
 

@@ -13,6 +13,7 @@ are counted per source in its shard and summed here (`verdict_counts`).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -119,6 +120,19 @@ def verdict_counts(shard_records: list[tuple[Path, dict[str, Any]]]) -> list[dic
     return [dict(zip(VERDICT_COLUMNS, (*k, n))) for k, n in sorted(totals.items())]
 
 
+def write_verdicts(out: Path, shard_records: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Write `scan_verdicts.csv` (`verdict_counts` of the records), atomically."""
+    import pandas as pd
+
+    write_atomic(out / VERDICTS, pd.DataFrame(verdict_counts(shard_records), columns=list(VERDICT_COLUMNS)).to_csv(index=False).encode())
+
+
+def read_verdicts(out: Path) -> list[dict[str, Any]]:
+    """`scan_verdicts.csv` as `compact` wrote it: the rows of `verdict_counts`, counts as integers."""
+    with open(out / VERDICTS, newline="", encoding="utf-8") as handle:
+        return [{**row, "count": int(row["count"])} for row in csv.DictReader(handle)]
+
+
 def compact(out: Path) -> tuple[int, int]:
     """Rebuild `manifest.parquet`, `skipped.csv` and `scan_verdicts.csv` from the shards, atomically.
 
@@ -131,7 +145,7 @@ def compact(out: Path) -> tuple[int, int]:
     shard_records = records(out)
     rows = [row for _, record in shard_records for row in record["rows"]]
     skipped = write_skipped(out, shard_records)
-    write_atomic(out / VERDICTS, pd.DataFrame(verdict_counts(shard_records), columns=list(VERDICT_COLUMNS)).to_csv(index=False).encode())
+    write_verdicts(out, shard_records)
     referenced = {r["image_path"] for r in rows}
     for png in (out / "images").rglob("*.png") if (out / "images").is_dir() else ():
         if png.relative_to(out).as_posix() not in referenced:
