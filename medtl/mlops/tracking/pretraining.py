@@ -11,7 +11,7 @@ import logging
 import shutil
 from typing import TYPE_CHECKING
 
-from medtl.knobs import torchrun_world
+from medtl.knobs import promotion_wait_s, torchrun_world
 from medtl.training import schema as S
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def run_pretrain(
     from medtl.training.runtime import world
 
     uri = S.resolve_tracking_uri(tracking_uri)
+    promotion_wait_s()  # the registration's promotion reads it: a mistyped value fails now, not after training
     workdir = work_root() / f"pretrain-{spec.run_key}"
     recipe = PretrainRecipe.prepare(spec, workdir, device=device)
     name = f"pretrain {spec.arch.value} {spec.modality.value} {spec.objective.value} lr={spec.lr:g} seed={spec.seed}"

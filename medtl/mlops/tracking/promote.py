@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.evaluation.collect import list_studies
 from medtl.evaluation.selection import validation_rank_key
+from medtl.knobs import promotion_wait_s
 from medtl.mlops.tracking import alias_history
 from medtl.mlops.tracking.champion import (
     apply,
@@ -200,6 +201,7 @@ def promote(
         raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
     uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
+    wait_s = promotion_wait_s()  # a mistyped value fails before anything is written
     done = []
     for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):
         run, name = cand.run, f"finetuned-{task}-{arch}"
@@ -212,7 +214,7 @@ def promote(
                                   **_common(name, run, metric_name, decision, cand)))
             continue
         ensure_registered_model(client, name)
-        with promotion_lock(client, name):  # the holder read, the decision and the move as one step
+        with promotion_lock(client, name, wait_s=wait_s):  # the holder read, the decision and the move as one step
             decision = _decide(client, name, run, margin, force, reason)
             registered = decision.moves and decision.candidate.version is None
             if registered:

@@ -64,7 +64,7 @@ def test_without_the_lock_both_would_move(gated, monkeypatch):
     """The race the lock closes, shown: with it replaced by nothing, both promoters see no holder."""
     uri, client, _ = gated
     _slow_register(monkeypatch, 1.0)  # both decide long before either has moved the alias
-    monkeypatch.setattr(P, "promotion_lock", lambda client, name: contextlib.nullcontext())
+    monkeypatch.setattr(P, "promotion_lock", lambda client, name, wait_s: contextlib.nullcontext())
     _at_once(lambda: promote("gate", tracking_uri=uri), lambda: promote("gate", tracking_uri=uri))
     assert [e.from_version for e in history(MODEL, uri)] == [None, None]
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
@@ -100,3 +100,11 @@ def test_the_lock_is_released_when_the_promotion_fails(gated):
         assert C.lock_of(client, MODEL).by  # held, with who holds it
         raise RuntimeError("registration failed")
     assert C.lock_of(client, MODEL) is None
+
+
+def test_a_mistyped_wait_fails_before_anything_is_written(gated, monkeypatch):
+    uri, client, _ = gated
+    monkeypatch.setenv("MEDTL_PROMOTION_WAIT_S", "soon")
+    with pytest.raises(UserError, match="MEDTL_PROMOTION_WAIT_S must be a number of seconds"):
+        promote("gate", tracking_uri=uri)
+    assert not client.search_registered_models()
