@@ -57,12 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtl.errors import UserError
-    from medtl.mlops.tracking.gate import Margin
+    from medtl.mlops.tracking.gate import Margin, require_reason
     from medtl.mlops.tracking.model_card import read_template
     from medtl.training import schema as S
 
-    if args.force and not args.reason.strip():
-        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+    require_reason(args.force, args.reason)
     if args.history and (args.study or args.model):
         raise UserError("--history NAME prints a history; it takes no --study or --model")
     if bool(args.model) != bool(args.version):

@@ -10,7 +10,6 @@ holder, each side's validation metric and protocol fingerprint, and the candidat
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import math
@@ -27,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from medtl.errors import UserError
 from medtl.knobs import PROMOTION_WAIT_ENV, promotion_wait_s
 from medtl.mlops.tracking import alias_history as H
+from medtl.mlops.tracking.environment import medtl_version, user
 from medtl.mlops.tracking.gate import Decision, Margin, Side, decide
 from medtl.mlops.tracking.registry import CHAMPION, PREVIOUS, champion
 from medtl.training import schema as S
@@ -93,7 +93,7 @@ def promotion_lock(
     while True:
         held = lock_of(client, name)
         if held is None or held.until <= time.time():
-            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease_s:.3f} {who()}")
+            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease_s:.3f} {user()}")
             time.sleep(settle_s)
             held = lock_of(client, name)
             if held is not None and held.token == token:
@@ -111,24 +111,6 @@ def promotion_lock(
             held = lock_of(client, name)
             if held is not None and held.token == token:
                 client.delete_registered_model_tag(name, LOCK_TAG)
-
-
-def who() -> str:
-    """The user promoting (the login name, as MLflow's own `mlflow.user`), or `unknown`."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in a container without a passwd entry
-        return "unknown"
-
-
-def medtl_version() -> str:
-    """The installed medtl's version, or `unknown` for a source tree never installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("medtl")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def pretrain_fingerprint(params: dict[str, Any]) -> str:
@@ -214,12 +196,11 @@ def apply(client: MlflowClient, name: str, decision: Decision, *, study: str | N
     The candidate must be a registered version when the decision moves the alias. Returns the
     history entry appended.
     """
-    by = by or who()
+    by = by or user()
     holder, candidate = decision.holder, decision.candidate
     entry = H.new_entry(
         model=name, alias=decision.alias, action=decision.action,
-        from_version=None if holder is None else holder.version,
-        to_version=candidate.version if decision.moves else (None if holder is None else holder.version),
+        from_version=decision.holder_version, to_version=decision.after,
         candidate_run=candidate.run_id, candidate_version=candidate.version, by=by, reason=decision.reason,
         evidence=decision.evidence(), study=study, medtl=medtl_version(),
     )
@@ -271,17 +252,20 @@ def offer(
     except Exception:  # the version's run is gone: no seeds to measure
         family = [side.metric]
 
-    def decision_now() -> Decision:
-        current = champion(client, name)
-        holder = None if current is None else version_side(client, current)
-        return decide(side, holder, alias=CHAMPION, metric_name=metric_name, higher_is_better=higher,
-                      family=family, margin=margin, force=force, reason=reason)
-
+    options = dict(metric_name=metric_name, higher_is_better=higher, family=family, margin=margin, force=force,
+                   reason=reason)
     if dry_run:
-        return decision_now(), None
+        return against_champion(client, name, side, **options), None
     with promotion_lock(client, name):  # the holder read, the decision and the move as one step
-        decision = decision_now()
+        decision = against_champion(client, name, side, **options)
         return decision, apply(client, name, decision, study=study or candidate_version.tags.get(S.STUDY_TAG))
+
+
+def against_champion(client: MlflowClient, name: str, candidate: Side, **gate: Any) -> Decision:
+    """The gate's decision (`gate.decide`, keyword arguments `gate`) for `candidate` against `name`'s
+    champion as it is now; under `promotion_lock` when the decision is to be carried out."""
+    current = champion(client, name)
+    return decide(candidate, None if current is None else version_side(client, current), alias=CHAMPION, **gate)
 
 
 def primary_of(run: Any) -> tuple[str, bool]:

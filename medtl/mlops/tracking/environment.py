@@ -20,7 +20,7 @@ def source_tags(commit: str | None = None) -> dict[str, str]:
     tags = {
         "mlflow.source.name": " ".join(entry),
         "mlflow.source.type": "LOCAL",
-        "mlflow.user": _user(),
+        "mlflow.user": user(),
     }
     commit = commit or git_commit()
     if commit != "unknown":
@@ -28,10 +28,21 @@ def source_tags(commit: str | None = None) -> dict[str, str]:
     return tags
 
 
-def _user() -> str:
+def user() -> str:
+    """The login name (MLflow's `mlflow.user`; who promoted, in the alias history), or `unknown`."""
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def medtl_version() -> str:
+    """The installed medtl's version, or `unknown` for a source tree never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medtl")
+    except PackageNotFoundError:
         return "unknown"
 
 
@@ -43,12 +54,6 @@ def environment_tags(device: str = "cpu") -> dict[str, str]:
     import torch
     import torchvision
 
-    try:
-        from importlib.metadata import version
-
-        medtl_version = version("medtl")
-    except Exception:
-        medtl_version = "unknown"
     cuda = torch.version.cuda or "none"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -56,7 +61,7 @@ def environment_tags(device: str = "cpu") -> dict[str, str]:
     else:
         name = _cpu_name()
     env = {
-        "medtl": medtl_version,
+        "medtl": medtl_version(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),

@@ -23,7 +23,6 @@ from medtl.evaluation.uncertainty import LEVEL, RESAMPLES
 from medtl.evaluation.uncertainty import SEED as BOOTSTRAP_SEED
 
 MOVED, FORCED, REFUSED, KEPT = "moved", "forced", "refused", "kept"
-ACTIONS = (MOVED, FORCED, REFUSED, KEPT)
 """What a promotion did: moved by the gate, moved by `--force`, refused by the gate, or kept (already held)."""
 
 
@@ -145,6 +144,16 @@ class Decision:
         """Whether the alias moves to the candidate."""
         return self.action in (MOVED, FORCED)
 
+    @property
+    def holder_version(self) -> str | None:
+        """The version holding the alias before the decision (None: no holder)."""
+        return None if self.holder is None else self.holder.version
+
+    @property
+    def after(self) -> str | None:
+        """The version holding the alias once the decision is carried out."""
+        return self.candidate.version if self.moves else self.holder_version
+
     def evidence(self) -> dict[str, Any]:
         """The numbers behind the decision, JSON-ready (the history stores them)."""
         out: dict[str, Any] = {
@@ -184,6 +193,16 @@ def _improvement(candidate: float, holder: float, higher_is_better: bool) -> flo
     return candidate - holder if higher_is_better else holder - candidate
 
 
+def require_reason(force: bool, reason: str) -> None:
+    """A forced promotion names why (the history records it).
+
+    Raises:
+        UserError: `force` without a `reason`.
+    """
+    if force and not reason.strip():
+        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+
+
 def decide(
     candidate: Side,
     holder: Side | None,
@@ -213,8 +232,7 @@ def decide(
     if holder is not None and (holder.run_id == candidate.run_id or (candidate.version and holder.version == candidate.version)):
         return Decision(KEPT, f"{candidate.label()} (run {candidate.run_id}) already holds {alias}", **base)
     if force:
-        if not reason.strip():
-            raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+        require_reason(force, reason)
         gate = decide(candidate, holder, alias=alias, metric_name=metric_name, higher_is_better=higher_is_better,
                       family=family, margin=margin)
         return Decision(FORCED, f"forced: {reason.strip()}", **base, forced_reason=reason.strip(),

@@ -27,7 +27,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from medtl.errors import UserError
-from medtl.mlops.tracking.champion import medtl_version, run_fingerprint
+from medtl.mlops.tracking.champion import run_fingerprint
+from medtl.mlops.tracking.environment import medtl_version
 from medtl.training import schema as S
 from medtl.training.spec import TASKS, TEST_METRICS, RunSpec, TaskType
 

@@ -30,6 +30,7 @@ from medtl.evaluation.selection import validation_rank_key
 from medtl.knobs import promotion_wait_s
 from medtl.mlops.tracking import alias_history
 from medtl.mlops.tracking.champion import (
+    against_champion,
     apply,
     family_values,
     offer,
@@ -37,18 +38,16 @@ from medtl.mlops.tracking.champion import (
     promotion_lock,
     run_fingerprint,
     run_side,
-    version_side,
 )
-from medtl.mlops.tracking.gate import Decision, Margin, decide
+from medtl.mlops.tracking.gate import Decision, Margin, Side, require_reason
 from medtl.mlops.tracking.model_card import has_card, write_card
 from medtl.mlops.tracking.registry import (
-    CHAMPION,
     champion,
     ensure_registered_model,
     register_version,
 )
 from medtl.training import schema as S
-from medtl.training.spec import PRIMARY_METRIC, TASKS, RunSpec
+from medtl.training.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -137,8 +136,7 @@ def candidates(
             chosen = prints[max(members, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id]
         if chosen is None:
             continue
-        primary, higher = PRIMARY_METRIC[TASKS[RunSpec.from_params(members[0].data.params).task].type]
-        key = f"best_val_{primary}"
+        key, higher = primary_of(members[0])
         scored = [r for r in members if prints[r.info.run_id] == chosen and math.isfinite(r.data.metrics.get(key, math.nan))]
         if not scored:
             continue
@@ -197,25 +195,24 @@ def promote(
     Raises:
         UserError: unknown study, no run qualifies, or `force` without `reason`.
     """
-    if force and not reason.strip():
-        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+    require_reason(force, reason)
     uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     wait_s = promotion_wait_s()  # a mistyped value fails before anything is written
     done = []
     for (task, arch), cand in sorted(candidates(client, study, fingerprint=fingerprint, fraction=fraction).items()):
         run, name = cand.run, f"finetuned-{task}-{arch}"
-        metric_name, _ = primary_of(run)
+        metric_name, higher = primary_of(run)
+        gate = dict(metric_name=metric_name, higher_is_better=higher, family=family_values(client, run, metric_name),
+                    margin=margin, force=force, reason=reason)  # the seeds: from the runs, before any lock
         if dry_run:
-            decision = _decide(client, name, run, margin, force, reason)
-            holder = None if decision.holder is None else decision.holder.version
-            after = decision.candidate.version if decision.moves else holder
-            done.append(Promotion(action=_DRY[decision.action], version=decision.candidate.version, champion=after,
-                                  **_common(name, run, metric_name, decision, cand)))
+            decision = against_champion(client, name, _side(client, name, run, metric_name), **gate)
+            done.append(Promotion(action=_DRY[decision.action], version=decision.candidate.version,
+                                  champion=decision.after, **_common(name, run, metric_name, decision, cand)))
             continue
         ensure_registered_model(client, name)
         with promotion_lock(client, name, wait_s=wait_s):  # the holder read, the decision and the move as one step
-            decision = _decide(client, name, run, margin, force, reason)
+            decision = against_champion(client, name, _side(client, name, run, metric_name), **gate)
             registered = decision.moves and decision.candidate.version is None
             if registered:
                 number = _register(client, uri, study, run, cand.fingerprint)
@@ -233,18 +230,13 @@ def _common(name: str, run, metric_name: str, decision: Decision, cand) -> dict:
     """The Promotion fields every outcome shares."""
     return dict(model=name, run_id=run.info.run_id, metric_name=metric_name, metric=decision.candidate.metric,
                 reason=decision.reason, fingerprint=cand.fingerprint, other_fingerprints=cand.other_fingerprints,
-                holder=None if decision.holder is None else decision.holder.version)
+                holder=decision.holder_version)
 
 
-def _decide(client: MlflowClient, name: str, run, margin: Margin | None, force: bool, reason: str) -> Decision:  # noqa: ANN001
-    metric_name, higher = primary_of(run)
-    current = champion(client, name)
-    return decide(
-        run_side(run, metric_name, _version_of_run(client, name, run.info.run_id)),
-        None if current is None else version_side(client, current),
-        alias=CHAMPION, metric_name=metric_name, higher_is_better=higher,
-        family=family_values(client, run, metric_name), margin=margin, force=force, reason=reason,
-    )
+def _side(client: MlflowClient, name: str, run, metric_name: str) -> Side:  # noqa: ANN001
+    """The run as a candidate, with its registered version when it has one (read under the lock: a version
+    registered by a promotion that just ended makes this one a keep)."""
+    return run_side(run, metric_name, _version_of_run(client, name, run.info.run_id))
 
 
 def _card_if_missing(client: MlflowClient, name: str, new: str | None, template: str | None, uri: str) -> str | None:
@@ -273,18 +265,17 @@ def promote_version(
     Raises:
         UserError: an unknown model or version, or `force` without `reason`.
     """
-    if force and not reason.strip():
-        raise UserError("--force needs --reason TEXT: the history records why the gate was overridden")
+    require_reason(force, reason)
     uri = S.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     alias_history.read(client, name)  # an unknown model: one line listing the registered ones
     decision, _ = offer(client, name, str(version), margin=margin, force=force, reason=reason, dry_run=dry_run)
     side = decision.candidate
-    holder = None if decision.holder is None else decision.holder.version
     common = dict(model=name, run_id=side.run_id, metric_name=decision.metric_name, metric=side.metric,
-                  version=side.version, reason=decision.reason, fingerprint=side.fingerprint, holder=holder)
+                  version=side.version, reason=decision.reason, fingerprint=side.fingerprint,
+                  holder=decision.holder_version)
     if dry_run:
-        return Promotion(action=_DRY[decision.action], champion=side.version if decision.moves else holder, **common)
+        return Promotion(action=_DRY[decision.action], champion=decision.after, **common)
     card = _card_if_missing(client, name, None, card_template, uri)
     after = champion(client, name)
     return Promotion(action=decision.action, champion=None if after is None else str(after.version), card=card, **common)
@@ -300,8 +291,7 @@ def _register(client: MlflowClient, uri: str, study: str, run, fingerprint: str)
     from medtl.training.inference import load_predictor
 
     spec = RunSpec.from_params(run.data.params)
-    primary, higher = PRIMARY_METRIC[TASKS[spec.task].type]
-    metric_name = f"best_val_{primary}"
+    metric_name, higher = primary_of(run)
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", tmp))
         predictor = load_predictor(best)

@@ -147,7 +147,7 @@ def log_registered_version(client: MlflowClient, *, card_template: str | None = 
     number = register_version(client, **registration)
     decision, _ = offer(client, name, number)
     write_card(client, name, number, template=card_template)
-    previous = decision.holder.version if decision.moves and decision.holder is not None else None
+    previous = decision.holder_version if decision.moves else None
     return Registered(name, number, decision.moves, previous)
 
 
