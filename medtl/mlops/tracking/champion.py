@@ -65,6 +65,20 @@ def lock_of(client: MlflowClient, name: str) -> Lock | None:
     return Lock(token, expiry, by)
 
 
+def _write_lock(client: MlflowClient, name: str, value: str) -> bool:
+    """Write the lock tag; False when another promoter wrote it at the same moment and won: MLflow's SQL
+    store looks a tag up, then inserts it, so the second insert fails with BAD_REQUEST."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_registered_model_tag(name, LOCK_TAG, value)
+    except MlflowException as exc:
+        if exc.error_code != "BAD_REQUEST":
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def promotion_lock(
     client: MlflowClient,
@@ -79,7 +93,7 @@ def promotion_lock(
 
     MLflow has no compare-and-set on aliases or tags, so this is a lease on a registered-model tag with a
     settle time: a promoter that finds no unexpired lock writes its token, waits `settle_s` and reads the
-    tag back; only the last writer goes on, the others wait. Two promoters both go on only if one of them
+    tag back; only the last writer goes on, the others wait (as does one whose write lost to another's). Two promoters both go on only if one of them
     takes longer than `settle_s` between finding the lock free and writing its own. The lock is removed
     at the end; a crashed promoter's expires after `lease_s`. The model must exist.
 
@@ -93,8 +107,8 @@ def promotion_lock(
     while True:
         held = lock_of(client, name)
         if held is None or held.until <= time.time():
-            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease_s:.3f} {user()}")
-            time.sleep(settle_s)
+            if _write_lock(client, name, f"{token} {time.time() + lease_s:.3f} {user()}"):
+                time.sleep(settle_s)
             held = lock_of(client, name)
             if held is not None and held.token == token:
                 break

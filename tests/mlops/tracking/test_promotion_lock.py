@@ -61,13 +61,17 @@ def test_two_promotions_at_once_register_one_version_and_chain_the_history(gated
 
 
 def test_without_the_lock_both_would_move(gated, monkeypatch):
-    """The race the lock closes, shown: with it replaced by nothing, both promoters see no holder."""
+    """The race the lock closes, shown: with it replaced by nothing, both promoters see no holder and both
+    register the run; then both move the alias from "none", or one of them fails setting it (MLflow's SQL
+    store looks an alias up, then inserts it)."""
     uri, client, _ = gated
     _slow_register(monkeypatch, 1.0)  # both decide long before either has moved the alias
     monkeypatch.setattr(P, "promotion_lock", lambda client, name, wait_s: contextlib.nullcontext())
-    _at_once(lambda: promote("gate", tracking_uri=uri), lambda: promote("gate", tracking_uri=uri))
-    assert [e.from_version for e in history(MODEL, uri)] == [None, None]
+    results = _at_once(lambda: promote("gate", tracking_uri=uri), lambda: promote("gate", tracking_uri=uri))
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
+    failed = [r for r in results if isinstance(r, Exception)]
+    moves = [e.from_version for e in history(MODEL, uri)]
+    assert (failed, moves) == ([], [None, None]) or (len(failed), moves) == (1, [None])
 
 
 def test_a_held_lock_makes_the_next_promotion_wait_then_give_up_in_one_line(gated, monkeypatch):
@@ -91,6 +95,25 @@ def test_an_expired_lock_is_taken_over_and_released(gated):
     client.set_registered_model_tag(MODEL, C.LOCK_TAG, f"crashed {time.time() - 1:.3f} bob")
     (moved,) = promote("gate", tracking_uri=uri)
     assert moved.action == "moved" and C.LOCK_TAG not in client.get_registered_model(MODEL).tags
+
+
+def test_a_lock_write_lost_to_another_waits_for_it(gated, monkeypatch):
+    """Two promoters writing the free lock at the same moment: MLflow answers the second BAD_REQUEST (it looks
+    the tag up, then inserts it); that promoter waits for the winner instead of failing."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    _, client, _ = gated
+    client.create_registered_model(MODEL)
+    write = client.set_registered_model_tag
+
+    def lost(name, key, value):  # noqa: ANN001
+        write(name, key, f"winner {time.time() + 0.3:.3f} carol")  # the other promoter's write went first
+        raise MlflowException("UNIQUE constraint failed: registered_model_tags", error_code=BAD_REQUEST)
+
+    monkeypatch.setattr(client, "set_registered_model_tag", lost)
+    with pytest.raises(UserError, match="being promoted by carol"), C.promotion_lock(client, MODEL, wait_s=0.1, settle_s=0):
+        pass
 
 
 def test_the_lock_is_released_when_the_promotion_fails(gated):
