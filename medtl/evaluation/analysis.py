@@ -33,7 +33,7 @@ from medtl.evaluation.ranks import Ranks, study_ranks
 from medtl.evaluation.reader_ratings import collect_ratings
 from medtl.evaluation.reader_stats import RatingsResult, analyse_ratings
 from medtl.evaluation.selection import Selection, select_runs
-from medtl.evaluation.stats import MODES, StatsError
+from medtl.evaluation.stats import MODES, check_mode
 from medtl.evaluation.summaries import (
     ArmResult,
     ResultsTable,
@@ -160,8 +160,7 @@ def analyse(
         MixedPretrainedError: a domain arm from several pretrained versions, not allowed.
         RatingsError: ratings that are not scores 1-5.
     """
-    if mode not in MODES:
-        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    check_mode(mode)
     selection = select_runs(data.runs, exclude_diverged=exclude_diverged, allow_mixed_pretrained=allow_mixed_pretrained)
     runs = selection.runs
     finished = runs["status"] == "FINISHED"
@@ -274,8 +273,7 @@ def analyse_study(
         UnknownStudyError: the study is not in the store (the known ones are listed).
         UserError: see `analyse`; an unreadable store.
     """
-    if mode not in MODES:
-        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    check_mode(mode)
     uri = S.resolve_tracking_uri(tracking_uri)
     data = collect(study, uri, primary_only=True, max_step=CURVE_EPOCHS)
     return analyse(

@@ -244,27 +244,20 @@ def _recomputed_fingerprints(params: pd.DataFrame) -> pd.Series:
         return pd.Series(pd.NA, index=params.index, dtype="string")
     codes = params[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     first = params.index[np.unique(codes, return_index=True)[1]]
-    memo: dict = {}
-    found = [_recomputed_fingerprint(row, memo) for row in params.loc[first].to_dict("index").values()]
+    found = [_recomputed_fingerprint(row) for row in params.loc[first].to_dict("index").values()]
     return pd.Series(np.asarray(found, dtype=object)[codes], index=params.index, dtype="string")
 
 
-def _recomputed_fingerprint(params: dict[str, Any], memo: dict) -> str | None:
-    """The protocol fingerprint of a run from its logged params; None when they do not make a RunSpec.
-
-    Learning rate and seed do not enter it, so they are dropped and the result is memoised per
-    distinct remaining params (a study holds few protocols and many grid points).
-    """
+def _recomputed_fingerprint(params: dict[str, Any]) -> str | None:
+    """The protocol fingerprint of a run from its logged params; None when they do not make a RunSpec
+    (learning rate and seed do not enter it; `_recomputed_fingerprints` calls this once per protocol)."""
     logged = {k: v for k, v in params.items() if isinstance(v, str) and k not in ("lr", "seed")}
     if "task" not in logged or "arch" not in logged:
         return None
-    key = tuple(sorted((k, v) for k, v in logged.items() if k in _PROTOCOL_PARAMS))
-    if key not in memo:
-        try:
-            memo[key] = protocol_fingerprint(logged, logged.get("data_digest", ""))
-        except (UserError, ValueError, TypeError):
-            memo[key] = None
-    return memo[key]
+    try:
+        return protocol_fingerprint(logged, logged.get("data_digest", ""))
+    except (UserError, ValueError, TypeError):
+        return None
 
 
 def _tidy_histories(frame: pd.DataFrame | None) -> pd.DataFrame:

@@ -142,8 +142,7 @@ def ratings_summary(frame: pd.DataFrame) -> dict[str, Any]:
         `per_arm_rater` and `per_arm` (n, mean, median, std), `kruskal` (statistic, p) and
         `pairwise` (Mann-Whitney U per pair: statistic, p_raw, p_adjusted (Bonferroni, capped at 1)).
     """
-    data = prepare_ratings(frame)
-    return {"n": int(len(data)), "models": [_model_summary(rows, task, arch) for task, arch, rows in _models(data)]}
+    return analyse_ratings(frame).summary
 
 
 def _models(data: pd.DataFrame) -> list[tuple[Any, Any, pd.DataFrame]]:
@@ -167,17 +166,13 @@ def analyse_ratings(frame: pd.DataFrame) -> RatingsResult:
     Raises:
         RatingsError: see `prepare_ratings`.
     """
-    summary = ratings_summary(frame)
     data = prepare_ratings(frame)
-    points = []
-    for model in summary["models"]:
-        rows = data
-        if model["task"] is not None:
-            rows = rows[rows["task"] == model["task"]]
-        if model["arch"] is not None:
-            rows = rows[rows["arch"] == model["arch"]]
+    models, points = [], []
+    for task, arch, rows in _models(data):
+        model = _model_summary(rows, task, arch)
+        models.append(model)
         points.append({
             (arm, rater): rows.loc[(rows["arm"] == arm) & (rows["rater"] == rater), "score"].to_numpy()
             for rater in model["raters"] for arm in model["arms"]
         })
-    return RatingsResult(summary, tuple(points))
+    return RatingsResult({"n": int(len(data)), "models": models}, tuple(points))

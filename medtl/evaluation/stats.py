@@ -94,6 +94,12 @@ def lr_choices(df: pd.DataFrame, *, exclude_diverged: bool = False) -> tuple[LrC
     return tuple(_select(_normalise(df, exclude_diverged)))
 
 
+def check_mode(mode: str) -> None:
+    """Raises StatsError naming the valid modes when `mode` is not one of them."""
+    if mode not in MODES:
+        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+
+
 def compare(
     df: pd.DataFrame,
     mode: str = "paper",
@@ -139,8 +145,7 @@ def compare(
     Raises:
         StatsError: unknown mode (the message names the valid modes) or a missing column.
     """
-    if mode not in MODES:
-        raise StatsError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    check_mode(mode)
     if not 0 < alpha < 1:
         raise StatsError(f"alpha must lie in (0, 1), got {alpha!r}")
     data = _normalise(df, exclude_diverged)
