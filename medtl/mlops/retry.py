@@ -12,7 +12,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from medtl.redact import mask_url
@@ -35,12 +35,19 @@ _TEXT = re.compile(
 )
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Whether `exc` (or an error it wraps) means MLflow or a database is unreachable, not wrong input."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then each error it wraps (`__cause__`, else `__context__`), each once even in a cycle."""
     seen: set[int] = set()
     error: BaseException | None = exc
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it wraps) means MLflow or a database is unreachable, not wrong input."""
+    for error in causes(exc):
         if isinstance(error, ConnectionError | TimeoutError):
             return True
         kind, module = type(error).__name__, type(error).__module__ or ""
@@ -50,7 +57,6 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if _TEXT.search(str(error)[:4000]):
             return True
-        error = error.__cause__ or error.__context__
     return False
 
 

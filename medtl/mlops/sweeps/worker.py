@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from medtl.errors import UserError
 from medtl.knobs import INFRA_PATIENCE_ENV, Knobs, knobs
-from medtl.mlops.retry import Backoff, is_connection_error, one_line, retry
+from medtl.mlops.retry import Backoff, causes, is_connection_error, one_line, retry
 from medtl.mlops.sweeps.placement import Placement
 from medtl.mlops.sweeps.queue import (
     OWNER_ATTR,
@@ -170,14 +170,7 @@ def stop_in_chain(exc: BaseException) -> StopRequested | None:
     """
     from medtl.mlops.signals import StopRequested
 
-    seen: BaseException | None = exc
-    for _ in range(20):  # a chain is short; never loop on a cycle
-        if seen is None:
-            return None
-        if isinstance(seen, StopRequested):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((error for error in causes(exc) if isinstance(error, StopRequested)), None)
 
 
 def work_on_gpus(

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from medtl.training import schema as S
 from medtl.training.data.base import ATTRIBUTE_NAME, UNKNOWN, DataError
 
-"""Prefix of a subgroup column, in a user's CSV and in predictions/test.csv."""
-
 MAX_VALUES = 50
 """The most distinct values a user's subgroup column may hold (more is an identifier, or no subgroup)."""
 
