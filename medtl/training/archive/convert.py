@@ -21,7 +21,7 @@ from medtl.atomic import write_atomic
 from medtl.training.archive import dicom, header, text_rules
 from medtl.training.archive.deid import keyed, path_key
 from medtl.training.archive.pixel_scan import REFUSED, BurnedInText, Mode, Scanner, Verdict
-from medtl.training.archive.shards import read_shard, shard_path, write_shard
+from medtl.training.archive.shards import read_shard, shard_path, verdict_key, write_shard
 
 MAX_PIXELS = 2**28  # 268 M samples: a 16k x 16k image, or 1000 frames of 512 x 512
 DUPLICATE = "duplicate of another source file's content (ingested once)"
@@ -148,14 +148,14 @@ def _process(path: str, rel: str) -> dict[str, Any]:
             pngs.append((out / image_path, dicom.encode_png(frame.image)))
             rows.append({"image_path": image_path, **keys, "frame": frame.index, **fields,
                          "window_source": frame.window_source, "pixel_scan": frame.scan, "source_key": pkey})
-            verdict = f"{frame.scan}|{fields['modality']}|"
+            verdict = verdict_key(frame.scan, fields["modality"])
             scan_counts[verdict] = scan_counts.get(verdict, 0) + 1
         if not rows:
             reasons = sorted({s["reason"].split(": ", 1)[1] for s in skipped})
             skipped = [{"source_key": pkey, "reason": "no usable frame: " + "; ".join(reasons)}]
     except BurnedInText as exc:  # the whole file: one identifying frame is enough
         rows, skipped, pngs, burned_in, pixel_refused = [], [{"source_key": pkey, "reason": str(exc)}], [], True, True
-        scan_counts = {f"{REFUSED}|{modality}|{exc.category}": 1}
+        scan_counts = {verdict_key(REFUSED, modality, exc.category): 1}
     except dicom.SkipFile as exc:
         rows, skipped, pngs, scan_counts = [], [{"source_key": pkey, "reason": str(exc)}], [], {}
     except Exception as exc:  # any other failure of one file must not stop the batch
@@ -168,4 +168,4 @@ def _process(path: str, rel: str) -> dict[str, Any]:
     return {"status": "converted" if rows else "skipped", "images": len(rows),
             "dropped": len(skipped) if rows else 0, "burned_in": burned_in,
             "pixel_refusal": pixel_refused,
-            "masked": sum(n for k, n in scan_counts.items() if k.startswith(f"{Verdict.MASKED.value}|"))}
+            "masked": sum(row["pixel_scan"] == Verdict.MASKED.value for row in rows)}

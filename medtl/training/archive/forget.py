@@ -25,12 +25,15 @@ from medtl.training.archive.shards import (
     STATE_FILE,
     records,
     shard_path,
+    verdict_key,
     write_shard,
     write_skipped,
     write_verdicts,
 )
 
 FORGOTTEN = "forgotten (removed with --forget; never converted into this folder again)"
+FORGOTTEN_VERDICT = "forgotten"
+"""The scan-verdict name of a forgotten image (`scan_verdicts.csv`, the `scan_forgotten` metrics)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def forget(out: Path, keys: list[str]) -> Forgotten:
     for shard, record in targets.items():  # 1. tombstones: from here on the sources never come back
         counts: dict[str, int] = {}
         for row in record["rows"]:
-            name = f"forgotten|{row.get('modality', 'OT')}|"
+            name = verdict_key(FORGOTTEN_VERDICT, row.get("modality", "OT"))
             counts[name] = counts.get(name, 0) + 1
         tombstones[shard] = {"path_keys": record["path_keys"], "rows": [], "forgotten": True, "refused": None,
                              "scan_mode": record.get("scan_mode"), "scan": counts,

@@ -106,6 +106,11 @@ def write_skipped(out: Path, shard_records: list[tuple[Path, dict[str, Any]]]) -
     return len(skipped)
 
 
+def verdict_key(verdict: str, modality: str, reason: str = "") -> str:
+    """How a shard counts one scan outcome in its `scan` field (`verdict_counts` reads it back)."""
+    return f"{verdict}|{modality}|{reason}"
+
+
 def verdict_counts(shard_records: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
     """The pixel scan's verdicts over the records: images kept per verdict and files refused per reason.
 

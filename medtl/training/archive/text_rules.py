@@ -78,11 +78,12 @@ ALLOWED_WORDS: frozenset[str] = frozenset(
     (_POSITION_WORDS + _TECHNIQUE_WORDS + _ANATOMY_WORDS + _LABEL_WORDS).split()
     + [w for words in BODY_PARTS.values() for w in words]
     + [w for spellings in MANUFACTURERS.values() for s in spellings for w in s.split()]
-    + ["FUJIFILM", "SIEMENS", "HEALTHINEERS", "PHILIPS", "CANON", "TOSHIBA", "AGFA", "CARESTREAM", "KODAK"]
+    + ["HEALTHINEERS"]  # of SIEMENS HEALTHINEERS; every other vendor word is in MANUFACTURERS' spellings
 )
 """Words an anatomical or technical overlay may hold (upper case); words of 3 letters or fewer always pass."""
 
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+"""Months as the date rules (and the test set's dates) abbreviate them."""
 _MONTH = (r"(?<![A-Z])(JAN(?:UARY)?|FEB(?:RUARY)?|MAR(?:CH)?|APR(?:IL)?|MAY|JUNE?|JULY?|AUG(?:UST)?|"
           r"SEPT?(?:EMBER)?|OCT(?:OBER)?|NOV(?:EMBER)?|DEC(?:EMBER)?)(?![A-Z])\.?")
 _DATE_PATTERNS = (
@@ -128,7 +129,7 @@ def _date_forms(value: str) -> set[str]:
 
 def _date_digits(text: str) -> list[str]:
     """Digit strings of every date-like span of an upper-case line (month names turned into numbers)."""
-    numbered = re.sub(_MONTH, lambda m: f" {_MONTHS.index(m.group(1)[:3]) + 1:02d} ", text)
+    numbered = re.sub(_MONTH, lambda m: f" {MONTHS.index(m.group(1)[:3]) + 1:02d} ", text)
     spans = re.findall(r"\d+(?:[\s./,\-]+\d+){0,2}", numbered)
     return [d for d in (re.sub(r"\D", "", s) for s in spans) if len(d) >= 6]
 

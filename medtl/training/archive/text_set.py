@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medtl.training.archive.demo_archive import render
+from medtl.training.archive.text_rules import MONTHS
 
 CATEGORIES = ("patient name", "patient ID", "birth date", "accession number")
 MODALITIES = ("CR", "DX", "CT")
@@ -26,13 +27,10 @@ FONTS = ("pil", "DejaVuSans.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 SMALL = {"CR": (288, 240), "DX": (256, 288), "CT": (256, 256)}
 """Image shapes of the test set (rows, columns): small, so that a scan costs tens of milliseconds."""
-REAL = {"CR": (2560, 2048), "DX": (3000, 2500), "CT": (512, 512)}
-"""Shapes of real exports: CR and DX plates of 2-3k pixels a side, CT slices of 512."""
 _SOP = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1", "CT": "1.2.840.10008.5.1.4.1.1.2"}
 _PART = {"CR": "CHEST", "DX": "HAND", "CT": "HEAD"}
 _PEOPLE = (("Kowalczyk", "Margarethe"), ("Fitzgerald", "Bartholomew"), ("Okonkwo", "Oluwaseun"),
            ("Lindqvist", "Ingeborg"), ("Marchetti", "Francesca"), ("Hernandez", "Esperanza"))
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _MARKERS = ("L", "R", "AP", "PA", "PA ERECT", "AP SUPINE", "R  80 kV  2.5 mAs", "L PORTABLE", "LAT", "W:400 L:40")
 
 
@@ -78,7 +76,7 @@ def spelling(category: str, person: dict[str, str], variant: int) -> str:
     forms = {
         "patient name": (f"{family.upper()}^{given.upper()}", f"{family}, {given}", f"{given} {family}".upper()),
         "patient ID": (person["PatientID"], f"ID: {digits}", f"MRN {digits}"),
-        "birth date": (f"{d}.{m}.{y}", f"DOB {y}-{m}-{d}", f"{m}/{d}/{y}", f"{d} {_MONTHS[int(m) - 1]} {y}"),
+        "birth date": (f"{d}.{m}.{y}", f"DOB {y}-{m}-{d}", f"{m}/{d}/{y}", f"{d} {MONTHS[int(m) - 1]} {y}"),
         "accession number": (person["AccessionNumber"], f"Acc# {accession}", f"A {accession}"),
     }[category]
     return forms[variant % len(forms)]

@@ -82,11 +82,15 @@ class _Worker:
         child.close()
         self.task: tuple[str, str, str] | None = None  # (path, rel, path key)
         self.started = 0.0
+
+    def wait_ready(self) -> _Worker:
+        """Wait until the worker has loaded the OCR engine (workers started together load it side by side)."""
         state, detail = self.conn.recv() if self.conn.poll(START_TIMEOUT_S) else ("silent", "")
         if state != "ready":
             self.kill()
             raise UserError(f"an ingest worker could not load the OCR engine ({detail or f'no answer in {START_TIMEOUT_S:g} s'}); "
                             "reinstall rapidocr and onnxruntime, or pass --burned-in off")
+        return self
 
     def give(self, path: str, rel: str, pkey: str) -> None:
         self.task, self.started = (path, rel, pkey), time.monotonic()
@@ -156,7 +160,9 @@ def isolated_results(
     sources = iter(sources)
     exhausted = False
     try:
-        idle += [_Worker(ctx, init) for _ in range(workers)]
+        idle += [_Worker(ctx, init) for _ in range(workers)]  # started together: the models load in parallel
+        for worker in idle:
+            worker.wait_ready()
         while True:
             while idle and not exhausted:
                 item = next(sources, None)
@@ -214,7 +220,7 @@ def isolated_results(
                     continue
                 worker.kill()
                 busy.remove(worker)
-                idle.append(_Worker(ctx, init))
+                idle.append(_Worker(ctx, init).wait_ready())
                 _record_failure(out, key, rel, reason)
                 (markers / pkey).unlink(missing_ok=True)
                 log.warning("ingest: source %s skipped: %s", pkey, reason)
